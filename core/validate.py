@@ -1,0 +1,226 @@
+"""Invariants every schedule must satisfy, and the dry run that replays lowered action lists."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from core.action import CHANNEL, RECV_OPS, SEND_OPS, Action, Op, format_grid
+from core.metrics import TimelineRecord
+from core.schedule import Schedule
+
+ActionLists = Sequence[Sequence[Action]]
+DurationFn = Callable[[Action], float]
+# (send action, time the send is issued, earliest time the link is free) -> arrival time
+TransferFn = Callable[[Action, float, float], float]
+
+
+def _peer(action: Action) -> int:
+    """Stage on the other end of a send or receive."""
+    if action.op in (Op.SEND_TF, Op.SEND_SF, Op.RECV_SB):
+        return action.stage + 1
+    return action.stage - 1
+
+
+def dry_run(
+    lowered: ActionLists,
+    duration: DurationFn | None = None,
+    transfer: TransferFn | None = None,
+) -> list[TimelineRecord]:
+    """Replay lowered per-stage lists as the runtime would run them: sends never block (they stay
+    pending), a receive waits until the matching send was issued, and messages of one channel
+    between two stages are matched in order.
+
+    Args:
+        lowered: per-stage lists from :func:`core.schedule.lower`.
+        duration: time of a compute action; default 1 (logical time).
+        transfer: arrival time of a message; default: the moment it is sent.
+
+    Returns:
+        One :class:`TimelineRecord` per action, in the order they were replayed.
+
+    Raises:
+        ValueError: if a receive meets a different message than the one it expects (order
+            mismatch), or if every unfinished stage waits on a receive (deadlock). The message
+            shows the action grid with the offending action(s) marked.
+    """
+    duration = duration or (lambda a: 1.0)
+    stages = len(lowered)
+    pc = [0] * stages
+    clock = [0.0] * stages
+    queues: dict[tuple[str, int, int], deque[tuple[Action, float]]] = {}
+    link_free: dict[tuple[int, int], float] = {}
+    records: list[TimelineRecord] = []
+    progress = True
+    while progress:
+        progress = False
+        for s in range(stages):
+            actions = lowered[s]
+            while pc[s] < len(actions):
+                a = actions[pc[s]]
+                start = clock[s]
+                if a.op in RECV_OPS:
+                    queue = queues.get((CHANNEL[a.op], _peer(a), s))
+                    if not queue:
+                        break
+                    sent, arrival = queue.popleft()
+                    if sent.key() != a.key():
+                        grid = format_grid([list(x) for x in lowered], mark=(s, pc[s]))
+                        raise ValueError(
+                            f"stage {s} receives {a} but the next {CHANNEL[a.op]} message from "
+                            f"stage {sent.stage} is {sent}: sends and receives of a channel must "
+                            f"come in the same order.\n{grid}"
+                        )
+                    end = max(start, arrival)
+                elif a.op in SEND_OPS:
+                    dst = _peer(a)
+                    free = link_free.get((s, dst), 0.0)
+                    arrival = transfer(a, start, free) if transfer else start
+                    link_free[(s, dst)] = max(free, arrival)
+                    queues.setdefault((CHANNEL[a.op], s, dst), deque()).append((a, arrival))
+                    end = start
+                else:
+                    end = start + duration(a)
+                records.append(TimelineRecord.of(a, start, end))
+                clock[s] = end
+                pc[s] += 1
+                progress = True
+    if any(pc[s] < len(lowered[s]) for s in range(stages)):
+        blocked = [
+            f"stage {s} waits at {lowered[s][pc[s]]}" for s in range(stages) if pc[s] < len(lowered[s])
+        ]
+        grid = "\n".join(
+            format_grid([list(lowered[s])], mark=(0, pc[s]) if pc[s] < len(lowered[s]) else None).replace(
+                "stage 0", f"stage {s}", 1
+            )
+            for s in range(stages)
+        )
+        raise ValueError("deadlock: " + "; ".join(blocked) + "\n" + grid)
+    return records
+
+
+def _fail(schedule: Schedule, message: str) -> None:
+    raise ValueError(f"schedule {schedule.name!r} (N={schedule.stages}, U={schedule.units}): {message}")
+
+
+def _check_exactly_once(schedule: Schedule) -> None:
+    last = schedule.stages - 1
+    parts = [None] if schedule.backward_pieces == 1 else list(range(schedule.backward_pieces))
+    for s, actions in enumerate(schedule.compute):
+        seen: set[Action] = set()
+        for a in actions:
+            if a.stage != s:
+                _fail(schedule, f"{a} is in the list of stage {s}")
+            if a in seen:
+                _fail(schedule, f"{a} appears twice")
+            seen.add(a)
+        expected: set[Action] = set()
+        for b in range(schedule.batches):
+            for u in range(schedule.units):
+                expected |= {Action(s, Op.TF, b, u), Action(s, Op.SF, b, u)}
+                expected |= {Action(s, Op.SB, b, u, p) for p in parts}
+            expected.add(Action(s, Op.OPT, b))
+        losses = {a for a in seen if a.op == Op.LOSS}
+        if s != last and losses:
+            _fail(schedule, f"stage {s} is not the last stage but runs {sorted(losses)[0]}")
+        missing, extra = expected - seen, (seen - losses) - expected
+        if missing:
+            _fail(schedule, f"stage {s} never runs {sorted(missing)[0]} ({len(missing)} missing)")
+        if extra:
+            _fail(schedule, f"stage {s} runs unexpected {sorted(extra)[0]}")
+        if s == last:
+            for b in range(schedule.batches):
+                mine = {a for a in losses if a.batch == b}
+                whole = {Action(s, Op.LOSS, b)}
+                per_unit = {Action(s, Op.LOSS, b, u) for u in range(schedule.units)}
+                if mine != whole and mine != per_unit:
+                    _fail(schedule, f"batch {b} needs one whole-batch LOSS or one LOSS per unit")
+
+
+def _check_stage_order(schedule: Schedule) -> None:
+    """Per-stage order: versions of student and teacher, loss after forwards, step after backwards."""
+    ema = schedule.teacher == "ema"
+    for s, actions in enumerate(schedule.compute):
+        steps_done = 0
+        forwarded: set[tuple[int, int]] = set()
+        teacher_done: dict[int, int] = {}
+        student_done: dict[int, int] = {}
+        backward_done: dict[int, int] = {}
+        losses: dict[int, set[int | None]] = {}
+        for a in actions:
+            if a.op == Op.TF:
+                teacher_done[a.batch] = teacher_done.get(a.batch, 0) + 1
+                want = schedule.teacher_version(a.batch)
+                if ema and steps_done != want:
+                    _fail(
+                        schedule,
+                        f"{a} reads teacher version {steps_done}, the version rule says {want} "
+                        f"(staleness {schedule.staleness})",
+                    )
+            elif a.op == Op.SF:
+                if steps_done != a.batch:
+                    _fail(schedule, f"{a} reads student version {steps_done}, must be {a.batch}")
+                forwarded.add((a.batch, a.microbatch))
+                student_done[a.batch] = student_done.get(a.batch, 0) + 1
+            elif a.op == Op.LOSS:
+                units = schedule.units
+                if teacher_done.get(a.batch, 0) != units:
+                    _fail(schedule, f"{a} runs before every teacher forward of batch {a.batch}")
+                if a.microbatch is None and student_done.get(a.batch, 0) != units:
+                    _fail(schedule, f"{a} runs before every student forward of batch {a.batch}")
+                if a.microbatch is not None and (a.batch, a.microbatch) not in forwarded:
+                    _fail(schedule, f"{a} runs before the forward of its micro-batch")
+                losses.setdefault(a.batch, set()).add(a.microbatch)
+            elif a.op == Op.SB:
+                if (a.batch, a.microbatch) not in forwarded:
+                    _fail(schedule, f"{a} runs before the forward of its micro-batch")
+                if steps_done != a.batch:
+                    _fail(schedule, f"{a} runs after the optimizer step of its batch")
+                if s == schedule.stages - 1:
+                    done = losses.get(a.batch, set())
+                    if None not in done and a.microbatch not in done:
+                        _fail(schedule, f"{a} runs before the loss of its micro-batch")
+                backward_done[a.batch] = backward_done.get(a.batch, 0) + 1
+            elif a.op == Op.OPT:
+                if a.batch != steps_done:
+                    _fail(schedule, f"{a} is out of order: {steps_done} steps done before it")
+                per_batch = schedule.units * schedule.backward_pieces
+                if backward_done.get(a.batch, 0) != per_batch:
+                    _fail(schedule, f"{a} runs before every backward of batch {a.batch}")
+                steps_done += 1
+
+
+def _check_cross_stage(schedule: Schedule, records: list[TimelineRecord]) -> None:
+    """Forwards go down the stages, backwards come back up, in logical time."""
+    when = {r.action: (r.start_ms, r.end_ms) for r in records}
+    for r in records:
+        if r.op in ("TF", "SF") and r.stage > 0:
+            before = str(Action(r.stage - 1, Op(r.op), r.batch, r.microbatch, r.part))
+            if when[before][1] > r.start_ms:
+                _fail(schedule, f"{r.action} starts before {before} ends")
+        if r.op == "SB" and r.stage < schedule.stages - 1:
+            before = str(Action(r.stage + 1, Op.SB, r.batch, r.microbatch, r.part))
+            if when[before][1] > r.start_ms:
+                _fail(schedule, f"{r.action} starts before {before} ends")
+
+
+def validate(schedule: Schedule) -> list[TimelineRecord]:
+    """Check every invariant of DESIGN.md on ``schedule``.
+
+    Checks: each compute action exactly once; student forward and backward of batch b on
+    student version b, backward before the step; the loss after every teacher and student forward
+    it needs; the step after all backwards of its batch; each teacher forward of an EMA teacher
+    on version ``max(0, b - staleness)``; forwards in stage order and backwards in reverse stage
+    order; and the lowered lists run to the end without deadlock or mismatched messages.
+
+    Returns:
+        The logical-time records of the dry run (unit durations, instant messages).
+
+    Raises:
+        ValueError: naming the first invariant broken and the action that breaks it.
+    """
+    _check_exactly_once(schedule)
+    _check_stage_order(schedule)
+    records = dry_run(schedule.lowered)
+    _check_cross_stage(schedule, records)
+    return records

@@ -1,0 +1,226 @@
+"""Schedules: pinned action lists, invariants swept over shapes, lowering, and bad input."""
+
+import itertools
+
+import pytest
+
+from core.action import Action, Op, parse_action
+from core.schedule import SCHEDULES, build_schedule, get_schedule, lower
+from core.validate import dry_run, validate
+
+
+def lists(name, stages, micro, teacher="ema", batches=1, views=1):
+    built = build_schedule(name, stages, micro, teacher, batches, views=views)
+    return [" ".join(str(a) for a in stage) for stage in built.compute]
+
+
+# ---- exact action lists, N = 2, M = 2 ------------------------------------------------------
+
+
+def test_sequential_pinned():
+    assert lists("sequential", 1, 2, batches=2) == [
+        "0TF0 0TF1 0SF0 0SF1 0LOSS 0SB0 0SB1 0OPT 0TF0@1 0TF1@1 0SF0@1 0SF1@1 0LOSS@1 0SB0@1 0SB1@1 0OPT@1"
+    ]
+
+
+def test_mp_pinned():
+    assert lists("mp", 2, 1, views=2) == [
+        "0TF0 0TF1 0SF0 0SF1 0SB0 0SB1 0OPT",
+        "1TF0 1TF1 1SF0 1SF1 1LOSS 1SB0 1SB1 1OPT",
+    ]
+
+
+def test_mp_lowering_hoists_receives():
+    built = build_schedule("mp", 2, 1, "ema", 1, views=2)
+    assert " ".join(map(str, built.lowered[1])) == (
+        "1RECV_TF0 1RECV_TF1 1RECV_SF0 1RECV_SF1 1TF0 1TF1 1SF0 1SF1 1LOSS 1SB0 1SEND_SB0 1SB1 1SEND_SB1 1OPT"
+    )
+
+
+def test_gpipe_pinned():
+    assert lists("gpipe", 2, 2) == [
+        "0TF0 0TF1 0SF0 0SF1 0SB0 0SB1 0OPT",
+        "1TF0 1TF1 1SF0 1SF1 1LOSS 1SB0 1SB1 1OPT",
+    ]
+
+
+def test_1f1b_pinned():
+    assert lists("1f1b", 2, 2) == [
+        "0TF0 0TF1 0SF0 0SF1 0SB0 0SB1 0OPT",
+        "1TF0 1TF1 1SF0 1LOSS0 1SB0 1SF1 1LOSS1 1SB1 1OPT",
+    ]
+    # with more stages the warm-up shrinks down the pipeline
+    assert lists("1f1b", 3, 3)[1] == "1TF0 1TF1 1TF2 1SF0 1SF1 1SB0 1SF2 1SB1 1SB2 1OPT"
+
+
+def test_tspipe_pinned():
+    assert lists("tspipe", 2, 2, batches=2) == [
+        "0TF0 0TF1 0SF0 0SF1 0TF0@1 0TF1@1 0SB0.0 0SB0.1 0SB1.0 0SB1.1 0OPT "
+        "0SF0@1 0SF1@1 0SB0.0@1 0SB0.1@1 0SB1.0@1 0SB1.1@1 0OPT@1",
+        "1TF0 1TF1 1SF0 1SF1 1LOSS 1SB0.0 1SB0.1 1SB1.0 1SB1.1 1TF0@1 1TF1@1 1OPT "
+        "1SF0@1 1SF1@1 1LOSS@1 1SB0.0@1 1SB0.1@1 1SB1.0@1 1SB1.1@1 1OPT@1",
+    ]
+
+
+def test_tspipe_spreads_late_teacher_forwards_on_stage_zero():
+    # N = 2, U = 4: stage 0 runs 2 teacher forwards of batch 1 early, 2 between backward pieces
+    first = build_schedule("tspipe", 2, 4, "ema", 2).compute[0]
+    text = " ".join(str(a) for a in first if a.batch == 0 or a.op == Op.TF)
+    assert "0SB1.1 0TF2@1" in text and text.index("0TF3@1") > text.index("0SB3.1")
+
+
+def test_lowering_pinned():
+    built = build_schedule("gpipe", 2, 1, "frozen")
+    assert [" ".join(map(str, s)) for s in built.lowered] == [
+        "0TF0 0SEND_TF0 0SF0 0SEND_SF0 0RECV_SB0 0SB0 0OPT",
+        "1RECV_TF0 1TF0 1RECV_SF0 1SF0 1LOSS 1SB0 1SEND_SB0 1OPT",
+    ]
+
+
+# ---- invariants over many shapes -------------------------------------------------------------
+
+
+def shapes():
+    for name, stages, micro, teacher, views in itertools.product(
+        SCHEDULES, range(1, 9), range(1, 9), ("frozen", "ema"), (1, 2)
+    ):
+        if name == "sequential" and stages != 1:
+            continue
+        if name == "mp" and micro != 1:
+            continue
+        yield name, stages, micro, teacher, views
+
+
+def test_invariants_hold_for_every_shape():
+    count = 0
+    for name, stages, micro, teacher, views in shapes():
+        built = build_schedule(name, stages, micro, teacher, batches=3, views=views)
+        validate(built)
+        count += 1
+    assert count > 500
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3])
+def test_backward_pieces_are_a_parameter_of_every_schedule(pieces):
+    for name in ("gpipe", "1f1b", "tspipe"):
+        built = build_schedule(name, 3, 2, "ema", 2, backward_pieces=pieces)
+        validate(built)
+        sb = [a for a in built.compute[0] if a.op == Op.SB]
+        assert len(sb) == 2 * 2 * pieces
+
+
+def test_staleness_is_one_only_for_tspipe_with_ema_teacher():
+    for name in SCHEDULES:
+        for teacher in ("frozen", "ema"):
+            stages = 1 if name == "sequential" else 2
+            micro = 1 if name == "mp" else 2
+            built = build_schedule(name, stages, micro, teacher, 3)
+            assert built.staleness == (1 if (name, teacher) == ("tspipe", "ema") else 0)
+
+
+def test_tspipe_teacher_reads_version_b_minus_one():
+    built = build_schedule("tspipe", 3, 2, "ema", 4)
+    for actions in built.compute:
+        steps = 0
+        for a in actions:
+            if a.op == Op.OPT:
+                steps += 1
+            if a.op == Op.TF:
+                assert steps == max(0, a.batch - 1)
+
+
+# ---- the validator catches broken schedules --------------------------------------------------
+
+
+def broken(name, mutate, teacher="ema"):
+    built = build_schedule(name, 2, 2, teacher, 2)
+    compute = [list(s) for s in built.compute]
+    mutate(compute)
+    return built.__class__(
+        **{
+            **built.__dict__,
+            "compute": tuple(map(tuple, compute)),
+            "lowered": tuple(map(tuple, lower(compute))),
+        }
+    )
+
+
+def test_validator_catches_a_missing_action():
+    with pytest.raises(ValueError, match="never runs"):
+        validate(broken("gpipe", lambda c: c[0].remove(parse_action("0TF1"))))
+
+
+def test_validator_catches_a_duplicate():
+    with pytest.raises(ValueError, match="twice"):
+        validate(broken("gpipe", lambda c: c[0].insert(0, parse_action("0TF1"))))
+
+
+def test_validator_catches_backward_before_forward():
+    def swap(c):
+        i, j = c[1].index(parse_action("1SF1")), c[1].index(parse_action("1SB1"))
+        c[1][i], c[1][j] = c[1][j], c[1][i]
+
+    with pytest.raises(ValueError):
+        validate(broken("gpipe", swap))
+
+
+def test_validator_catches_a_wrong_teacher_version():
+    # move batch 1's teacher forwards before batch 0's step in gpipe: stale but gpipe promises exact
+    def move(c):
+        tf = parse_action("0TF0@1")
+        c[0].remove(tf)
+        c[0].insert(c[0].index(parse_action("0OPT")), tf)
+
+    with pytest.raises(ValueError, match="teacher version"):
+        validate(broken("gpipe", move))
+    validate(broken("gpipe", move, teacher="frozen"))  # a frozen teacher has one version
+
+
+def test_validator_catches_loss_before_forwards():
+    def move(c):
+        loss = parse_action("1LOSS")
+        c[1].remove(loss)
+        c[1].insert(0, loss)
+
+    with pytest.raises(ValueError, match="LOSS"):
+        validate(broken("gpipe", move))
+
+
+def test_dry_run_reports_a_deadlock_with_the_grid():
+    # stage 1 waits for a gradient it would itself have to send first
+    lowered = [
+        [Action(0, Op.RECV_SB, 0, 0), Action(0, Op.SEND_SF, 0, 0)],
+        [Action(1, Op.RECV_SF, 0, 0), Action(1, Op.SEND_SB, 0, 0)],
+    ]
+    with pytest.raises(ValueError, match="deadlock") as err:
+        dry_run(lowered)
+    assert ">>0RECV_SB0<<" in str(err.value) and ">>1RECV_SF0<<" in str(err.value)
+
+
+def test_dry_run_reports_mismatched_message_order():
+    lowered = [
+        [Action(0, Op.SEND_SF, 0, 0), Action(0, Op.SEND_SF, 0, 1)],
+        [Action(1, Op.RECV_SF, 0, 1), Action(1, Op.RECV_SF, 0, 0)],
+    ]
+    with pytest.raises(ValueError, match="same order"):
+        dry_run(lowered)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: get_schedule("pipedream"), "unknown schedule 'pipedream'; choose one of: sequential"),
+        (lambda: build_schedule("gpipe", 0, 2), "stages must be an integer >= 1"),
+        (lambda: build_schedule("gpipe", 2, 0), "microbatches must be an integer >= 1"),
+        (lambda: build_schedule("gpipe", 2, 2, "momentum"), "teacher must be one of"),
+        (lambda: build_schedule("sequential", 2, 2), "sequential runs on one stage"),
+        (lambda: build_schedule("mp", 2, 4), "mp runs the whole mini-batch as one micro-batch"),
+        (lambda: build_schedule("tspipe", 2, 2, backward_pieces=0), "backward_pieces must be"),
+    ],
+)
+def test_bad_input_raises_value_error_saying_what_to_change(call, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        call()

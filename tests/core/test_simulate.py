@@ -1,0 +1,179 @@
+"""Simulator: pinned step times on unit costs, calibration results, CLI."""
+
+import json
+
+import pytest
+
+from core.schedule import build_schedule
+from core.simulate import (
+    CostModel,
+    Link,
+    load_calibration,
+    main,
+    simulate,
+    simulate_calibration,
+    text_timeline,
+    unit_costs,
+)
+
+
+def run(name, stages, micro, batches=8, views=1, loss_opt=0.0, pieces=None):
+    built = build_schedule(name, stages, micro, "ema", batches, pieces, views=views)
+    return simulate(built, unit_costs(stages, loss_opt), batch_samples=micro * views)
+
+
+# ---- unit costs: teacher forward 1, student forward 1, backward 2 ----------------------------
+
+
+@pytest.mark.parametrize("stages, units", [(1, 1), (2, 2), (4, 4), (4, 8), (8, 3)])
+def test_gpipe_bubble_matches_its_docstring_formula(stages, units):
+    result = run("gpipe", stages, units)
+    fill = 3 * (stages - 1)
+    assert result.step_ms == pytest.approx(4 * units + fill)
+    assert result.bubble_fraction == pytest.approx(fill / (4 * units + fill))
+
+
+def test_1f1b_has_the_bubble_of_gpipe():
+    assert run("1f1b", 4, 4).step_ms == pytest.approx(run("gpipe", 4, 4).step_ms)
+
+
+def test_mp_runs_one_stage_at_a_time():
+    # one micro-batch of two views: each stage's work (2 x 4 units), one stage after another
+    result = run("mp", 4, 1, views=2)
+    assert result.step_ms == pytest.approx(4 * 8)
+    assert result.bubble_fraction == pytest.approx(0.75)
+
+
+def test_sequential_has_no_bubble():
+    result = run("sequential", 1, 4, loss_opt=0.5)
+    assert result.step_ms == pytest.approx(16 + 1.0)
+    assert result.bubble_fraction == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4, 6, 8])
+def test_tspipe_steady_state_never_idles_when_teacher_work_covers_the_bubble(stages):
+    units = 2 * (stages - 1)
+    result = run("tspipe", stages, units)
+    assert result.step_ms == pytest.approx(4 * units)
+    assert result.bubble_fraction == pytest.approx(0.0, abs=1e-12)
+    assert result.efficiency == pytest.approx(1.0)
+    # and beyond that point it stays bubble-free
+    assert run("tspipe", stages, units + 3).bubble_fraction == pytest.approx(0.0, abs=1e-12)
+
+
+def test_tspipe_with_too_few_microbatches_leaves_the_remaining_gap():
+    # N = 4, U = 4: the fill needs 2 (N - 1) = 6 teacher slots, only 4 exist: 2 slots idle
+    result = run("tspipe", 4, 4)
+    assert result.step_ms == pytest.approx(16 + 2)
+
+
+def test_tspipe_beats_gpipe_on_unit_costs():
+    for stages in (2, 4, 8):
+        assert run("tspipe", stages, stages).step_ms < run("gpipe", stages, stages).step_ms
+
+
+def test_transfers_add_latency_and_bandwidth_time():
+    costs = CostModel(
+        teacher_fwd=(1.0, 1.0),
+        student_fwd=(1.0, 1.0),
+        student_bwd=(2.0, 2.0),
+        teacher_bytes=(1e6, 0.0),
+        student_bytes=(1e6, 0.0),
+        opt_ms=(0.0, 0.0),
+        link=Link(gbps=1.0, latency_us=500.0),  # 1 MB at 1 GB/s = 1 ms, plus 0.5 ms
+    )
+    built = build_schedule("mp", 2, 1, "ema", 1, views=1)
+    result = simulate(built, costs, 1)
+    # stage 0: TF [0, 1], SF [1, 2]; the teacher message arrives at 2.5, the student one queues
+    # behind it on the link and arrives at 4; stage 1 (receives hoisted) runs TF, SF, B [4, 8];
+    # the gradient arrives at 9.5; stage 0's backward ends at 11.5
+    assert result.step_ms == pytest.approx(11.5)
+
+
+def test_text_timeline_draws_idle():
+    result = run("gpipe", 2, 1, batches=1)
+    text = text_timeline(result.records, 2)
+    assert text.splitlines()[0].startswith("stage 0: T0F0")
+    assert "." in text
+
+
+# ---- calibration files -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def byol50(calibration_dir):
+    return load_calibration(calibration_dir / "byol_resnet50_bf16.json")
+
+
+def test_calibration_is_read_as_it_is(byol50):
+    assert byol50.batch == 256 and byol50.microbatch == 32 and byol50.views == 2
+    assert byol50.teacher == "ema" and len(byol50.teacher_fwd) == 18
+    assert byol50.student_out[0] == 64 * 56 * 56
+
+
+@pytest.mark.parametrize("stages", [4, 8])
+def test_tspipe_leaves_almost_no_bubble_beyond_block_granularity(byol50, stages):
+    link = Link(450.0)
+    ts, _, _ = simulate_calibration(byol50, "tspipe", stages, stages, link)
+    assert ts.efficiency >= 0.97 * ts.balance_cap
+    for other in ("gpipe", "1f1b"):
+        res, _, _ = simulate_calibration(byol50, other, stages, stages, link)
+        assert ts.efficiency > res.efficiency
+        assert res.balance_cap == pytest.approx(ts.balance_cap)
+
+
+def test_balance_cap_reflects_block_granularity(byol50):
+    caps = [simulate_calibration(byol50, "gpipe", n, n)[0].balance_cap for n in (4, 8)]
+    assert caps[0] == pytest.approx(0.92, abs=0.01) and caps[1] == pytest.approx(0.81, abs=0.01)
+
+
+def test_sweep_file_reports_a_microbatch_penalty(calibration_dir):
+    sweep = load_calibration(calibration_dir / "byol_resnet50_mbsweep_bf16.json")
+    assert sweep.microbatch_penalty(8) > sweep.microbatch_penalty(32) > 1.0
+    assert sweep.microbatch_penalty(256) == pytest.approx(1.0)
+    t8, _, _ = sweep.block_costs(8)
+    assert t8 == list(sweep.sweep[8][0])
+    t24, _, _ = sweep.block_costs(24)  # halfway between the 16 and 32 points
+    assert t24[0] == pytest.approx((sweep.sweep[16][0][0] + sweep.sweep[32][0][0]) / 2)
+
+
+def test_cli_json(calibration_dir, capsys):
+    code = main(
+        [
+            "--calibration",
+            str(calibration_dir / "byol_resnet50_bf16.json"),
+            "--stages",
+            "4",
+            "--microbatches",
+            "4",
+            "--schedule",
+            "tspipe",
+            "--format",
+            "json",
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in (
+        "schedule",
+        "stages",
+        "microbatches",
+        "step_ms",
+        "samples_per_s",
+        "efficiency",
+        "bubble_fraction",
+        "bound_samples_per_s",
+        "balance_cap",
+    ):
+        assert key in out
+    assert out["simulated"] is True and out["schedule"] == "tspipe"
+
+
+def test_cli_gantt_and_errors(calibration_dir, tmp_path, capsys):
+    png = tmp_path / "g.png"
+    args = ["--calibration", str(calibration_dir / "byol_resnet18_bf16.json"), "--stages", "2"]
+    assert main([*args, "--microbatches", "2", "--schedule", "gpipe", "--gantt", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    assert main([*args, "--microbatches", "2", "--schedule", "nope"]) == 2
+    assert "unknown schedule" in capsys.readouterr().err
+    assert main([*args[:2], "--stages", "40", "--microbatches", "2", "--schedule", "gpipe"]) == 2
