@@ -44,7 +44,7 @@ def check_balance(balance: Sequence[int], blocks: int, stages: int, what: str = 
         )
 
 
-def uniform_balance(blocks: int, stages: int) -> list[int]:
+def uniform_balance(blocks: int, stages: int, what: str = "model") -> list[int]:
     """Blocks spread as evenly as counts allow, earlier stages taking the remainder.
 
     Raises:
@@ -53,7 +53,10 @@ def uniform_balance(blocks: int, stages: int) -> list[int]:
     if stages < 1:
         raise ValueError(f"stages must be >= 1, got {stages}")
     if stages > blocks:
-        raise ValueError(f"{stages} stages but only {blocks} blocks; use at most {blocks} stages")
+        raise ValueError(
+            f"{stages} stages but the {what} has only {blocks} blocks; use at most {blocks} stages, "
+            "or a model exposing finer blocks"
+        )
     base, rest = divmod(blocks, stages)
     return [base + (1 if s < rest else 0) for s in range(stages)]
 

@@ -487,3 +487,75 @@ def lower(
             i = j
         lowered.append(out)
     return lowered
+
+
+def _shift(actions: tuple[Action, ...], delta: int) -> list[Action]:
+    return [Action(a.stage, a.op, a.batch + delta, a.microbatch, a.part) for a in actions]
+
+
+def _segments(lowered: tuple[Action, ...]) -> list[tuple[Action, ...]]:
+    """Split a stage's list after each ``OPT``: segment b ends with ``OPT`` of batch b."""
+    out, current = [], []
+    for a in lowered:
+        current.append(a)
+        if a.op == Op.OPT:
+            out.append(tuple(current))
+            current = []
+    if current:
+        raise ValueError("a stage's list must end with an OPT")
+    return out
+
+
+class Program:
+    """A schedule unrolled over any number of training steps without building it whole.
+
+    Every schedule here repeats: the segment of a middle mini-batch (the actions after the
+    previous step up to its own step) is the same up to a shift of batch indices. A template of
+    three mini-batches gives the first, a middle and the last segment; :meth:`segment` shifts
+    the middle one for every other step.
+
+    Args:
+        template: a schedule built with ``batches = min(steps, 3)``.
+        steps: number of mini-batches of the whole run.
+    """
+
+    def __init__(self, template: Schedule, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if template.batches != min(steps, 3):
+            raise ValueError(
+                f"template needs min(steps, 3) = {min(steps, 3)} batches, has {template.batches}"
+            )
+        self.template = template
+        self.steps = steps
+        self._segments = [_segments(lst) for lst in template.lowered]
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        stages: int,
+        microbatches: int,
+        teacher: str,
+        steps: int,
+        backward_pieces: int | None = None,
+        views: int = 1,
+    ) -> Program:
+        """Build the template of a named schedule for a run of ``steps`` mini-batches."""
+        template = build_schedule(name, stages, microbatches, teacher, min(steps, 3), backward_pieces, views)
+        return cls(template, steps)
+
+    def segment(self, stage: int, batch: int) -> list[Action]:
+        """Lowered actions of ``stage`` from after step ``batch - 1`` through step ``batch``."""
+        if not 0 <= batch < self.steps:
+            raise IndexError(f"batch {batch} outside the run's {self.steps} steps")
+        segs = self._segments[stage]
+        if batch == 0:
+            return list(segs[0])
+        if batch == self.steps - 1:
+            return _shift(segs[-1], batch - (len(segs) - 1))
+        return _shift(segs[1], batch - 1)
+
+    def grid(self, batch: int) -> list[list[Action]]:
+        """Every stage's segment of step ``batch`` (for error messages)."""
+        return [self.segment(s, batch) for s in range(self.template.stages)]
