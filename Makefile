@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format simulate clean
+.PHONY: setup test lint format simulate bench-engine clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ CALIBRATION ?= experiments/calibration/h200
 simulate: $(STAMP)
 	$(PY) -m experiments.simulate --calibration-dir $(CALIBRATION) --out results/simulated
 	$(PY) -m analysis.simulated results/simulated
+
+# Every schedule, ddp and the torch pipelining peer on a synthetic CNN pair, 2 processes, CPU.
+bench-engine: $(STAMP)
+	$(PY) -m experiments.bench_engine --out results/engine
+	$(PY) -m analysis.bench results/engine --command "make bench-engine" \
+		--title "Engine benchmark: synthetic CNN teacher/student, 2 stages, CPU"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

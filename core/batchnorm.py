@@ -44,11 +44,13 @@ class DeferredBatchNorm(nn.modules.batchnorm._BatchNorm):
             )
         if self.accumulate:
             with torch.no_grad():
-                dims = [0, *range(2, x.dim())]
-                xd = x.detach().to(torch.float64)
-                self._sum += xd.sum(dims)
-                self._sumsq += (xd * xd).sum(dims)
-                self._count += x.numel() / x.shape[1]
+                # one pass in the input's precision, accumulated in float64 across micro-batches
+                var, mean = torch.var_mean(x.detach(), dim=[0, *range(2, x.dim())], correction=0)
+                n = x.numel() / x.shape[1]
+                mean = mean.to(torch.float64)
+                self._sum.add_(mean, alpha=n)
+                self._sumsq.add_((var.to(torch.float64) + mean * mean) * n)
+                self._count.add_(n)
         return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
     @torch.no_grad()

@@ -5,11 +5,18 @@ group over the same ranks (NCCL ignores tags), so a message of one kind is never
 another. A message is a fixed-size int64 header (dtypes, shapes, dict keys) followed by its
 tensors; receives block until the data is there, sends stay pending until the peer takes them
 (a gloo send completes only once the peer posts its receive) and are drained at shutdown.
+
+Message shapes repeat from step to step, so once a message of a given kind and unit has been
+seen, its receive can be posted ahead of time (:meth:`Channels.prepost`), header and payload
+together: the transfer then overlaps computation instead of costing two round trips when the
+data is needed. A message whose header differs from the remembered one is an error (batch
+sizes must stay fixed; use ``drop_last``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from collections import deque
 from typing import Any
 
 import torch
@@ -85,6 +92,8 @@ class Channels:
         ranks = list(range(dist.get_world_size()))
         self.groups = {name: dist.new_group(ranks) for name in CHANNELS}
         self._pending: list[tuple[list[Any], list[torch.Tensor]]] = []
+        self._headers: dict[tuple[str, Any], list[int]] = {}
+        self._posted: dict[tuple[str, int], deque] = {}
 
     def send(self, channel: str, dst: int, x: Structure) -> None:
         """Start sending ``x`` to rank ``dst``; returns at once."""
@@ -95,22 +104,66 @@ class Channels:
         self._pending.append((works, payload))
         self.poll()
 
-    def recv(self, channel: str, src: int) -> Structure:
+    def prepost(self, channel: str, src: int, key: Any) -> bool:
+        """Post the receive of the next ``channel`` message from ``src`` now, if a message with
+        this ``key`` (e.g. unit and piece) was received before. Receives of one channel must be
+        pre-posted in the order the messages come, and not after an unknown one.
+
+        Returns:
+            True if posted; False if the shape is unknown (receive it with :meth:`recv`).
+        """
+        header = self._headers.get((channel, key))
+        if header is None:
+            return False
+        group = self.groups[channel]
+        head = torch.empty(HEADER, dtype=torch.int64, device=self.device)
+        _, specs = decode_header(header)
+        buffers = [torch.empty(shape, dtype=dtype, device=self.device) for _, dtype, shape in specs]
+        works = [dist.irecv(t, src, group=group) for t in [head, *buffers]]
+        self._posted.setdefault((channel, src), deque()).append((key, head, buffers, works))
+        return True
+
+    def recv(self, channel: str, src: int, key: Any = None) -> Structure:
         """Receive the next ``channel`` message from rank ``src`` (blocks until it is there).
 
+        Args:
+            channel: ``"TF"``, ``"SF"`` or ``"SB"``.
+            src: sending rank.
+            key: what the message is (unit, piece); its shape is remembered under this key so
+                later receives can be pre-posted.
+
         Raises:
-            RuntimeError: on a timeout or a broken peer, naming the channel and the peer.
+            RuntimeError: on a timeout or a broken peer, naming the channel and the peer; or if a
+                pre-posted message arrives with another shape than before.
         """
-        group = self.groups[channel]
-        header = torch.empty(HEADER, dtype=torch.int64, device=self.device)
-        self._wait(dist.irecv(header, src, group=group), channel, src)
-        is_dict, specs = decode_header(header.tolist())
-        buffers = [torch.empty(shape, dtype=dtype, device=self.device) for _, dtype, shape in specs]
-        works = [dist.irecv(t, src, group=group) for t in buffers]
-        for work in works:
-            self._wait(work, channel, src)
+        queue = self._posted.get((channel, src))
+        if queue:
+            posted_key, head, buffers, works = queue.popleft()
+            if posted_key != key:
+                raise RuntimeError(f"{channel} receive for {key} found the pre-posted one for {posted_key}")
+            for work in works:
+                self._wait(work, channel, src)
+            header = head.tolist()
+            if header != self._headers[(channel, key)]:
+                raise RuntimeError(
+                    f"{channel} message {key} from rank {src} changed shape between steps; "
+                    "keep batch sizes fixed (drop_last=True)"
+                )
+            is_dict, specs = decode_header(header)
+        else:
+            group = self.groups[channel]
+            head = torch.empty(HEADER, dtype=torch.int64, device=self.device)
+            self._wait(dist.irecv(head, src, group=group), channel, src)
+            header = head.tolist()
+            is_dict, specs = decode_header(header)
+            buffers = [torch.empty(shape, dtype=dtype, device=self.device) for _, dtype, shape in specs]
+            works = [dist.irecv(t, src, group=group) for t in buffers]
+            for work in works:
+                self._wait(work, channel, src)
+            if key is not None:
+                self._headers[(channel, key)] = header
         if is_dict:
-            return {key: t for (key, _, _), t in zip(specs, buffers)}
+            return {name: t for (name, _, _), t in zip(specs, buffers)}
         return rebuild(buffers[0], buffers)
 
     def _wait(self, work: Any, channel: str, peer: int) -> None:

@@ -243,6 +243,20 @@ class PipelineRuntime:
             )
         return self._unit_inputs[b]
 
+    def _prepost(self, segment: list[Action]) -> None:
+        """Post this step's receives ahead of time, in order per channel, up to the first one
+        whose shape is not known yet (see ``Channels.prepost``)."""
+        if self.channels is None:
+            return
+        stopped: set[str] = set()
+        for a in segment:
+            if a.op in (Op.RECV_TF, Op.RECV_SF, Op.RECV_SB):
+                channel = a.op.value.removeprefix("RECV_")
+                if channel not in stopped and not self.channels.prepost(
+                    channel, self._peer(a), (a.microbatch, a.part)
+                ):
+                    stopped.add(channel)
+
     def _peer(self, a: Action) -> int:
         if a.op in (Op.SEND_TF, Op.SEND_SF, Op.RECV_SB):
             return a.stage + 1
@@ -254,11 +268,11 @@ class PipelineRuntime:
         key = (a.batch, a.microbatch, a.part)
         op = a.op
         if op == Op.RECV_TF:
-            self._inbox[("TF", key)] = self.channels.recv("TF", self._peer(a))
+            self._inbox[("TF", key)] = self.channels.recv("TF", self._peer(a), key[1:])
         elif op == Op.RECV_SF:
-            self._inbox[("SF", key)] = self.channels.recv("SF", self._peer(a))
+            self._inbox[("SF", key)] = self.channels.recv("SF", self._peer(a), key[1:])
         elif op == Op.RECV_SB:
-            self._grads[key] = self.channels.recv("SB", self._peer(a))
+            self._grads[key] = self.channels.recv("SB", self._peer(a), key[1:])
         elif op == Op.SEND_TF:
             self.channels.send("TF", self._peer(a), self._outbox.pop(("TF", key)))
         elif op == Op.SEND_SF:
@@ -454,6 +468,7 @@ class PipelineRuntime:
         sync = record and self.device.type == "cuda"
         for b in range(steps):
             segment = program.segment(self.rank, b)
+            self._prepost(segment)
             for index, a in enumerate(segment):
                 start = time.perf_counter()
                 try:

@@ -91,7 +91,7 @@ class TorchPipelineRunner:
         self.units = config.microbatches * task.views
         student, teacher = prepare_models(task)
         s_bal, t_bal = resolve_balances(config, task, len(student), len(teacher))
-        self._balances = (s_bal, t_bal)
+        self.balance, self.teacher_balance = s_bal, t_bal
         s_start, t_start = sum(s_bal[: self.rank]), sum(t_bal[: self.rank])
         self.student = nn.Sequential(*student[s_start : s_start + s_bal[self.rank]]).to(device)
         self.teacher = nn.Sequential(*teacher[t_start : t_start + t_bal[self.rank]]).to(device)
@@ -210,7 +210,7 @@ class TorchPipelineRunner:
 
     def stage_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """This stage's weights keyed by global block index (see ``PipelineRuntime.stage_state``)."""
-        s_bal, t_bal = self._balances
+        s_bal, t_bal = self.balance, self.teacher_balance
         out = {}
         for kind, module, bal in (("student", self.student, s_bal), ("teacher", self.teacher, t_bal)):
             offset = sum(bal[: self.rank])

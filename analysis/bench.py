@@ -1,0 +1,176 @@
+"""Tables and plots of a throughput benchmark (``make bench-*``), built from its rows only.
+
+Usage: ``python -m analysis.bench results/engine [--title TEXT --command "make bench-engine"]``
+writes ``TABLE.md``, ``throughput.png`` and the Gantt charts of measured against simulated
+``tspipe`` (and ``gpipe``) timelines into the same folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from analysis.tables import markdown_table  # noqa: E402
+from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
+from core.metrics import read_rows  # noqa: E402
+
+ORDER = ("sequential", "mp", "gpipe", "1f1b", "tspipe", "ddp", "torch-gpipe", "torch-1f1b")
+COLOURS = {
+    "sequential": "#bab0ac",
+    "mp": "#7f7f7f",
+    "gpipe": "#4e79a7",
+    "1f1b": "#b07aa1",
+    "tspipe": "#e15759",
+    "ddp": "#59a14f",
+    "torch-gpipe": "#76b7b2",
+    "torch-1f1b": "#9c755f",
+}
+
+
+def _key(row: dict) -> tuple:
+    return (ORDER.index(row["schedule"]) if row["schedule"] in ORDER else 99, row["microbatches"])
+
+
+def tspipe_reference(rows: Sequence[dict], row: dict) -> dict | None:
+    """The tspipe row a row is compared with: the one with the same micro-batches if measured,
+    else the first tspipe row."""
+    ts = [r for r in rows if r["schedule"] == "tspipe"]
+    same = [r for r in ts if r["microbatches"] == row["microbatches"]]
+    return (same or ts or [None])[0]
+
+
+def ratios(rows: Sequence[dict]) -> dict[tuple[str, int], float]:
+    """tspipe samples/s over each row's samples/s, keyed by (schedule, micro-batches)."""
+    out = {}
+    for r in rows:
+        ref = tspipe_reference(rows, r)
+        if ref is not None:
+            out[(r["schedule"], r["microbatches"])] = ref["samples_per_s"] / r["samples_per_s"]
+    return out
+
+
+def bench_table(rows: Sequence[dict]) -> str:
+    """Markdown table: measured samples/s, tspipe's speedup over it, efficiency against the
+    bubble-free bound, the simulator's prediction and its error, bubble share, peak memory."""
+    speedup = ratios(rows)
+    lines = []
+    for r in sorted(rows, key=_key):
+        lines.append(
+            [
+                r["schedule"],
+                r["stages"],
+                r["microbatches"],
+                r["samples_per_s"],
+                speedup.get((r["schedule"], r["microbatches"])),
+                r["efficiency"],
+                r["bound_samples_per_s"],
+                r.get("predicted_samples_per_s"),
+                r.get("prediction_error") * 100 if r.get("prediction_error") is not None else None,
+                r["bubble_fraction"],
+                r["peak_mem_gib"],
+            ]
+        )
+    headers = [
+        "schedule",
+        "processes",
+        "M",
+        "samples/s",
+        "tspipe speedup",
+        "efficiency",
+        "bound samples/s",
+        "simulated samples/s",
+        "sim. error %",
+        "bubble (measured)",
+        "peak mem GiB",
+    ]
+    return markdown_table(headers, lines)
+
+
+def plot_throughput(rows: Sequence[dict], out: Path, title: str) -> Path:
+    """Bar chart of measured samples/s per run, simulated predictions as black ticks."""
+    rows = sorted(rows, key=_key)
+    labels = [
+        f"{r['schedule']}\nM={r['microbatches']}"
+        if r["schedule"] not in ("sequential", "mp", "ddp")
+        else r["schedule"]
+        for r in rows
+    ]
+    fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(rows) + 2), 4.5))
+    xs = range(len(rows))
+    ax.bar(xs, [r["samples_per_s"] for r in rows], color=[COLOURS.get(r["schedule"], "#888") for r in rows])
+    for x, r in zip(xs, rows):
+        ax.text(x, r["samples_per_s"], f"{r['samples_per_s']:.0f}", ha="center", va="bottom", fontsize=7)
+        if r.get("predicted_samples_per_s"):
+            ax.plot([x - 0.35, x + 0.35], [r["predicted_samples_per_s"]] * 2, color="black", linewidth=1.5)
+    ax.plot([], [], color="black", linewidth=1.5, label="simulated prediction")
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_ylabel("samples/s (measured)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_gantts(folder: Path, rows: Sequence[dict]) -> list[Path]:
+    """Measured against simulated timelines of tspipe and gpipe (two steady-state steps)."""
+    paths = []
+    warmup = max((r.get("warmup_steps") or 0) for r in rows) if rows else 0
+    for schedule in ("tspipe", "gpipe"):
+        for measured in sorted((folder / "timelines").glob(f"{schedule}_*.measured.jsonl")):
+            simulated = measured.with_name(measured.name.replace(".measured", ".simulated"))
+            name = measured.name.removesuffix(".measured.jsonl")
+            panels = [(f"{name}: measured", window(load_records(measured), warmup + 1, warmup + 2))]
+            if simulated.exists():
+                panels.append((f"{name}: simulated (same costs)", window(load_records(simulated), 3, 4)))
+            paths.append(plot_timelines(panels, folder / f"gantt_{name}.png", share_x=True))
+    return paths
+
+
+def write_report(folder: Path, title: str, command: str) -> Path:
+    """TABLE.md and PNGs for the rows in ``folder/rows.jsonl``."""
+    rows = read_rows(folder / "rows.jsonl")
+    first = rows[0]
+    env = f"device {first['device']}, torch {first['torch']}, git {first['git_sha']}, {first['date']}"
+    notes = (
+        f"# {title}\n\nMeasured with `{command}` ({env}). Global batch {first['global_batch']} "
+        f"samples, {first.get('timed_steps')} timed steps after {first.get('warmup_steps')} warm-up steps; "
+        "samples/s from the median step (all processes finished). *tspipe speedup* = tspipe samples/s / "
+        "this row's (same M where measured). *efficiency* = samples/s / bound, the bound being processes x "
+        "batch / (all work of one mini-batch on one process), from per-block costs profiled in the same run "
+        "at the run's micro-batch size and scaled to reproduce the measured sequential step (blocks timed alone "
+        "run faster than inside a training step). *simulated samples/s* is the simulator's prediction (labelled "
+        "simulated) from the same costs and a measured link; ddp's is one replica's work plus a ring "
+        "all-reduce, the torch peer's a teacher pass plus a student pass.\n\n"
+    )
+    text = notes + bench_table(rows)
+    (folder / "TABLE.md").write_text(text)
+    plot_throughput(rows, folder / "throughput.png", f"{title} (measured)")
+    plot_gantts(folder, rows)
+    return folder / "TABLE.md"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--title", default="Throughput")
+    parser.add_argument("--command", default="make bench")
+    args = parser.parse_args(argv)
+    if not (args.folder / "rows.jsonl").exists():
+        print(f"error: {args.folder / 'rows.jsonl'} not found; run `{args.command}` first", file=sys.stderr)
+        return 2
+    print(f"wrote {write_report(args.folder, args.title, args.command)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
