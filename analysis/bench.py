@@ -98,7 +98,7 @@ def plot_throughput(rows: Sequence[dict], out: Path, title: str) -> Path:
     rows = sorted(rows, key=_key)
     labels = [
         f"{r['schedule']}\nM={r['microbatches']}"
-        if r["schedule"] not in ("sequential", "mp", "ddp")
+        if r["schedule"] not in ("mp", "ddp")
         else r["schedule"]
         for r in rows
     ]
