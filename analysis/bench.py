@@ -97,9 +97,7 @@ def plot_throughput(rows: Sequence[dict], out: Path, title: str) -> Path:
     """Bar chart of measured samples/s per run, simulated predictions as black ticks."""
     rows = sorted(rows, key=_key)
     labels = [
-        f"{r['schedule']}\nM={r['microbatches']}"
-        if r["schedule"] not in ("mp", "ddp")
-        else r["schedule"]
+        f"{r['schedule']}\nM={r['microbatches']}" if r["schedule"] not in ("mp", "ddp") else r["schedule"]
         for r in rows
     ]
     fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(rows) + 2), 4.5))

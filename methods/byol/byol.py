@@ -1,0 +1,103 @@
+"""BYOL (Grill et al., 2020) as an engine task: ResNet online network with projector and
+predictor, an EMA target network, and the symmetric normalised regression loss."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.momentum import TeacherRule
+from core.task import Task, unit_slices
+from methods.common.augment import TwoViews, ViewConfig
+from methods.common.resnet import Pool, mlp, resnet_blocks
+
+
+def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Per-sample BYOL loss ``2 - 2 cos(p, z)`` (the squared distance of the normalised vectors)."""
+    return 2 - 2 * (F.normalize(p, dim=1) * F.normalize(z, dim=1)).sum(dim=1)
+
+
+def byol_loss(online: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+    """Symmetric BYOL loss over a mini-batch: view 1's prediction regresses view 2's target
+    projection and vice versa, each averaged over the samples, the two terms added."""
+    return regression_loss(online[0], target[1]).mean() + regression_loss(online[1], target[0]).mean()
+
+
+class ByolTask(Task):
+    """BYOL on the engine: blocks = ResNet stem and residual blocks, then pooling + projector,
+    then the predictor (student only); the teacher is an EMA of everything but the predictor.
+
+    Args:
+        depth, width, cifar_stem: the ResNet (see ``methods.common.resnet``).
+        proj_hidden, proj_dim, pred_hidden: projector and predictor sizes (BYOL: 4096/256/4096).
+        base_momentum: EMA momentum at step 0, rising to 1 on a cosine over ``total_steps``.
+        total_steps: training length, for the momentum schedule.
+        seed: weight initialisation and augmentation seed.
+        views: a :class:`ViewConfig` for real images, or None for synthetic inputs (the second
+            view is a flip of the first: no augmentation cost in throughput runs).
+        in_channels: image channels the model takes (gray images are repeated to match).
+    """
+
+    views = 2
+    predictor_blocks = 1
+
+    def __init__(
+        self,
+        depth: int = 18,
+        width: int = 64,
+        cifar_stem: bool = True,
+        proj_hidden: int = 4096,
+        proj_dim: int = 256,
+        pred_hidden: int = 4096,
+        base_momentum: float = 0.996,
+        total_steps: int = 1000,
+        seed: int = 0,
+        views: ViewConfig | None = None,
+        in_channels: int = 3,
+    ) -> None:
+        self.depth, self.width, self.cifar_stem = depth, width, cifar_stem
+        self.proj_hidden, self.proj_dim, self.pred_hidden = proj_hidden, proj_dim, pred_hidden
+        self.seed = seed
+        self.in_channels = in_channels
+        self.augment = TwoViews(views) if views is not None else None
+        self.teacher_rule = TeacherRule.ema(base_momentum, total_steps)
+
+    def build_student(self) -> list[nn.Module]:
+        torch.manual_seed(self.seed)
+        blocks, features = resnet_blocks(self.depth, self.width, self.cifar_stem, self.in_channels)
+        projector = nn.Sequential(Pool(), mlp(features, self.proj_hidden, self.proj_dim))
+        predictor = mlp(self.proj_dim, self.pred_hidden, self.proj_dim)
+        return [*blocks, projector, predictor]
+
+    def build_teacher(self, student):
+        return [copy.deepcopy(b) for b in student[:-1]]
+
+    def _channels(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, self.in_channels, -1, -1) if x.shape[1] != self.in_channels else x
+
+    def split_inputs(self, batch, step):
+        images = batch[0]
+        if self.augment is None:
+            views = [images, images.flip(3)]
+        else:
+            views = list(self.augment(images, self.seed, step))
+        views = [self._channels(v) for v in views]
+        return views, views
+
+    def loss_context(self, batch, step):
+        return batch[0].shape[0]
+
+    def loss(self, student, teacher, context):
+        return {"loss": byol_loss(student, teacher)}
+
+    def microbatch_loss(self, view, microbatch, microbatches, student, teacher, context):
+        index = unit_slices(context, microbatches)[microbatch]
+        return regression_loss(student, teacher[1 - view][index]).sum() / context
+
+    @staticmethod
+    def encoder(student_blocks: list[nn.Module]) -> nn.Sequential:
+        """The representation kNN evaluates: the backbone and global pooling (no projector)."""
+        return nn.Sequential(*student_blocks[:-2], Pool())
