@@ -11,3 +11,9 @@ CALIBRATION = ROOT / "experiments" / "calibration" / "h200"
 @pytest.fixture
 def calibration_dir() -> Path:
     return CALIBRATION
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch):
+    """Tests never try to download data (the machines have no internet)."""
+    monkeypatch.setenv("TSPIPE_DOWNLOAD", "0")

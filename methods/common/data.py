@@ -119,7 +119,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 def to_rgb(images: torch.Tensor, size: int = 32) -> torch.Tensor:
     """uint8 gray images (N x H x W) to float RGB in [0, 1] (N x 3 x size x size): centred
     zero padding when the image is smaller by an even margin (28 -> 32), resizing otherwise."""
-    x = images.float().div(255.0).unsqueeze(1)
+    x = images.to(torch.get_default_dtype()).div(255.0).unsqueeze(1)
     h = x.shape[-1]
     if size > h and (size - h) % 2 == 0 and size - h <= 8:
         pad = (size - h) // 2
@@ -201,6 +201,7 @@ class ImageSet:
     def prepare(self, images: torch.Tensor, size: int) -> torch.Tensor:
         """Images as the models take them: float in [0, 1], ``B x C x size x size``."""
         if self.synthetic:
+            images = images.to(torch.get_default_dtype())
             return images if images.shape[-1] == size else F.interpolate(images, size=(size, size))
         return to_rgb(images, size)[:, :1]  # one channel; tasks repeat it to the model's channels
 

@@ -46,7 +46,7 @@ def knn_accuracy(
     for start in range(0, len(test_features), chunk):
         sim = test_features[start : start + chunk] @ train_features.T
         weights, index = sim.topk(k, dim=1)
-        votes = torch.zeros(len(sim), classes)
+        votes = torch.zeros(len(sim), classes, dtype=weights.dtype)
         votes.scatter_add_(1, train_labels[index], (weights / temperature).exp())
         correct += int((votes.argmax(1) == test_labels[start : start + chunk]).sum())
     return correct / len(test_features)

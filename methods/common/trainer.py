@@ -60,6 +60,7 @@ class TrainConfig:
         checkpoint_every: save a checkpoint every this many steps (0: only at the end).
         log_every: write a loss line every this many steps.
         run_dir: run folder; empty: ``runs/<method>/<time>-<schedule>-N<stages>-M<micro>-s<seed>``.
+        dtype: ``float32``, or ``float64`` for exactness checks against a reference.
     """
 
     schedule: str = "sequential"
@@ -78,8 +79,11 @@ class TrainConfig:
     checkpoint_every: int = 0
     log_every: int = 10
     run_dir: str = ""
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         for name in ("epochs", "steps", "eval_every", "checkpoint_every", "threads"):
@@ -294,6 +298,7 @@ def run(method: Method, config: TrainConfig) -> dict | None:
     rank = init_distributed(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    torch.set_default_dtype(getattr(torch, config.dtype))
     run_dir = _agree_run_dir(method.name, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank.rank == 0:

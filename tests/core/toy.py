@@ -103,19 +103,22 @@ def sgd(named_params):
 
 
 def reference(
-    task: ToyTask,
+    task: Task,
     batches,
     microbatches: int,
     pieces: int = 1,
     staleness: int = 0,
     max_grad_norm: float | None = None,
+    optimizer_factory=None,
+    scheduler_factory=None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Plain single-process training with the engine's micro-batch semantics: each view of each
     micro-batch (and each backward piece) is its own forward; the loss is over the whole
     mini-batch; the teacher used for batch t is ``staleness`` EMA updates behind."""
     student_blocks, teacher_blocks = prepare_models(task)
     student, teacher = nn.Sequential(*student_blocks), nn.Sequential(*teacher_blocks)
-    optimizer = sgd(student.named_parameters())
+    optimizer = (optimizer_factory or sgd)(list(student.named_parameters()))
+    scheduler = scheduler_factory(optimizer) if scheduler_factory else None
     history = [copy.deepcopy(teacher)]
     for step, batch in enumerate(batches):
         used = history[max(0, len(history) - 1 - staleness)]
@@ -131,6 +134,8 @@ def reference(
             nn.utils.clip_grad_norm_(student.parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
+        if scheduler is not None:
+            scheduler.step()
         commit_all(student)
         if task.teacher_rule.kind == "ema":
             m = task.teacher_rule.momentum(step)

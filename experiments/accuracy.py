@@ -1,0 +1,108 @@
+"""Accuracy runs: a matrix of (label, schedule, overrides) x seeds, two processes at a time.
+
+Each run is ``python -m methods.<method>.train`` with its own run folder; its ``row.json`` is
+copied into the result rows, labelled. Runs whose row already exists are skipped (re-running the
+command resumes a matrix cut short).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.metrics import write_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class AccuracyRun:
+    """One training run of the matrix.
+
+    Attributes:
+        label: name in tables (``sync``, ``tspipe``, ...).
+        schedule: ``--schedule``.
+        overrides: extra ``key=value`` config overrides.
+        seed: the run's seed.
+    """
+
+    label: str
+    schedule: str
+    overrides: tuple[str, ...]
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}-s{self.seed}"
+
+
+def run_matrix(
+    method: str, preset: str, runs: Sequence[AccuracyRun], out: Path, parallel: int = 2
+) -> list[dict]:
+    """Run every training run (``parallel`` at a time), collect their rows into ``out/rows.jsonl``.
+
+    Raises:
+        RuntimeError: if a run fails (its log is named).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    run_root = ROOT / "runs" / method / f"accuracy-{preset}"
+    pending = [r for r in runs if not (run_root / r.name / "row.json").exists()]
+    active: list[tuple[AccuracyRun, subprocess.Popen, float]] = []
+    failures = []
+    while pending or active:
+        while pending and len(active) < parallel:
+            run = pending.pop(0)
+            folder = run_root / run.name
+            folder.mkdir(parents=True, exist_ok=True)
+            cmd = [
+                sys.executable,
+                "-m",
+                f"methods.{method}.train",
+                "--preset",
+                preset,
+                "--schedule",
+                run.schedule,
+                f"seed={run.seed}",
+                f"run_dir={folder}",
+                *run.overrides,
+            ]
+            log = (folder / "stdout.log").open("w")
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            active.append(
+                (
+                    run,
+                    subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
+                    time.monotonic(),
+                )
+            )
+            print(f"[accuracy] started {run.name}", file=sys.stderr, flush=True)
+        time.sleep(2.0)
+        for item in list(active):
+            run, proc, started = item
+            if proc.poll() is None:
+                continue
+            active.remove(item)
+            minutes = (time.monotonic() - started) / 60
+            if proc.returncode != 0:
+                failures.append(run.name)
+                print(
+                    f"[accuracy] {run.name} FAILED (see {run_root / run.name / 'stdout.log'})",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"[accuracy] {run.name} done in {minutes:.1f} min", file=sys.stderr, flush=True)
+    if failures:
+        raise RuntimeError(f"accuracy runs failed: {', '.join(failures)}")
+    rows = []
+    for run in runs:
+        row = json.loads((run_root / run.name / "row.json").read_text())
+        row.update(label=run.label, overrides=list(run.overrides))
+        rows.append(row)
+    write_rows(out / "rows.jsonl", rows)
+    return rows
