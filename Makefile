@@ -10,9 +10,10 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 # A second `make setup` costs nothing: the stamp is newer than the pins.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -r requirements.txt
+	$(VENV)/bin/pip install --no-deps -r requirements-nodeps.txt
 	$(VENV)/bin/pip install --no-deps -e .
 	touch $@
 
@@ -68,3 +69,6 @@ accuracy-byol: $(STAMP) data
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Each method's own targets (bench-kd, accuracy-mocov3, ...).
+-include experiments/*.mk

@@ -25,7 +25,15 @@ def test_requirements_and_environment_yml_agree():
 
 
 def test_every_pin_is_exact():
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            assert "==" in line, line
+    for name in ("requirements.txt", "requirements-nodeps.txt"):
+        for line in (ROOT / name).read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line:
+                assert "==" in line, line
+
+
+def test_makefile_installs_both_lists_and_environment_yml_mentions_the_second():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install -r requirements.txt" in makefile
+    assert "pip install --no-deps -r requirements-nodeps.txt" in makefile
+    assert "requirements-nodeps.txt" in (ROOT / "environment.yml").read_text()
