@@ -118,6 +118,14 @@ def set_accumulate(module: nn.Module, accumulate: bool) -> None:
         layer.accumulate = accumulate
 
 
+def discard_statistics(module: nn.Module) -> None:
+    """Drop the statistics every deferred BatchNorm of ``module`` accumulated (a skipped step)."""
+    for layer in deferred_layers(module):
+        layer._sum.zero_()
+        layer._sumsq.zero_()
+        layer._count.zero_()
+
+
 def commit_all(module: nn.Module, group: dist.ProcessGroup | None = None, distributed: bool = False) -> None:
     """:meth:`DeferredBatchNorm.commit` on every deferred BatchNorm of ``module``."""
     for layer in deferred_layers(module):

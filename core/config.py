@@ -29,7 +29,9 @@ class PipelineConfig:
         max_grad_norm: clip the global gradient norm (over all stages) to this; None: no clipping.
         record_timeline: record start and end of every action (costs a device sync per action
             on CUDA).
-        timeout_s: longest wait for one message or collective before the run is declared stuck.
+        timeout_s: longest wait for one message before the run is declared stuck.
+        nan_guard: on a non-finite loss or gradient, ``stop`` the run at that step (before the
+            update), ``skip`` the step on every stage (counted), or ``off``.
     """
 
     schedule: str = "gpipe"
@@ -42,6 +44,7 @@ class PipelineConfig:
     max_grad_norm: float | None = None
     record_timeline: bool = False
     timeout_s: float = 300.0
+    nan_guard: str = "stop"
 
     def __post_init__(self) -> None:
         known = (*SCHEDULES, *RUNNERS)
@@ -61,6 +64,8 @@ class PipelineConfig:
             raise ValueError(f"{self.schedule} does not split backwards; drop backward_pieces")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.nan_guard not in ("stop", "skip", "off"):
+            raise ValueError(f"nan_guard must be stop, skip or off, got {self.nan_guard!r}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         for name in ("balance", "teacher_balance"):

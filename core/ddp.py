@@ -19,10 +19,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from core.batchnorm import commit_all
 from core.config import PipelineConfig
-from core.momentum import ema_update_
-from core.runtime import OptimizerFactory, SchedulerFactory, StepLog, prepare_models
+from core.runtime import (
+    OptimizerFactory,
+    SchedulerFactory,
+    StepLog,
+    WholeModelState,
+    guarded_update,
+    prepare_models,
+)
 from core.task import Structure, Task, map_structure, rebuild, scatter, tensors, upcast
 
 
@@ -80,7 +85,7 @@ class _Views(nn.Module):
         return [self.body(v) for v in views]
 
 
-class DDPRunner:
+class DDPRunner(WholeModelState):
     """Data parallelism on the task interface.
 
     Args: as :class:`core.runtime.PipelineRuntime`; ``config.stages`` is the number of replicas.
@@ -136,13 +141,15 @@ class DDPRunner:
         batches: Iterable[Any],
         steps: int,
         on_step: Callable[[int, dict[str, float] | None], None] | None = None,
+        start: int = 0,
     ) -> StepLog:
-        """Train ``steps`` mini-batches; every rank passes the same data in the same order."""
+        """Train ``steps`` mini-batches from mini-batch ``start``; every rank passes the same
+        data in the same order."""
         log = StepLog()
         dist.barrier()
         log.t0_s = time.perf_counter()
         it = iter(batches)
-        for b in range(steps):
+        for b in range(start, start + steps):
             batch = next(it)
             s_views, t_views = self.task.split_inputs(batch, b)
             with torch.no_grad(), self._autocast():
@@ -153,21 +160,17 @@ class DDPRunner:
             s_full = [upcast(all_gather_structure(s, with_grad=True)) for s in s_local]
             out = self.task.loss(s_full, t_full, self.task.loss_context(batch, b))
             out["loss"].backward()
-            if self.config.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(self.student.parameters(), self.config.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scheduler is not None:
-                self.scheduler.step()
-            commit_all(self.student, distributed=True)
-            if self.task.teacher_rule.kind == "ema":
-                ema_update_(self.teacher, self.student, self.task.teacher_rule.momentum(b))
+            clip = self._clip if self.config.max_grad_norm else None
+            guarded_update(self, b, out["loss"], clip, agree=False, distributed_bn=True)
             losses = {k: float(v.detach()) for k, v in out.items()}
             log.step_end_s.append(time.perf_counter())
             log.losses.append(losses)
             if on_step is not None:
                 on_step(b, losses)
         return log
+
+    def _clip(self) -> None:
+        nn.utils.clip_grad_norm_(self.student.parameters(), self.config.max_grad_norm)
 
     def stage_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """The full student and teacher (every rank holds them whole)."""

@@ -23,10 +23,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -132,6 +134,11 @@ def launch(nproc: int, argv: Sequence[str], env: dict[str, str] | None = None) -
     """
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    with tempfile.TemporaryDirectory(prefix="tspipe-status-") as status:
+        return _launch(nproc, argv, env, Path(status))
+
+
+def _launch(nproc: int, argv: Sequence[str], env: dict[str, str] | None, status: Path) -> int:
     port = free_port()
     procs, tails, pumps = [], [], []
     for rank in range(nproc):
@@ -143,6 +150,7 @@ def launch(nproc: int, argv: Sequence[str], env: dict[str, str] | None = None) -
             LOCAL_WORLD_SIZE=str(nproc),
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
+            TSPIPE_STATUS_DIR=str(status),
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", *argv],
@@ -178,12 +186,28 @@ def launch(nproc: int, argv: Sequence[str], env: dict[str, str] | None = None) -
     rank, code = failed
     if rank >= 0:
         text = b"\n".join(tails[rank]).decode(errors="replace")
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         print(
-            f"\n[core.launch] rank {rank} of {nproc} exited with code {code}; stopped the other ranks. "
-            f"Last output of rank {rank}:\n{text}",
+            f"\n[core.launch] rank {rank} of {nproc} {how}; stopped the other ranks.\n"
+            f"{_status_report(status, nproc)}Last output of rank {rank}:\n{text}",
             file=sys.stderr,
         )
     return code if code > 0 else 1
+
+
+def _status_report(status: Path, nproc: int) -> str:
+    """Where each rank was (``TSPIPE_STATUS_DIR`` lines) and the last checkpoint, if known."""
+    lines = []
+    for rank in range(nproc):
+        path = status / f"rank{rank}"
+        where = path.read_text().strip() if path.exists() else "(no action started)"
+        lines.append(f"  rank {rank}: {where}")
+    checkpoint = status / "checkpoint"
+    if checkpoint.exists():
+        lines.append(f"  last checkpoint: {checkpoint.read_text().strip()} (continue with --resume auto)")
+    else:
+        lines.append("  no checkpoint was written")
+    return "Where the ranks were:\n" + "\n".join(lines) + "\n"
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

@@ -8,7 +8,9 @@ start and end can be recorded in the simulator's record format.
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from core.action import Action, Op, format_grid
-from core.batchnorm import commit_all, convert_deferred, set_accumulate
+from core.batchnorm import commit_all, convert_deferred, discard_statistics, set_accumulate
 from core.config import PipelineConfig
 from core.metrics import TimelineRecord
 from core.momentum import TeacherVersion, ema_update_
@@ -206,6 +208,13 @@ class PipelineRuntime:
         self.scheduler = scheduler_factory(self.optimizer) if scheduler_factory else None
         self.teacher_version = TeacherVersion()
         self.channels = Channels(device, config.timeout_s) if world > 1 else None
+        # tspipe with an EMA teacher: the teacher version the next mini-batch reads, kept at the
+        # steps a checkpoint follows (``keep_previous_teacher``) and restored on resume
+        self.keep_previous_teacher: Callable[[int], bool] = lambda step: False
+        self._previous_teacher: dict[str, torch.Tensor] | None = None
+        self._previous_module: nn.Module | None = None
+        self.skipped_steps = 0
+        self._status = _StatusFile.open(self.rank)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -294,12 +303,17 @@ class PipelineRuntime:
 
     @torch.no_grad()
     def _teacher_forward(self, a: Action) -> None:
+        teacher = self.teacher
         if self.task.teacher_rule.kind == "ema":
-            self.teacher_version.check(a.batch, self.staleness, self.rank)
+            want = max(0, a.batch - self.staleness)
+            if want == self.teacher_version.version - 1 and self._previous_module is not None:
+                teacher = self._previous_module  # a resumed tspipe run's first mini-batch
+            else:
+                self.teacher_version.check(a.batch, self.staleness, self.rank)
         key = (a.batch, a.microbatch, None)
         x = self._inputs(a.batch)[1][a.microbatch] if self.rank == 0 else self._inbox.pop(("TF", key))
         with self._autocast():
-            y = self.teacher(x)
+            y = teacher(x)
         if self.rank == self.last:
             self._teacher_out[(a.batch, a.microbatch)] = y
         else:
@@ -366,6 +380,7 @@ class PipelineRuntime:
                 for v in range(self.views)
             ]
             out = self.task.loss(student, teacher, context)
+            self._check_loss(out["loss"], b)
             out["loss"].backward()
             self._losses[b] = {k: float(v.detach()) for k, v in out.items()}
             for u in range(self.units):
@@ -376,6 +391,7 @@ class PipelineRuntime:
             term = self.task.microbatch_loss(
                 v, m, self.config.microbatches, upcast(self._student_out[(b, u)]), teacher, context
             )
+            self._check_loss(term, b)
             term.backward()
             acc = self._losses.setdefault(b, {"loss": 0.0})
             acc["loss"] += float(term.detach())
@@ -383,6 +399,13 @@ class PipelineRuntime:
         if a.microbatch is None or a.microbatch == self.units - 1:
             for u in range(self.units):
                 self._teacher_out.pop((b, u), None)
+
+    def _check_loss(self, loss: torch.Tensor, b: int) -> None:
+        if self.config.nan_guard == "stop" and not bool(torch.isfinite(loss.detach()).all()):
+            raise FloatingPointError(
+                f"non-finite loss {float(loss.detach())} at step {b} on stage {self.rank}; stopped before "
+                "the step (the last checkpoint is untouched; nan_guard=skip skips such steps instead)"
+            )
 
     def _student_backward(self, a: Action) -> None:
         key = (a.batch, a.microbatch, a.part)
@@ -401,18 +424,46 @@ class PipelineRuntime:
                 self._outbox[("SB", key)] = piece.grad
 
     def _step(self, a: Action) -> None:
-        if self.config.max_grad_norm is not None:
-            clip_grad_norm_across_stages(self.student.parameters(), self.config.max_grad_norm, self.device)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None:
-            self.scheduler.step()
-        commit_all(self.student)
-        if self.task.teacher_rule.kind == "ema":
-            ema_update_(self.teacher, self.student, self.task.teacher_rule.momentum(a.batch))
-            self.teacher_version.version += 1
-        self._data.pop(a.batch, None)
-        self._unit_inputs.pop(a.batch, None)
+        b = a.batch
+        guard = self.config.nan_guard
+        params = [p for p in self.student.parameters() if p.grad is not None]
+        bad = guard != "off" and not grads_finite(params)
+        if bad and guard == "stop":
+            raise FloatingPointError(
+                f"non-finite gradient at step {b} on stage {self.rank}; stopped before the step "
+                "(the last checkpoint is untouched; nan_guard=skip skips such steps instead)"
+            )
+        if guard == "skip" and self.stages > 1:
+            flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = bool(flag.item())
+        if bad:  # skip: no update of student, statistics or teacher; the step still counts
+            self.optimizer.zero_grad(set_to_none=True)
+            discard_statistics(self.student)
+            self.skipped_steps += 1
+            if self.task.teacher_rule.kind == "ema":
+                self.teacher_version.version += 1
+        else:
+            if self.config.max_grad_norm is not None:
+                clip_grad_norm_across_stages(
+                    self.student.parameters(), self.config.max_grad_norm, self.device
+                )
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            commit_all(self.student)
+            if self.task.teacher_rule.kind == "ema":
+                if self.staleness and self.keep_previous_teacher(b):
+                    self._previous_teacher = {
+                        k: v.detach().clone() for k, v in self.teacher.state_dict().items()
+                    }
+                ema_update_(self.teacher, self.student, self.task.teacher_rule.momentum(b))
+                self.teacher_version.version += 1
+        if self._previous_module is not None and b >= self._resume_start:
+            self._previous_module = None  # only the resumed run's first mini-batch needed it
+        self._data.pop(b, None)
+        self._unit_inputs.pop(b, None)
 
     # ---- the run -------------------------------------------------------------------------
 
@@ -421,14 +472,18 @@ class PipelineRuntime:
         batches: Iterable[Any],
         steps: int,
         on_step: Callable[[int, dict[str, float] | None], None] | None = None,
+        start: int = 0,
     ) -> StepLog:
         """Train for ``steps`` mini-batches drawn from ``batches`` (every rank passes the same
         data in the same order; only the first and last stage read it).
 
         Args:
-            batches: iterable of data batches (as ``task.split_inputs`` expects).
+            batches: iterable of data batches (as ``task.split_inputs`` expects), the first one
+                being mini-batch ``start``.
             steps: optimizer steps to run.
             on_step: called after each step with the step index and, on the last stage, its losses.
+            start: index of the first mini-batch: a resumed run continues where its checkpoint
+                ended (after :meth:`load_checkpoint_state`).
 
         Returns:
             This rank's :class:`StepLog`.
@@ -445,11 +500,26 @@ class PipelineRuntime:
             steps,
             self.pieces,
             self.views,
+            start,
         )
         validate(program.template)
-        self._steps = steps
+        if self.task.teacher_rule.kind == "ema" and self.teacher_version.version != start:
+            raise ValueError(
+                f"the teacher has had {self.teacher_version.version} updates but the run starts at step "
+                f"{start}; load the checkpoint of step {start} first"
+            )
+        if self.staleness and start > 0 and self.task.teacher_rule.kind == "ema":
+            if self._previous_teacher is None:
+                raise ValueError(
+                    f"resuming {self.config.schedule} at step {start} needs the teacher of the step before "
+                    "(stored in its checkpoints); this state has none"
+                )
+            self._previous_module = copy.deepcopy(self.teacher)
+            self._previous_module.load_state_dict(self._previous_teacher)
+        self._resume_start = start
+        self._steps = start + steps
         self._iter: Iterator[Any] = iter(batches)
-        self._fetched = 0
+        self._fetched = start
         self._data: dict[int, Any] = {}
         self._unit_inputs: dict[int, tuple[list[Structure], list[Structure]]] = {}
         self._inbox: dict[tuple, Structure] = {}
@@ -466,11 +536,12 @@ class PipelineRuntime:
         log_.t0_s = time.perf_counter()
         record = self.config.record_timeline
         sync = record and self.device.type == "cuda"
-        for b in range(steps):
+        for b in program.batches():
             segment = program.segment(self.rank, b)
             self._prepost(segment)
             for index, a in enumerate(segment):
-                start = time.perf_counter()
+                began = time.perf_counter()
+                self._status.write(b, a)
                 try:
                     self._run_action(a)
                 except Exception as err:
@@ -483,7 +554,7 @@ class PipelineRuntime:
                         torch.cuda.synchronize(self.device)
                     end = time.perf_counter()
                     log_.records.append(
-                        TimelineRecord.of(a, (start - log_.t0_s) * 1e3, (end - log_.t0_s) * 1e3)
+                        TimelineRecord.of(a, (began - log_.t0_s) * 1e3, (end - log_.t0_s) * 1e3)
                     )
             log_.step_end_s.append(time.perf_counter())
             losses = self._losses.pop(b, None)
@@ -501,7 +572,35 @@ class PipelineRuntime:
             self.channels.close()
             self.channels = None
 
-    # ---- weights -------------------------------------------------------------------------
+    # ---- weights and checkpoints ---------------------------------------------------------
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything this stage needs to continue bit for bit: partitions (and, for a stale
+        teacher, the version the next mini-batch reads), optimizer, scheduler, teacher version,
+        skipped steps and random states. Tensors and plain containers only
+        (``torch.load(weights_only=True)`` reads it)."""
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "previous_teacher": self._previous_teacher,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "teacher_version": self.teacher_version.version,
+            "skipped_steps": self.skipped_steps,
+            "rng": rng_state(),
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`checkpoint_state` (same schedule, stages and balance)."""
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self._previous_teacher = state["previous_teacher"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.teacher_version.version = state["teacher_version"]
+        self.skipped_steps = state["skipped_steps"]
+        set_rng_state(state["rng"])
 
     def stage_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """This stage's weights keyed by global block index: ``{"student": {"3.conv.weight": ...},
@@ -518,6 +617,155 @@ class PipelineRuntime:
             "student": global_names(self.student, self.student_blocks),
             "teacher": global_names(self.teacher, self.teacher_blocks),
         }
+
+
+def grads_finite(params: Iterable[nn.Parameter]) -> bool:
+    """True when every gradient is finite (one fused norm per parameter list)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random states: Python, NumPy, torch CPU (and CUDA)."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    import random
+
+    import numpy as np
+
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class WholeModelState:
+    """Checkpoint state of the runners that keep no stale teacher (ddp, the torch peer): their
+    ``student``, ``teacher``, ``optimizer`` and ``scheduler`` attributes plus random states."""
+
+    student: nn.Module
+    teacher: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    skipped_steps: int = 0
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "previous_teacher": None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "teacher_version": None,
+            "skipped_steps": self.skipped_steps,
+            "rng": rng_state(),
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.skipped_steps = state["skipped_steps"]
+        set_rng_state(state["rng"])
+
+
+def guarded_update(
+    runner: Any,
+    step: int,
+    loss: torch.Tensor | None,
+    clip: Callable[[], Any] | None,
+    agree: bool,
+    distributed_bn: bool = False,
+) -> bool:
+    """The end of a step for the runners beside the pipeline runtime: NaN guard, clipping,
+    optimizer and scheduler step, deferred BatchNorm commit, EMA update.
+
+    Args:
+        runner: has ``config``, ``student``, ``teacher``, ``optimizer``, ``scheduler``, ``task``,
+            ``device``, ``skipped_steps``.
+        step: the step index.
+        loss: this rank's loss, if it has one.
+        clip: clips the gradients (global norm), or None.
+        agree: all-reduce the skip decision (ranks hold different gradients).
+        distributed_bn: sum BatchNorm statistics over ranks before committing (ddp).
+
+    Returns:
+        True if the step was skipped.
+
+    Raises:
+        FloatingPointError: on a non-finite loss or gradient with ``nan_guard=stop``.
+    """
+    guard = runner.config.nan_guard
+    bad = False
+    if guard != "off":
+        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+            bad = True
+        bad = bad or not grads_finite(runner.student.parameters())
+        if bad and guard == "stop":
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {step} on rank {rank}; stopped before the step "
+                "(the last checkpoint is untouched; nan_guard=skip skips such steps instead)"
+            )
+        if guard == "skip" and agree and dist.is_initialized():
+            flag = torch.tensor([1.0 if bad else 0.0], device=runner.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = bool(flag.item())
+    if bad:
+        runner.optimizer.zero_grad(set_to_none=True)
+        discard_statistics(runner.student)
+        runner.skipped_steps += 1
+        return True
+    if clip is not None:
+        clip()
+    runner.optimizer.step()
+    runner.optimizer.zero_grad(set_to_none=True)
+    if runner.scheduler is not None:
+        runner.scheduler.step()
+    commit_all(runner.student, distributed=distributed_bn)
+    if runner.task.teacher_rule.kind == "ema":
+        ema_update_(runner.teacher, runner.student, runner.task.teacher_rule.momentum(step))
+    return False
+
+
+class _StatusFile:
+    """One line per rank saying which step and action it is on, for the launcher's failure
+    report (``TSPIPE_STATUS_DIR``, set by ``core.launch``); nothing without the variable."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    @classmethod
+    def open(cls, rank: int) -> _StatusFile:
+        folder = os.environ.get("TSPIPE_STATUS_DIR")
+        if not folder:
+            return cls(None)
+        return cls(os.open(os.path.join(folder, f"rank{rank}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+
+    def write(self, step: int, action: Action) -> None:
+        if self.fd is not None:
+            os.pwrite(self.fd, f"step {step} action {action}".ljust(64).encode(), 0)
 
 
 def gather_state(

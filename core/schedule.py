@@ -516,18 +516,23 @@ class Program:
 
     Args:
         template: a schedule built with ``batches = min(steps, 3)``.
-        steps: number of mini-batches of the whole run.
+        steps: number of mini-batches the program runs.
+        start: index of its first mini-batch (a resumed run starts past 0); the first one
+            runs the schedule's prologue.
     """
 
-    def __init__(self, template: Schedule, steps: int) -> None:
+    def __init__(self, template: Schedule, steps: int, start: int = 0) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
         if template.batches != min(steps, 3):
             raise ValueError(
                 f"template needs min(steps, 3) = {min(steps, 3)} batches, has {template.batches}"
             )
         self.template = template
         self.steps = steps
+        self.start = start
         self._segments = [_segments(lst) for lst in template.lowered]
 
     @classmethod
@@ -540,21 +545,29 @@ class Program:
         steps: int,
         backward_pieces: int | None = None,
         views: int = 1,
+        start: int = 0,
     ) -> Program:
-        """Build the template of a named schedule for a run of ``steps`` mini-batches."""
+        """Build the template of a named schedule for ``steps`` mini-batches from ``start``."""
         template = build_schedule(name, stages, microbatches, teacher, min(steps, 3), backward_pieces, views)
-        return cls(template, steps)
+        return cls(template, steps, start)
 
     def segment(self, stage: int, batch: int) -> list[Action]:
         """Lowered actions of ``stage`` from after step ``batch - 1`` through step ``batch``."""
-        if not 0 <= batch < self.steps:
-            raise IndexError(f"batch {batch} outside the run's {self.steps} steps")
+        index = batch - self.start
+        if not 0 <= index < self.steps:
+            raise IndexError(
+                f"batch {batch} outside the program's steps {self.start}..{self.start + self.steps - 1}"
+            )
         segs = self._segments[stage]
-        if batch == 0:
-            return list(segs[0])
-        if batch == self.steps - 1:
+        if index == 0:
+            return _shift(segs[0], self.start)
+        if index == self.steps - 1:
             return _shift(segs[-1], batch - (len(segs) - 1))
         return _shift(segs[1], batch - 1)
+
+    def batches(self) -> range:
+        """The mini-batch indices the program runs."""
+        return range(self.start, self.start + self.steps)
 
     def grid(self, batch: int) -> list[list[Action]]:
         """Every stage's segment of step ``batch`` (for error messages)."""

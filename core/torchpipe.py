@@ -19,14 +19,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.batchnorm import commit_all
 from core.config import PipelineConfig
-from core.momentum import ema_update_
 from core.runtime import (
     OptimizerFactory,
     SchedulerFactory,
     StepLog,
+    WholeModelState,
     clip_grad_norm_across_stages,
+    guarded_update,
     prepare_models,
     resolve_balances,
 )
@@ -48,7 +48,7 @@ def peer_available() -> str | None:
     return None
 
 
-class TorchPipelineRunner:
+class TorchPipelineRunner(WholeModelState):
     """``torch-gpipe`` / ``torch-1f1b`` on the task interface.
 
     Args: as :class:`core.runtime.PipelineRuntime`.
@@ -151,15 +151,17 @@ class TorchPipelineRunner:
         batches: Iterable[Any],
         steps: int,
         on_step: Callable[[int, dict[str, float] | None], None] | None = None,
+        start: int = 0,
     ) -> StepLog:
-        """Train ``steps`` mini-batches; every rank passes the same data in the same order."""
+        """Train ``steps`` mini-batches from mini-batch ``start``; every rank passes the same
+        data in the same order."""
         log = StepLog()
         dist.barrier()
         log.t0_s = time.perf_counter()
         it = iter(batches)
         last = self.rank == self.stages - 1
         m = self.config.microbatches
-        for b in range(steps):
+        for b in range(start, start + steps):
             batch = next(it)
             s_units = t_units = None
             if self.rank == 0:
@@ -187,17 +189,9 @@ class TorchPipelineRunner:
                         self.schedule.step(target=target, losses=losses)
                 else:
                     self._step(self.schedule, s_units)
-            if self.config.max_grad_norm is not None:
-                clip_grad_norm_across_stages(
-                    self.student.parameters(), self.config.max_grad_norm, self.device
-                )
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scheduler is not None:
-                self.scheduler.step()
-            commit_all(self.student)
-            if self.task.teacher_rule.kind == "ema":
-                ema_update_(self.teacher, self.student, self.task.teacher_rule.momentum(b))
+            clip = self._clip if self.config.max_grad_norm else None
+            total = sum(x.detach() for x in losses) if last and losses else None
+            guarded_update(self, b, total, clip, agree=True)
             step_losses = (
                 {"loss": float(sum(x.detach() for x in losses)) / self._loss_scale} if last else None
             )
@@ -207,6 +201,9 @@ class TorchPipelineRunner:
             if on_step is not None:
                 on_step(b, step_losses)
         return log
+
+    def _clip(self) -> None:
+        clip_grad_norm_across_stages(self.student.parameters(), self.config.max_grad_norm, self.device)
 
     def stage_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """This stage's weights keyed by global block index (see ``PipelineRuntime.stage_state``)."""

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from core.metrics import write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,3 +108,19 @@ def run_matrix(
         rows.append(row)
     write_rows(out / "rows.jsonl", rows)
     return rows
+
+
+def teacher_drift(sync_dir: Path, stale_dir: Path) -> list[tuple[int, float]]:
+    """(step, relative L2 of the stale teacher from the synchronous one) per common checkpoint."""
+    out = []
+    for folder in sorted((sync_dir / "checkpoints").glob("step*")):
+        other = stale_dir / "checkpoints" / folder.name
+        if not (other / "rank0.pt").exists():
+            continue
+        a = torch.load(folder / "rank0.pt", weights_only=True)["stage"]["teacher"]
+        b = torch.load(other / "rank0.pt", weights_only=True)["stage"]["teacher"]
+        keys = [k for k in a if a[k].is_floating_point()]
+        diff = torch.cat([(b[k] - a[k]).double().flatten() for k in keys]).norm()
+        base = torch.cat([a[k].double().flatten() for k in keys]).norm()
+        out.append((int(folder.name.removeprefix("step")), float(diff / base)))
+    return out

@@ -124,6 +124,18 @@ class BenchSpec:
     extra: dict = field(default_factory=dict)
 
 
+def method_workload(method: Any, options: dict) -> Workload:
+    """The workload of a trainer ``Method`` (``methods.common.trainer``): ``options`` holds a
+    ``preset`` name and ``overrides`` (``key=value`` strings)."""
+    from methods.common.config import build_config
+
+    config = build_config(
+        method.config_cls, method.presets[options["preset"]], list(options.get("overrides", []))
+    )
+    run = method.setup(config)
+    return Workload(run.task, lambda steps: run.batches(0, steps), run.optimizer, run.scheduler)
+
+
 def load_workload(module: str, options: dict) -> Workload:
     """Import a task module and build its workload."""
     return importlib.import_module(module).build(options)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from experiments.benchmark import Workload
-from methods.byol.train import METHOD, setup
-from methods.common.config import build_config
+from experiments.benchmark import Workload, method_workload
+from methods.byol.train import METHOD
 
 
 def build(options: dict) -> Workload:
     """Options: ``preset`` and config ``overrides`` (``key=value`` strings)."""
-    config = build_config(
-        METHOD.config_cls, METHOD.presets[options["preset"]], list(options.get("overrides", []))
-    )
-    run = setup(config)
-    return Workload(run.task, lambda steps: run.batches(0, steps), run.optimizer, run.scheduler)
+    return method_workload(METHOD, options)

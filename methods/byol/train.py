@@ -156,6 +156,7 @@ METHOD = Method(
     default_preset="cpu",
     check=check,
     setup=setup,
+    make_task=lambda config: task_for(config, 1),
 )
 
 if __name__ == "__main__":

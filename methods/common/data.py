@@ -62,6 +62,27 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _load_split(folder: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Images and labels of one split from ``folder``, None if its files are absent.
+
+    Raises:
+        DataNotFound: if the files are there but unreadable or inconsistent.
+    """
+    images, labels = (
+        _find(folder, f"{prefix}-images-idx3-ubyte"),
+        _find(folder, f"{prefix}-labels-idx1-ubyte"),
+    )
+    if not (images and labels):
+        return None
+    try:
+        x, y = read_idx(images), read_idx(labels)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataNotFound(f"{folder}: unreadable Fashion-MNIST file ({err}); replace the files") from None
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+        raise DataNotFound(f"{folder}: images {x.shape} and labels {y.shape} do not match; replace the files")
+    return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
+
+
 def fashion_mnist(
     split: str = "train", data_dir: str | Path | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +90,8 @@ def fashion_mnist(
 
     Args:
         split: ``"train"`` (60,000) or ``"test"`` (10,000).
-        data_dir: folder with the IDX files; default ``$DATA_DIR``, then the Debian location.
+        data_dir: folder with the IDX files (then only there); default ``$DATA_DIR`` (likewise),
+            else the Debian location, else a download where possible.
 
     Raises:
         ValueError: for an unknown split.
@@ -78,16 +100,24 @@ def fashion_mnist(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     prefix = "train" if split == "train" else "t10k"
-    folders = [Path(p) for p in (data_dir, os.environ.get("DATA_DIR")) if p] + [DEBIAN_DIR]
-    for folder in folders:
-        images, labels = (
-            _find(folder, f"{prefix}-images-idx3-ubyte"),
-            _find(folder, f"{prefix}-labels-idx1-ubyte"),
-        )
-        if images and labels:
-            return torch.from_numpy(read_idx(images).copy()), torch.from_numpy(
-                read_idx(labels).astype(np.int64)
+    explicit = data_dir or os.environ.get("DATA_DIR")
+    if explicit:  # a folder the user named must hold the data; no silent fallback
+        folder = Path(explicit)
+        if not folder.is_dir():
+            raise DataNotFound(
+                f"data folder {folder} does not exist; fix data_dir (or DATA_DIR) or leave it empty"
             )
+        found = _load_split(folder, prefix)
+        if found is None:
+            raise DataNotFound(
+                f"data folder {folder} holds no Fashion-MNIST {split} files ({prefix}-images-idx3-ubyte[.gz], "
+                f"{prefix}-labels-idx1-ubyte[.gz]); fix data_dir or leave it empty"
+            )
+        return found
+    folders = [DEBIAN_DIR]
+    found = _load_split(DEBIAN_DIR, prefix)
+    if found is not None:
+        return found
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tspipe-bench"
     allow_download = os.environ.get("TSPIPE_DOWNLOAD", "1") != "0"
     if allow_download:

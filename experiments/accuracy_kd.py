@@ -1,0 +1,163 @@
+"""`make accuracy-kd`: does distillation help, and does tspipe change it? Fashion-MNIST, CPU.
+
+Every run uses the ``accuracy`` preset (``experiments/soft_target.py``: a ResNet-18 of width 8
+trained from scratch on a fixed 10,000-image subset at 16x16, 10 epochs, top-1 on the 10,000
+test images after every epoch; two micro-batches and one backward piece everywhere):
+
+- ``student-alone``: cross-entropy only (alpha = 0, no teacher), sequential;
+- ``kd-sequential``: soft targets of the `make teacher-kd` teacher, one process;
+- ``kd-tspipe``: the same under tspipe on 2 processes (one thread each).
+
+Same seeds, data order and initial weights. The teacher is frozen, so tspipe has no staleness
+and its student must equal the sequential one: the largest parameter difference between the two
+after training is recorded as a row, beside the teacher's own top-1. The first two runs go side
+by side (one core each), then tspipe takes both cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from core.metrics import make_row, write_rows
+from experiments.accuracy import ROOT, AccuracyRun, run_matrix
+from methods.common.config import ConfigError, build_config
+from methods.soft_target.models import load_teacher
+from methods.soft_target.teacher import teacher_command
+from methods.soft_target.train import METHOD
+
+PRESET = "accuracy"
+
+
+def final_student(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The student's weights after the run's last step, merged over the ranks' checkpoint files.
+
+    Raises:
+        FileNotFoundError: if the run has no checkpoint.
+    """
+    folders = sorted((run_dir / "checkpoints").glob("step*"))
+    if not folders:
+        raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
+    state: dict[str, torch.Tensor] = {}
+    for rank_file in sorted(folders[-1].glob("rank*.pt")):
+        state.update(torch.load(rank_file, map_location="cpu", weights_only=True)["stage"]["student"])
+    return state
+
+
+def parameter_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(largest absolute difference, relative L2 distance) over the floating entries of two
+    state dicts (parameters and BatchNorm statistics).
+
+    Raises:
+        ValueError: if the two hold different entries.
+    """
+    if sorted(a) != sorted(b):
+        raise ValueError("the two students hold different entries; were they trained with the same preset?")
+    keys = [k for k in sorted(a) if a[k].is_floating_point()]
+    largest = max(float((a[k].double() - b[k].double()).abs().max()) for k in keys)
+    diff = torch.cat([(a[k].double() - b[k].double()).flatten() for k in keys]).norm()
+    base = torch.cat([b[k].double().flatten() for k in keys]).norm()
+    return largest, float(diff / base)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.accuracy_kd",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--preset", default=PRESET, help="trainer preset of every run (tiny: a smoke run)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    parser.add_argument("--out", type=Path, default=Path("results/soft_target/accuracy"))
+    args = parser.parse_args(argv)
+    try:
+        config = build_config(METHOD.config_cls, METHOD.presets[args.preset], args.set)
+    except (ConfigError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = config.teacher_path()
+    command = teacher_command(config.teacher_arch(), config.dataset, path)
+    try:
+        teacher = load_teacher(path, config.teacher_arch(), command)
+    except ConfigError as err:
+        if "no teacher checkpoint" not in str(err) or command != "make teacher-kd":
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print("[accuracy] no teacher checkpoint: training it first (make teacher-kd)", file=sys.stderr)
+        made = subprocess.run(
+            [sys.executable, "-m", "methods.soft_target.teacher", "--preset", "cpu"], cwd=ROOT
+        )
+        if made.returncode != 0:
+            return made.returncode
+        teacher = load_teacher(path, config.teacher_arch(), command)
+
+    extra = tuple(args.set)
+    alone = [AccuracyRun("student-alone", "sequential", ("alpha=0", *extra), s) for s in args.seeds]
+    kd_seq = [AccuracyRun("kd-sequential", "sequential", extra, s) for s in args.seeds]
+    kd_ts = [AccuracyRun("kd-tspipe", "tspipe", ("stages=2", *extra), s) for s in args.seeds]
+    # one-process runs two at a time, then the two-process runs one at a time
+    rows = run_matrix("soft_target", args.preset, [*alone, *kd_seq], args.out, parallel=2)
+    rows += run_matrix("soft_target", args.preset, kd_ts, args.out, parallel=1)
+    test_images = {"fashion_mnist": 10000, "digits": 297}.get(config.dataset)
+    for row in rows:
+        row.update(processes=row["stages"], dataset=config.dataset, test_images=test_images)
+
+    run_root = ROOT / "runs" / "soft_target" / f"accuracy-{args.preset}"
+    rows.append(
+        make_row(
+            method="soft_target",
+            schedule="single-process",
+            model=config.teacher,
+            stages=1,
+            global_batch=teacher.get("batch"),
+            device="cpu",
+            metric="top1",
+            metric_value=float(teacher["test_top1"]),
+            seed=0,
+            simulated=False,
+            label="teacher",
+            dataset=teacher.get("dataset"),
+            test_images=test_images,
+            epochs=teacher.get("epochs"),
+            steps=teacher.get("steps"),
+            train_s=teacher.get("train_s"),
+            train_images=teacher.get("train_images"),
+            teacher_checkpoint=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+        )
+    )
+    for seed in args.seeds:
+        seq = final_student(run_root / f"kd-sequential-s{seed}")
+        ts = final_student(run_root / f"kd-tspipe-s{seed}")
+        largest, relative = parameter_difference(ts, seq)
+        rows.append(
+            make_row(
+                method="soft_target",
+                schedule="tspipe",
+                model=rows[0]["model"],
+                stages=2,
+                device="cpu",
+                metric="max_abs_param_diff",
+                metric_value=largest,
+                seed=seed,
+                simulated=False,
+                relative_l2=relative,
+                compared="kd-tspipe vs kd-sequential students after training",
+            )
+        )
+        print(
+            f"[accuracy] seed {seed}: tspipe vs sequential student, largest parameter difference {largest:.3g} "
+            f"(relative L2 {relative:.3g})",
+            file=sys.stderr,
+        )
+    write_rows(args.out / "rows.jsonl", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

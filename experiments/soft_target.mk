@@ -1,0 +1,36 @@
+# Soft-target knowledge distillation (methods/soft_target): teacher, throughput, accuracy.
+# Included by the main Makefile (PY, STAMP, data, DEVICE, NPROC come from there).
+
+.PHONY: teacher-kd bench-kd accuracy-kd
+
+# The teacher every CPU KD run distils from: ResNet-18 of width 32 on all of Fashion-MNIST at
+# 16x16, one epoch on both cores (about 5 min on 2 idle cores). Saved once, with its test top-1,
+# under the ignored artifacts/ folder; delete the file to train it again.
+KD_TEACHER := artifacts/soft_target/fashion_mnist-resnet18w32-16px.pt
+teacher-kd: $(KD_TEACHER)
+$(KD_TEACHER): | $(STAMP) data
+	$(PY) -m methods.soft_target.teacher --preset cpu
+
+# Every schedule at 2 stages, sequential, ddp and the torch pipelining peer (CPU default: about
+# 3 min on 2 idle cores, plus the teacher if it is missing). On a GPU node:
+#   make bench-kd DEVICE=cuda NPROC=4 MODEL=resnet152-to-resnet50   (or MODEL=vitl16-to-resnet152)
+# synthetic 224x224, bf16, random teacher unless KD_TEACHER_CHECKPOINT=PATH (torchvision/timm
+# weights load). MODEL, IMAGE and BATCH are passed on only when given.
+kd_given = $(filter command line environment override,$(origin $(1)))
+KD_MODEL := $(if $(call kd_given,MODEL),$(MODEL),$(if $(filter cpu,$(DEVICE)),resnet18w32-to-resnet18w8,resnet152-to-resnet50))
+KD_BENCH_OUT := results/soft_target$(if $(filter cpu,$(DEVICE)),,-$(DEVICE)-$(KD_MODEL))
+KD_BENCH_ARGS := --device $(DEVICE) --nproc $(NPROC) --model $(KD_MODEL) \
+	$(if $(call kd_given,IMAGE),--image $(IMAGE)) $(if $(call kd_given,BATCH),--batch $(BATCH)) \
+	$(if $(KD_TEACHER_CHECKPOINT),--teacher-checkpoint $(KD_TEACHER_CHECKPOINT))
+bench-kd: $(STAMP) $(if $(filter cpu,$(DEVICE)),data $(KD_TEACHER))
+	$(PY) -m experiments.bench_kd $(KD_BENCH_ARGS) --out $(KD_BENCH_OUT)
+	$(PY) -m analysis.bench $(KD_BENCH_OUT) --command "make bench-kd" \
+		--title "Soft-target KD throughput, $(KD_MODEL), $(NPROC) stages, $(DEVICE)"
+	$(PY) -m analysis.soft_target bench $(KD_BENCH_OUT)
+
+# Teacher top-1, student alone, KD under sequential and under tspipe (2 processes), same seed
+# and data order; the largest parameter difference between the two KD students (CPU, about
+# 15 min on 2 idle cores).
+accuracy-kd: $(STAMP) data $(KD_TEACHER)
+	$(PY) -m experiments.accuracy_kd --out results/soft_target/accuracy
+	$(PY) -m analysis.soft_target accuracy results/soft_target/accuracy --command "make accuracy-kd"

@@ -1,0 +1,255 @@
+"""Train a KD teacher, a plain single-process classifier run:
+``python -m methods.soft_target.teacher --preset cpu`` (what ``make teacher-kd`` runs).
+
+Presets live in ``experiments/soft_target.py`` (``TEACHER_PRESETS``); any field can be
+overridden as ``key=value``. The checkpoint (weights, architecture, test top-1) goes to
+``artifacts/soft_target/<dataset>-<model>-<image>px.pt`` unless ``out=PATH`` says otherwise, with
+a JSON summary beside it; KD runs load it with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experiments.soft_target import TEACHER_PRESETS
+from methods.common.config import ConfigError, build_config
+from methods.common.data import BatchOrder, DataNotFound, check_dataset, load_images
+from methods.common.optim import OPTIMIZERS, optimizer_factory, warmup_cosine
+from methods.soft_target.models import (
+    ROOT,
+    Arch,
+    channels,
+    classifier_blocks,
+    default_teacher_path,
+    save_teacher,
+)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """A teacher training run.
+
+    Attributes:
+        teacher: model name (``resnet18w32``, ...; see ``methods.soft_target.models``).
+        image: input side in pixels.
+        in_channels: input channels (gray images are repeated to match).
+        classes: output logits.
+        cifar_stem: ResNet: 3x3 stride-1 stem without max-pool, for small images.
+        half_blocks: ViT: one unit per attention or MLP half (the KD run's teacher layout).
+        dataset: ``fashion_mnist`` or ``digits`` (tests).
+        data_dir: folder with the Fashion-MNIST IDX files; empty: ``$DATA_DIR`` then Debian's.
+        train_subset: train on this many images (0: all).
+        batch: images per step.
+        epochs: passes over the data (ignored when ``steps`` > 0).
+        steps: optimizer steps; 0: ``epochs`` worth.
+        optimizer: ``sgd``, ``adamw`` or ``lars``.
+        lr: learning rate after warm-up (cosine decay to 0 afterwards).
+        weight_decay: on weights (not biases and norms).
+        warmup_steps: linear warm-up steps.
+        seed: weights and data order.
+        threads: torch threads of the command-line run (0: torch's default).
+        log_every: progress line every this many steps.
+        out: checkpoint path; empty: the default path KD runs look in.
+    """
+
+    teacher: str = "resnet18w32"
+    image: int = 16
+    in_channels: int = 1
+    classes: int = 10
+    cifar_stem: bool = True
+    half_blocks: bool = False
+    dataset: str = "fashion_mnist"
+    data_dir: str = ""
+    train_subset: int = 0
+    batch: int = 128
+    epochs: int = 1
+    steps: int = 0
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    warmup_steps: int = 40
+    seed: int = 0
+    threads: int = 0
+    log_every: int = 50
+    out: str = ""
+
+    def __post_init__(self) -> None:
+        self.arch()  # validates the model name, image, channels, classes
+        if self.dataset not in ("fashion_mnist", "digits"):
+            raise ValueError(
+                f"a teacher trains on real data: dataset must be fashion_mnist or digits, got {self.dataset!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr < 0 or self.weight_decay < 0:
+            raise ValueError(f"lr and weight_decay must be >= 0, got {self.lr} and {self.weight_decay}")
+        for name in ("batch", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs", "steps", "warmup_steps", "threads", "train_subset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.epochs == 0 and self.steps == 0:
+            raise ValueError("set epochs or steps above 0")
+
+    def arch(self) -> Arch:
+        """The teacher's architecture."""
+        return Arch(
+            self.teacher, self.image, self.in_channels, self.classes, self.cifar_stem, self.half_blocks
+        )
+
+    def path(self) -> Path:
+        """Where the checkpoint goes."""
+        return Path(self.out) if self.out else default_teacher_path(self.arch(), self.dataset)
+
+
+def teacher_command(arch: Arch, dataset: str, path: Path) -> str:
+    """The command that makes a teacher checkpoint of ``arch`` on ``dataset`` at ``path``:
+    ``make teacher-kd`` for the default teacher, else the teacher script with overrides."""
+    cpu = TeacherConfig(**TEACHER_PRESETS["cpu"])
+    if arch == cpu.arch() and dataset == cpu.dataset and Path(path) == cpu.path():
+        return "make teacher-kd"
+    preset = "tiny" if dataset == "digits" else "cpu"
+    base = TeacherConfig(**TEACHER_PRESETS[preset])
+    overrides = []
+    for key, value in arch.to_dict().items():
+        field = "teacher" if key == "model" else key
+        if getattr(base, field) != value:
+            overrides.append(f"{field}={value}")
+    if Path(path) != default_teacher_path(arch, dataset):
+        overrides.append(f"out={path}")
+    return " ".join(["python -m methods.soft_target.teacher --preset", preset, *overrides])
+
+
+@torch.no_grad()
+def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
+    """Top-1 accuracy of a classifier in eval mode over prepared images (on the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(images), batch):
+        logits = model(images[start : start + batch].to(device))
+        correct += int((logits.argmax(dim=1).cpu() == labels[start : start + batch]).sum())
+    return correct / len(images)
+
+
+def train_teacher(config: TeacherConfig, progress: bool = True) -> dict:
+    """Train the teacher, evaluate it on the test split, save the checkpoint and its summary.
+
+    Returns:
+        The summary (also written beside the checkpoint as JSON): path, architecture, test top-1,
+        steps, seconds.
+
+    Raises:
+        DataNotFound: when the dataset is missing.
+    """
+    arch = config.arch()
+    data = load_images(
+        config.dataset, config.data_dir or None, config.train_subset, config.seed, config.image
+    )
+    order = BatchOrder(len(data.train_images), config.batch, config.seed)
+    steps = config.steps or config.epochs * order.steps_per_epoch
+    torch.manual_seed(config.seed)
+    blocks = classifier_blocks(arch)
+    model = nn.Sequential(*blocks)
+    optimizer = optimizer_factory(config.optimizer, config.lr, config.weight_decay)(
+        list(model.named_parameters())
+    )
+    scheduler = warmup_cosine(config.warmup_steps, steps)(optimizer)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=steps, desc=f"teacher {arch.model}", unit="step", dynamic_ncols=True, file=sys.stderr
+        )
+    started = time.perf_counter()
+    model.train()
+    loss = torch.zeros(())
+    for step, idx in enumerate(order.iterate(0, steps)):
+        images = channels(data.prepare(data.train_images[idx], config.image), config.in_channels)
+        loss = F.cross_entropy(model(images), data.train_labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if bar is not None:
+            bar.update(1)
+            if step % config.log_every == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    if bar is not None:
+        bar.close()
+    train_s = time.perf_counter() - started
+    test_images = channels(data.prepare(data.test_images, config.image), config.in_channels)
+    accuracy = top1(model, test_images, data.test_labels)
+    path = config.path()
+    summary = {
+        "path": str(path),
+        "arch": arch.to_dict(),
+        "test_top1": accuracy,
+        "dataset": config.dataset,
+        "train_images": len(data.train_images),
+        "batch": config.batch,
+        "steps": steps,
+        "epochs": steps / order.steps_per_epoch,
+        "train_s": train_s,
+        "final_loss": float(loss.detach()),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "torch": str(torch.__version__),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "config": dataclasses.asdict(config),
+    }
+    save_teacher(
+        path, arch, blocks, **{k: v for k, v in summary.items() if k not in ("path", "arch", "config")}
+    )
+    path.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry.
+
+    Returns:
+        0 on success; 2 for a bad config or missing data (one line on stderr).
+    """
+    parser = argparse.ArgumentParser(prog="python -m methods.soft_target.teacher", description=__doc__)
+    parser.add_argument("--preset", default="cpu", help=f"one of: {', '.join(TEACHER_PRESETS)}")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.preset not in TEACHER_PRESETS:
+            raise ConfigError(f"unknown preset {args.preset!r}; choose one of: {', '.join(TEACHER_PRESETS)}")
+        config = build_config(TeacherConfig, TEACHER_PRESETS[args.preset], args.overrides)
+        check_dataset(config.dataset, config.data_dir or None)
+    except (ConfigError, DataNotFound, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    summary = train_teacher(config)
+    try:
+        shown = Path(summary["path"]).relative_to(ROOT)
+    except ValueError:
+        shown = summary["path"]
+    print(
+        f"teacher {config.teacher}: test top-1 {100 * summary['test_top1']:.2f}% after {summary['steps']} steps "
+        f"({summary['train_s']:.0f} s); saved {shown}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

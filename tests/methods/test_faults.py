@@ -1,0 +1,251 @@
+"""Nothing lost, nothing hangs: bit-exact resume after a killed rank, dead and stalled ranks,
+the NaN guard, atomic checkpoints, refused resumes, export, and bad input before any start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from core import checkpoint
+from core.export import export
+from core.runtime import prepare_models
+from tests.conftest import ROOT
+from tests.core.toy import ToyTask
+
+
+def train(module: str, run_dir, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args, f"run_dir={run_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def final_weights(run_dir, step):
+    return checkpoint.merged_weights(checkpoint.step_folder(run_dir, step))
+
+
+def assert_bit_identical(a, b):
+    for kind in ("student", "teacher"):
+        assert a[kind].keys() == b[kind].keys()
+        for key in a[kind]:
+            assert torch.equal(a[kind][key], b[kind][key]), (kind, key)
+
+
+def leftover_processes(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+CASES = [
+    # (method module, schedule, extra args): tspipe with an EMA teacher, gpipe with a frozen one
+    ("methods.byol.train", "tspipe", ["--preset", "tiny", "--microbatches", "2"]),
+    ("tests.methods.toy_train", "gpipe", ["--microbatches", "2", "teacher=frozen"]),
+]
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("module, schedule, extra", CASES, ids=["tspipe-ema", "gpipe-frozen"])
+def test_killed_rank_then_resume_is_bit_identical(tmp_path, module, schedule, extra):
+    common = [*extra, "--schedule", schedule, "--stages", "2", "steps=6", "checkpoint_every=2"]
+    whole = train(module, tmp_path / "whole", *common)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    killed = train(module, tmp_path / "cut", *common, "inject_fault=kill:3:1")
+    assert killed.returncode != 0
+    died = json.loads((tmp_path / "cut" / "fault.json").read_text())["time"]
+    assert time.time() - died < 60  # from the death to the launcher's exit
+    err = killed.stderr
+    assert "rank 1 of 2 was killed by SIGKILL; stopped the other ranks" in err
+    assert "rank 1: step 2 action 1OPT@2" in err  # where it was
+    assert f"last checkpoint: {tmp_path / 'cut' / 'checkpoints' / 'step0000002'}" in err
+    assert not leftover_processes(str(tmp_path / "cut")), "zombie or orphan processes"
+    assert checkpoint.latest(tmp_path / "cut").name == "step0000002"
+
+    resumed = train(module, tmp_path / "cut", *common, "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "cut" / "row.json").read_text())["resumed_from"] == 2
+    assert_bit_identical(final_weights(tmp_path / "whole", 6), final_weights(tmp_path / "cut", 6))
+
+
+@pytest.mark.dist
+def test_a_stalled_rank_times_out_and_stops_the_job(tmp_path):
+    started = time.monotonic()
+    proc = train(
+        "tests.methods.toy_train",
+        tmp_path,
+        "--schedule",
+        "gpipe",
+        "--stages",
+        "2",
+        "--microbatches",
+        "2",
+        "steps=6",
+        "inject_fault=hang:2:0",
+        "timeout_s=8",
+    )
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 60
+    assert "did not arrive within 8 s" in proc.stderr and "rank 1" in proc.stderr
+    assert not leftover_processes(str(tmp_path))
+
+
+@pytest.mark.dist
+def test_nan_guard_stops_without_touching_the_last_checkpoint(tmp_path):
+    proc = train(
+        "tests.methods.toy_train",
+        tmp_path,
+        "--schedule",
+        "tspipe",
+        "--stages",
+        "2",
+        "--microbatches",
+        "2",
+        "steps=6",
+        "checkpoint_every=2",
+        "inject_fault=nan:3",
+    )
+    assert proc.returncode != 0
+    assert "non-finite" in proc.stderr and "at step 3" in proc.stderr
+    assert checkpoint.latest(tmp_path).name == "step0000002"
+    for value in checkpoint.merged_weights(checkpoint.latest(tmp_path))["student"].values():
+        assert torch.isfinite(value.double()).all()
+
+
+@pytest.mark.dist
+def test_nan_guard_can_skip_and_count(tmp_path):
+    proc = train(
+        "tests.methods.toy_train",
+        tmp_path,
+        "--schedule",
+        "tspipe",
+        "--stages",
+        "2",
+        "--microbatches",
+        "2",
+        "steps=5",
+        "inject_fault=nan:2",
+        "nan_guard=skip",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "row.json").read_text())
+    assert row["skipped_steps"] == 1
+    weights = final_weights(tmp_path, 5)["student"]
+    assert all(torch.isfinite(v.double()).all() for v in weights.values())
+    assert any(
+        json.loads(line).get("skipped_steps") == 1
+        for line in (tmp_path / "log.jsonl").read_text().splitlines()
+    )
+
+
+def test_a_crash_between_write_and_rename_leaves_no_corrupt_checkpoint(tmp_path, monkeypatch):
+    good = checkpoint.save(tmp_path, 2, {"state": {"w": torch.ones(2)}}, {"world_size": 1})
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith("rank0.pt"):
+            raise KeyboardInterrupt("power cut")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, 4, {"state": {"w": torch.zeros(2)}}, {"world_size": 1})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (checkpoint.step_folder(tmp_path, 4) / "rank0.pt").exists()
+    assert checkpoint.latest(tmp_path) == good
+    assert torch.equal(checkpoint.load(good, 0)["state"]["w"], torch.ones(2))
+
+
+def test_mismatched_resume_is_refused(tmp_path):
+    proc = train(
+        "tests.methods.toy_train", tmp_path, "--schedule", "sequential", "--microbatches", "2", "steps=2"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = train(
+        "tests.methods.toy_train", tmp_path, "--schedule", "sequential", "--microbatches", "3", "resume=auto"
+    )
+    assert again.returncode == 2
+    assert "cannot resume" in again.stderr and "microbatches: checkpoint 2, now 3" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_export_loads_into_the_unpartitioned_model(tmp_path):
+    proc = train(
+        "tests.methods.toy_train", tmp_path, "--schedule", "sequential", "--microbatches", "2", "steps=2"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = subprocess.run(
+        [sys.executable, "-m", "core.export", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    student_blocks, teacher_blocks = prepare_models(ToyTask("ema", True, 2))
+    student = nn.Sequential(*student_blocks)
+    student.load_state_dict(torch.load(tmp_path / "export" / "student.pt", weights_only=True))
+    teacher = nn.Sequential(*teacher_blocks)
+    teacher.load_state_dict(torch.load(tmp_path / "export" / "teacher.pt", weights_only=True))
+    merged = checkpoint.merged_weights(checkpoint.latest(tmp_path))
+    assert all(torch.equal(student.state_dict()[k], merged["student"][k]) for k in merged["student"])
+    with pytest.raises(FileNotFoundError):
+        export(tmp_path / "nothing")
+
+
+BAD = [
+    (["nonsense=1"], "unknown config key 'nonsense'"),
+    (["steps=two"], "steps=two: expected int"),
+    (["--microbatches", "0"], "microbatches must be an integer >= 1"),
+    (["--schedule", "gpipe", "--stages", "12"], "12 stages but the"),
+    (["lr=-0.1"], "lr must be >= 0"),
+    (["base_momentum=1.2"], r"base_momentum must lie in \[0, 1\]"),
+    (["dataset=fashion_mnist", "data_dir=/no/such/folder"], "data folder /no/such/folder does not exist"),
+    (["--schedule", "nope"], "unknown schedule 'nope'"),
+    (["inject_fault=explode:1"], "inject_fault must be"),
+    (["min_free_gb=1000000"], "GiB free under"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[m[:30] for _, m in BAD])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    import re
+
+    proc = train("methods.byol.train", tmp_path / "run", "--preset", "tiny", *args, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), proc.stderr
+
+
+def test_wrong_data_files_are_refused(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (folder / name).write_bytes(b"not an idx file at all")
+    proc = train(
+        "methods.byol.train",
+        tmp_path / "run",
+        "--preset",
+        "tiny",
+        "dataset=fashion_mnist",
+        f"data_dir={folder}",
+    )
+    assert proc.returncode == 2 and "unreadable Fashion-MNIST file" in proc.stderr
+
+
+def test_read_only_output_folder_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root): the check cannot be exercised")
+        proc = train("methods.byol.train", locked / "run", "--preset", "tiny")
+        assert proc.returncode == 2 and "is not writable" in proc.stderr
+    finally:
+        locked.chmod(0o700)
