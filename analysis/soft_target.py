@@ -3,8 +3,8 @@ under the ``make bench-kd`` table).
 
 Usage::
 
-    python -m methods.soft_target.report accuracy results/soft_target/accuracy
-    python -m methods.soft_target.report bench results/soft_target   # after analysis.bench
+    python -m analysis.soft_target accuracy results/soft_target/accuracy
+    python -m analysis.soft_target bench results/soft_target   # after analysis.bench
 
 ``accuracy`` writes ``TABLE.md`` and ``top1_by_epoch.png``; ``bench`` appends a section to the
 ``TABLE.md`` that ``analysis.bench`` wrote: the teacher's share of a step (the work tspipe can
@@ -174,7 +174,7 @@ def append_bench_section(folder: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m methods.soft_target.report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m analysis.soft_target", description=__doc__)
     parser.add_argument("kind", choices=("accuracy", "bench"))
     parser.add_argument("folder", type=Path)
     parser.add_argument(
