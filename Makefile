@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format data simulate bench-engine bench-byol accuracy-byol clean
+.PHONY: setup test lint format data simulate bench-engine bench-byol accuracy-byol report clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,12 @@ bench-byol: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)
 accuracy-byol: $(STAMP) data
 	$(PY) -m experiments.accuracy_byol --out results/byol/accuracy
 	$(PY) -m analysis.accuracy results/byol/accuracy --command "make accuracy-byol" --title "BYOL accuracy parity"
+
+# results/REPORT.md and the README's results snippet from the rows (re-running missing
+# throughput benchmarks); QUICK=1 re-measures a reduced set into results/quick/ (about 15 min).
+QUICK ?= 0
+report: $(STAMP)
+	$(PY) -m experiments.report $(if $(filter 1,$(QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -270,6 +270,7 @@ class Calibration:
     ema_ms: float
     sweep: dict[int, tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]] | None
     source: str
+    student_params: int = 0
 
     @property
     def method(self) -> str:
@@ -371,6 +372,7 @@ def load_calibration(path: str | Path) -> Calibration:
             ema_ms=float(data.get("ema_ms", 0.0)) if ssl else 0.0,
             sweep=sweep,
             source=path.name,
+            student_params=int(float(data.get("student_params_M", 0.0)) * 1e6),
         )
     except KeyError as err:
         raise ValueError(f"{path}: missing calibration field {err}; see DESIGN.md for the format") from None
@@ -430,6 +432,49 @@ def simulate_calibration(
         schedule, stages, microbatches, cal.teacher, WINDOW_BATCHES, backward_pieces, views=cal.views
     )
     return simulate(built, costs, cal.batch), built, partition
+
+
+def simulate_ddp(
+    cal: Calibration, stages: int, link: Link | None = None, grad_bytes: int = 4
+) -> dict[str, float]:
+    """Data parallelism over ``stages`` GPUs, modelled from the calibration: every GPU runs the
+    whole teacher and student on ``batch / stages`` samples (per-block costs at that size, so the
+    micro-batch sweep's penalty applies), and the ring all-reduce of the student's gradients
+    (``2 (N - 1) / N x parameters x grad_bytes`` over the link, plus ``2 (N - 1)`` latencies)
+    overlaps the backward pass completely (the favourable case for DDP).
+
+    Returns:
+        ``step_ms``, ``samples_per_s``, ``allreduce_ms``, ``efficiency`` (against the same
+        bubble-free bound as the pipelines at M = N) and ``bound_samples_per_s``.
+
+    Raises:
+        ValueError: if the calibration lacks the student's parameter count.
+    """
+    if not cal.student_params:
+        raise ValueError(f"{cal.source} has no student_params_M; cannot model the all-reduce")
+    link = link or Link()
+    share = cal.batch / stages
+    t, f, b = cal.block_costs(share)
+    compute_fb = cal.views * (sum(t) + sum(f))
+    backward = cal.views * sum(b)
+    ring = 2 * (stages - 1) / stages
+    allreduce = (
+        ring * cal.student_params * grad_bytes / (link.gbps * 1e9) * 1e3
+        + 2 * (stages - 1) * link.latency_us / 1e3
+    )
+    step = compute_fb + max(backward, allreduce) + cal.ema_ms
+    samples = cal.batch / step * 1e3
+    # the pipelines' bound at M = N: N x batch / all work of one mini-batch at that unit size
+    tu, fu, bu = cal.block_costs(cal.batch / stages)
+    work = cal.views * stages * (sum(tu) + sum(fu) + sum(bu)) + cal.ema_ms
+    bound = stages * cal.batch / work * 1e3
+    return {
+        "step_ms": step,
+        "samples_per_s": samples,
+        "allreduce_ms": allreduce,
+        "efficiency": samples / bound,
+        "bound_samples_per_s": bound,
+    }
 
 
 def result_dict(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.metrics import make_row, write_rows
-from core.simulate import Calibration, Link, load_calibration, result_dict, simulate_calibration
+from core.simulate import Calibration, Link, load_calibration, result_dict, simulate_calibration, simulate_ddp
 
 SCHEDULES = ("mp", "gpipe", "1f1b", "tspipe")
 STAGES = (2, 4, 8, 16)
@@ -78,6 +78,31 @@ def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | Non
             keep = (cal.source, stages, link_name) in GANTT and schedule in ("gpipe", "tspipe")
             compute = [r.to_dict() for r in result.records if not r.op.startswith(("SEND", "RECV"))]
             out.append((row, compute if keep else None))
+        ddp = simulate_ddp(cal, stages, link)
+        row = make_row(
+            method=cal.method,
+            schedule="ddp",
+            model=cal.pair,
+            stages=stages,
+            microbatches=1,
+            global_batch=cal.batch,
+            device=f"simulated H200 calibration, {link.gbps:g} GB/s link",
+            samples_per_s=ddp["samples_per_s"],
+            step_ms=ddp["step_ms"],
+            efficiency=ddp["efficiency"],
+            bound_samples_per_s=ddp["bound_samples_per_s"],
+            simulated=True,
+            link=link_name,
+            link_gbps=link.gbps,
+            latency_us=link.latency_us,
+            cost_model="mbsweep" if cal.sweep else "linear",
+            calibration=cal.source,
+            views=cal.views,
+            allreduce_ms=ddp["allreduce_ms"],
+            ddp_model="ring all-reduce of fp32 student gradients, fully overlapped with the backward",
+            microbatch_penalty=cal.microbatch_penalty(cal.batch / stages),
+        )
+        out.append((row, None))
     return out
 
 

@@ -1,0 +1,105 @@
+"""The report builds from fixture rows: expected tables, missing and stale rows reported, and
+every number in a table row traced to the row it names."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from analysis.report import BEGIN, END, build, load, update_readme
+from analysis.tables import fmt
+from tests.conftest import ROOT
+
+FIXTURES = ROOT / "tests" / "fixtures" / "results"
+
+
+@pytest.fixture
+def results(tmp_path):
+    shutil.copytree(FIXTURES, tmp_path / "results")
+    return tmp_path / "results"
+
+
+def test_sections_from_fixture_rows(results):
+    report, snippet = build(results, ROOT)
+    assert "## 1. Throughput measured here" in report and "### Engine" in report
+    assert "| tspipe | 2 | 2 |" in report
+    assert "## 2. Throughput at paper scale (simulated" in report and "**Simulated, not measured.**" in report
+    assert "mocov3_vit_large_halfblocks_bf16 | 450 GB/s | 16 |" in report
+    assert "| 12.15 |" in report  # the paper's figure beside the simulated one
+    assert "No GPU rows yet" in report
+    assert "### BYOL" in report and "| sync | sequential | knn_top1 | 2 | 0.7100 |" in report
+    assert "teacher_drift_rel_l2" in report
+    assert "tspipe over gpipe" in snippet and "simulated (paper: 12.15x)" in snippet
+    assert "knn_top1 tspipe - synchronous (2 seeds)" in snippet
+    assert (results / "report_speedups.png").stat().st_size > 10_000
+
+
+def test_missing_rows_are_reported_with_their_command(results):
+    report, _ = build(results, ROOT)
+    assert "missing: no rows under `results/moco_v3/`; run `make bench-mocov3`." in report
+    assert "missing: no rows under `results/soft_target/accuracy/`; run `make accuracy-kd`." in report
+    shutil.rmtree(results / "simulated")
+    report, _ = build(results, ROOT)
+    assert "missing: no rows under `results/simulated/`; run `make simulate`." in report
+
+
+def test_stale_and_unknown_rows_are_flagged(results):
+    report, _ = build(results, ROOT)
+    env = report.split("## 6. Environment and freshness")[1]
+    assert re.search(r"\| engine \| 4 \| deadbeef0000 \| unknown commit \|", env)
+    assert re.search(r"\| simulated \| 4 \| [0-9a-f]{12} \| stale: code changed since \|", env)
+
+
+def test_every_number_traces_to_its_row(results):
+    report, _ = build(results, ROOT)
+    data = {r["_source"]: r for rows in load(results).values() for r in rows}
+    checked = 0
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if not line.startswith("|") or not re.fullmatch(r"[\w/]+\.jsonl#\d+", cells[-1]):
+            continue
+        if cells[-1].startswith("results/"):  # the headline: its value is a ratio of two rows
+            continue
+        row = data[cells[-1]]
+        if "samples_per_s" in row and row["samples_per_s"] is not None and "calibration" not in row:
+            assert cells[3] == fmt(row["samples_per_s"]), line  # measured samples/s
+            assert cells[5] == fmt(row["efficiency"]), line
+        if "calibration" in row:
+            assert cells[3] == fmt(row["samples_per_s"]), line  # simulated samples/s
+            assert cells[4] == fmt(row["efficiency"]), line
+        checked += 1
+    for line in report.splitlines():  # accuracy tables: per-seed values from the named rows
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        sources = [c.strip() for c in cells[-1].split(",")] if line.startswith("|") else []
+        if len(sources) > 1 and all(re.fullmatch(r"[\w/]+\.jsonl#\d+", x) for x in sources):
+            assert cells[6] == ", ".join(f"{data[x]['metric_value']:.4f}" for x in sources), line
+            checked += 1
+    assert checked >= 7
+
+
+def test_readme_snippet_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\nold\n{END}\noutro\n")
+    assert update_readme(readme, "| new |\n")
+    assert readme.read_text() == f"intro\n{BEGIN}\n| new |\n{END}\noutro\n"
+    assert not update_readme(readme, "| new |\n")
+
+
+def test_committed_report_is_regenerated_byte_for_byte():
+    committed = ROOT / "results" / "REPORT.md"
+    if not committed.exists():
+        pytest.skip("no committed report yet")
+    report, snippet = build(ROOT / "results", ROOT)
+    assert report == committed.read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert f"{BEGIN}\n{snippet}{END}" in readme
+
+
+def test_fixture_rows_have_the_schema():
+    from core.metrics import ROW_KEYS
+
+    for path in FIXTURES.rglob("rows.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            assert set(ROW_KEYS) <= set(row), path
