@@ -129,7 +129,8 @@ def steady_state(
 
 
 def git_sha(repo: Path | None = None) -> str | None:
-    """Short sha of HEAD, with ``+dirty`` when the tree has changes; None outside a checkout."""
+    """Short sha of HEAD, with ``+dirty`` when the code (not results) has uncommitted changes;
+    None outside a checkout."""
     cwd = repo or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(
@@ -139,8 +140,8 @@ def git_sha(repo: Path | None = None) -> str | None:
             text=True,
             check=True,
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(  # code only: results written while benchmarking do not count
+            ["git", "status", "--porcelain", "--", "core", "methods", "experiments", "analysis", "Makefile"],
             cwd=cwd,
             capture_output=True,
             text=True,

@@ -3,16 +3,14 @@ predictor, an EMA target network, and the symmetric normalised regression loss."
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.momentum import TeacherRule
-from core.task import Task, unit_slices
-from methods.common.augment import TwoViews, ViewConfig
+from core.task import unit_slices
+from methods.common.augment import ViewConfig
 from methods.common.resnet import Pool, mlp, resnet_blocks
+from methods.common.ssl import TwoViewTask
 
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -26,23 +24,15 @@ def byol_loss(online: list[torch.Tensor], target: list[torch.Tensor]) -> torch.T
     return regression_loss(online[0], target[1]).mean() + regression_loss(online[1], target[0]).mean()
 
 
-class ByolTask(Task):
+class ByolTask(TwoViewTask):
     """BYOL on the engine: blocks = ResNet stem and residual blocks, then pooling + projector,
     then the predictor (student only); the teacher is an EMA of everything but the predictor.
 
     Args:
         depth, width, cifar_stem: the ResNet (see ``methods.common.resnet``).
         proj_hidden, proj_dim, pred_hidden: projector and predictor sizes (BYOL: 4096/256/4096).
-        base_momentum: EMA momentum at step 0, rising to 1 on a cosine over ``total_steps``.
-        total_steps: training length, for the momentum schedule.
-        seed: weight initialisation and augmentation seed.
-        views: a :class:`ViewConfig` for real images, or None for synthetic inputs (the second
-            view is a flip of the first: no augmentation cost in throughput runs).
-        in_channels: image channels the model takes (gray images are repeated to match).
+        base_momentum, total_steps, seed, views, in_channels: as :class:`TwoViewTask`.
     """
-
-    views = 2
-    predictor_blocks = 1
 
     def __init__(
         self,
@@ -58,12 +48,9 @@ class ByolTask(Task):
         views: ViewConfig | None = None,
         in_channels: int = 3,
     ) -> None:
+        super().__init__(base_momentum, total_steps, seed, views, in_channels)
         self.depth, self.width, self.cifar_stem = depth, width, cifar_stem
         self.proj_hidden, self.proj_dim, self.pred_hidden = proj_hidden, proj_dim, pred_hidden
-        self.seed = seed
-        self.in_channels = in_channels
-        self.augment = TwoViews(views) if views is not None else None
-        self.teacher_rule = TeacherRule.ema(base_momentum, total_steps)
 
     def build_student(self) -> list[nn.Module]:
         torch.manual_seed(self.seed)
@@ -71,24 +58,6 @@ class ByolTask(Task):
         projector = nn.Sequential(Pool(), mlp(features, self.proj_hidden, self.proj_dim))
         predictor = mlp(self.proj_dim, self.pred_hidden, self.proj_dim)
         return [*blocks, projector, predictor]
-
-    def build_teacher(self, student):
-        return [copy.deepcopy(b) for b in student[:-1]]
-
-    def _channels(self, x: torch.Tensor) -> torch.Tensor:
-        return x.expand(-1, self.in_channels, -1, -1) if x.shape[1] != self.in_channels else x
-
-    def split_inputs(self, batch, step):
-        images = batch[0]
-        if self.augment is None:
-            views = [images, images.flip(3)]
-        else:
-            views = list(self.augment(images, self.seed, step))
-        views = [self._channels(v) for v in views]
-        return views, views
-
-    def loss_context(self, batch, step):
-        return batch[0].shape[0]
 
     def loss(self, student, teacher, context):
         return {"loss": byol_loss(student, teacher)}

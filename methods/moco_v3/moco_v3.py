@@ -9,16 +9,14 @@ only). The momentum encoder mirrors every unit but the predictor.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.momentum import TeacherRule
-from core.task import Task, unit_slices
-from methods.common.augment import TwoViews, ViewConfig
+from core.task import unit_slices
+from methods.common.augment import ViewConfig
 from methods.common.resnet import mlp
+from methods.common.ssl import TwoViewTask
 from methods.common.vit import vit_blocks
 
 
@@ -58,7 +56,7 @@ def moco_v3_loss(queries: list[torch.Tensor], keys: list[torch.Tensor], temperat
     )
 
 
-class MocoV3Task(Task):
+class MocoV3Task(TwoViewTask):
     """MoCo-v3 on the engine.
 
     Args:
@@ -73,16 +71,8 @@ class MocoV3Task(Task):
         proj_hidden, proj_dim, pred_hidden: projector (3 layers) and predictor (2 layers) sizes
             (MoCo-v3: 4096/256/4096).
         temperature: InfoNCE temperature (0.2 for ViT).
-        base_momentum: EMA momentum at step 0, rising to 1 on a cosine over ``total_steps``.
-        total_steps: training length, for the momentum schedule.
-        seed: weight initialisation and augmentation seed.
-        views: a :class:`ViewConfig` for real images, or None for synthetic inputs (the second
-            view is a flip of the first: no augmentation cost in throughput runs).
-        in_channels: image channels the model takes (gray images are repeated to match).
+        base_momentum, total_steps, seed, views, in_channels: as :class:`TwoViewTask`.
     """
-
-    views = 2
-    predictor_blocks = 1
 
     def __init__(
         self,
@@ -106,6 +96,7 @@ class MocoV3Task(Task):
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        super().__init__(base_momentum, total_steps, seed, views, in_channels)
         self.vit, self.image, self.patch = vit, image, patch
         self.overrides = {
             k: v for k, v in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", heads)) if v
@@ -113,10 +104,6 @@ class MocoV3Task(Task):
         self.half_blocks, self.frozen_patch_projection = half_blocks, frozen_patch_projection
         self.proj_hidden, self.proj_dim, self.pred_hidden = proj_hidden, proj_dim, pred_hidden
         self.temperature = temperature
-        self.seed = seed
-        self.in_channels = in_channels
-        self.augment = TwoViews(views) if views is not None else None
-        self.teacher_rule = TeacherRule.ema(base_momentum, total_steps)
 
     def build_student(self) -> list[nn.Module]:
         torch.manual_seed(self.seed)
@@ -133,24 +120,6 @@ class MocoV3Task(Task):
         head = nn.Sequential(class_token, mlp(dim, self.proj_hidden, self.proj_dim, layers=3, last_bn=True))
         predictor = mlp(self.proj_dim, self.pred_hidden, self.proj_dim, layers=2)
         return [*backbone, head, predictor]
-
-    def build_teacher(self, student):
-        return [copy.deepcopy(b) for b in student[:-1]]
-
-    def _channels(self, x: torch.Tensor) -> torch.Tensor:
-        return x.expand(-1, self.in_channels, -1, -1) if x.shape[1] != self.in_channels else x
-
-    def split_inputs(self, batch, step):
-        images = batch[0]
-        if self.augment is None:
-            views = [images, images.flip(3)]
-        else:
-            views = list(self.augment(images, self.seed, step))
-        views = [self._channels(v) for v in views]
-        return views, views
-
-    def loss_context(self, batch, step):
-        return batch[0].shape[0]
 
     def logits(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Logits of queries against every key of the mini-batch (see :func:`info_nce_logits`)."""

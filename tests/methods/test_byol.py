@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.byol.byol import ByolTask, byol_loss, regression_loss
-from methods.byol.train import METHOD, check, setup
+from methods.byol.train import METHOD, setup
 from methods.common import data as data_module
 from methods.common.augment import TwoViews, ViewConfig
 from methods.common.config import ConfigError, build_config
@@ -175,7 +175,7 @@ def test_missing_data_gives_the_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("TSPIPE_DOWNLOAD", "0")
     monkeypatch.delenv("DATA_DIR", raising=False)
     with pytest.raises(DataNotFound, match="make data"):
-        check(tiny(dataset="fashion_mnist"))
+        METHOD.check(tiny(dataset="fashion_mnist"))
     assert main(METHOD, ["--preset", "tiny", "dataset=fashion_mnist"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Fashion-MNIST not found") and "\n" not in err
