@@ -18,8 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.metrics import make_row, read_rows, write_rows
-from experiments.accuracy import ROOT, AccuracyRun, run_matrix, teacher_drift
+from experiments.accuracy import stale_teacher_parity
 from experiments.moco_v3 import PRESETS
 
 PRESET = "accuracy"
@@ -32,34 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", type=Path, default=Path("results/moco_v3/accuracy"))
     args = parser.parse_args(argv)
-    preset = PRESETS[PRESET]
-    per_epoch = preset["train_subset"] // preset["batch"]
-    runs = []
-    for seed in args.seeds:
-        extra = (f"checkpoint_every={per_epoch}",) if seed == args.seeds[0] else ()
-        runs.append(AccuracyRun("sync", "sequential", extra, seed))
-        runs.append(AccuracyRun("tspipe", "tspipe", extra, seed))
-    run_matrix(METHOD, PRESET, runs, args.out, args.parallel)
-    root = ROOT / "runs" / METHOD / f"accuracy-{PRESET}"
-    seed = args.seeds[0]
-    drift = teacher_drift(root / f"sync-s{seed}", root / f"tspipe-s{seed}")
-    rows = read_rows(args.out / "rows.jsonl")
-    rows += [
-        make_row(
-            method=METHOD,
-            schedule="tspipe",
-            model=rows[0]["model"],
-            metric="teacher_drift_rel_l2",
-            metric_value=value,
-            seed=seed,
-            simulated=False,
-            epoch=step / per_epoch,
-            step=step,
-            device="cpu",
-        )
-        for step, value in drift
-    ]
-    write_rows(args.out / "rows.jsonl", rows)
+    stale_teacher_parity("moco_v3", PRESET, PRESETS[PRESET], args.seeds, args.out, args.parallel)
     return 0
 
 
