@@ -307,7 +307,13 @@ def gpu_section(data: dict[str, list[dict]]) -> str:
     return title + markdown_table(["method", "schedule", "GPUs", "M", "samples/s", "card", "row"], lines)
 
 
-def accuracy_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
+# per-run comparison rows (not runs) and the labels of each method's synchronous and tspipe runs
+EXTRA_METRICS = ("teacher_drift_rel_l2", "max_abs_param_diff", "max_param_diff")
+SYNC_LABELS = ("sync", "kd-sequential", "distil-sequential", "sequential")
+STALE_LABELS = ("tspipe", "kd-tspipe", "distil-tspipe")
+
+
+def accuracy_section(data: dict[str, list[dict]], results: Path) -> tuple[str, list[dict]]:
     text = ["## 4. Accuracy parity\n"]
     headline = []
     for method, (title, _, acc_cmd) in METHODS.items():
@@ -320,9 +326,7 @@ def accuracy_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
         runs = [
             r
             for r in rows
-            if r.get("label")
-            and r.get("metric_value") is not None
-            and r.get("metric") not in ("teacher_drift_rel_l2", "max_abs_param_diff")
+            if r.get("label") and r.get("metric_value") is not None and r.get("metric") not in EXTRA_METRICS
         ]
         groups: dict[str, list[dict]] = {}
         for r in runs:
@@ -343,7 +347,7 @@ def accuracy_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
                     ", ".join(r["_source"] for r in group),
                 ]
             )
-        extra = [r for r in rows if r.get("metric") in ("teacher_drift_rel_l2", "max_abs_param_diff")]
+        extra = [r for r in rows if r.get("metric") in EXTRA_METRICS]
         body = markdown_table(
             ["run", "schedule", "metric", "seeds", "mean", "std", "per seed", "rows"], lines, digits=4
         )
@@ -353,10 +357,13 @@ def accuracy_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
                 [[r["metric"], r["metric_value"], r.get("epoch"), r["_source"]] for r in extra],
                 digits=6,
             )
-        plot = f"{method}/accuracy/accuracy_by_epoch.png"
-        text.append(f"### {title}\n\nReproduce: `{acc_cmd}`; by-epoch plot: [{plot}]({plot}).\n\n" + body)
-        sync = groups.get("sync") or groups.get("kd-sequential") or groups.get("sequential")
-        stale = groups.get("tspipe") or groups.get("kd-tspipe")
+        plots = sorted((results / method / "accuracy").glob("*_by_epoch.png"))
+        link = "".join(
+            f"; by-epoch plot: [{p.relative_to(results)}]({p.relative_to(results)})" for p in plots
+        )
+        text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
+        sync = next((groups[k] for k in SYNC_LABELS if k in groups), None)
+        stale = next((groups[k] for k in STALE_LABELS if k in groups), None)
         if sync and stale:
             headline.append(
                 {
@@ -487,7 +494,7 @@ def build(results: Path, repo: Path = ROOT, fallback: Path | None = None) -> tup
     data = load(results, fallback)
     throughput, th_head = throughput_section(data)
     simulated, sim_head = simulated_section(data)
-    accuracy, acc_head = accuracy_section(data)
+    accuracy, acc_head = accuracy_section(data, results)
     speed_png = plot_speedups(th_head, results / "report_speedups.png")
     parts = [
         "# TSPipe bench: report\n",

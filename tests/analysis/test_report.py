@@ -35,6 +35,43 @@ def test_sections_from_fixture_rows(results):
     assert (results / "report_speedups.png").stat().st_size > 10_000
 
 
+def test_distillation_accuracy_rows_reach_the_tables_and_the_headline(results):
+    folder = results / "distilbert" / "accuracy"
+    folder.mkdir(parents=True)
+    base = json.loads((FIXTURES / "byol" / "accuracy" / "rows.jsonl").read_text().splitlines()[0])
+    rows = [
+        {
+            **base,
+            "method": "distilbert",
+            "label": label,
+            "schedule": schedule,
+            "metric": "mlm_acc",
+            "metric_value": value,
+            "seed": 0,
+        }
+        for label, schedule, value in (
+            ("distil-sequential", "sequential", 0.25),
+            ("distil-tspipe", "tspipe", 0.25),
+        )
+    ]
+    rows.append(
+        {
+            **base,
+            "method": "distilbert",
+            "label": None,
+            "schedule": "tspipe",
+            "metric": "max_param_diff",
+            "metric_value": 3e-7,
+            "seed": 0,
+        }
+    )
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report, snippet = build(results, ROOT)
+    section = report.split("### DistilBERT")[2]  # [1] is the throughput section's
+    assert "| max_param_diff |" in section and "by-epoch plot" not in section.split("\n\n")[1]
+    assert "mlm_acc tspipe - synchronous (1 seeds)" in snippet
+
+
 def test_missing_rows_are_reported_with_their_command(results):
     report, _ = build(results, ROOT)
     assert "missing: no rows under `results/moco_v3/`; run `make bench-mocov3`." in report
