@@ -43,28 +43,31 @@ simulate: $(STAMP)
 	$(PY) -m experiments.simulate --calibration-dir $(CALIBRATION) --out results/simulated
 	$(PY) -m analysis.simulated results/simulated
 
-# Every schedule, ddp and the torch pipelining peer on a synthetic CNN pair, 2 processes, CPU.
-bench-engine: $(STAMP)
-	$(PY) -m experiments.bench_engine --out results/engine
-	$(PY) -m analysis.bench results/engine --command "make bench-engine" \
-		--title "Engine benchmark: synthetic CNN teacher/student, 2 stages, CPU"
-
-# BYOL: every schedule, ddp and the torch pipelining peer side by side (CPU default, about 6 min).
-# On a GPU node: make bench-byol DEVICE=cuda NPROC=4 MODEL=resnet50 IMAGE=224 BATCH=256
+# The throughput benchmark of one method (experiments.bench): every schedule of the registry,
+# ddp and the torch pipelining peer, side by side, rows under results/<method>/ (CPU default) or
+# results/<method>-cuda/. GPU nodes: make bench-byol DEVICE=cuda NPROC=4 PRESET=resnet50-224-4gpu
 DEVICE ?= cpu
 NPROC ?= 2
-MODEL ?= resnet18
-IMAGE ?= 32
-BATCH ?= 64
+PRESET ?=
+OVERRIDES ?=
+BENCH_OUT = results/$(1)$(if $(filter cpu,$(DEVICE)),,-$(DEVICE))
+define bench
+	$(PY) -m experiments.bench $(1) --device $(DEVICE) --stages $(NPROC) $(if $(PRESET),--preset $(PRESET)) \
+		--out $(call BENCH_OUT,$(1)) $(2) $(OVERRIDES)
+	$(PY) -m analysis.bench $(call BENCH_OUT,$(1))
+endef
+
+# Every schedule on a synthetic CNN pair (methods/synthetic), 2 processes, CPU.
+bench-engine: $(STAMP)
+	$(call bench,synthetic,--steps 10)
+
+# BYOL: ResNet-18 of width 16 on Fashion-MNIST 32x32, batch 64 (CPU, about 6 min).
 bench-byol: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)
-	$(PY) -m experiments.bench_byol --device $(DEVICE) --nproc $(NPROC) --model $(MODEL) --image $(IMAGE) \
-		--batch $(BATCH) --out results/byol$(if $(filter cpu,$(DEVICE)),,-$(DEVICE)-$(MODEL))
-	$(PY) -m analysis.bench results/byol$(if $(filter cpu,$(DEVICE)),,-$(DEVICE)-$(MODEL)) \
-		--command "make bench-byol" --title "BYOL throughput, $(MODEL), $(NPROC) stages, $(DEVICE)"
+	$(call bench,byol,)
 
 # BYOL accuracy parity: synchronous vs tspipe (one-step-stale teacher), 3 seeds (CPU, < 60 min).
 accuracy-byol: $(STAMP) data
-	$(PY) -m experiments.accuracy_byol --out results/byol/accuracy
+	$(PY) -m experiments.accuracy byol --out results/byol/accuracy
 	$(PY) -m analysis.accuracy results/byol/accuracy --command "make accuracy-byol" --title "BYOL accuracy parity"
 
 # results/REPORT.md and the README's results snippet from the rows (re-running missing

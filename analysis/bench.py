@@ -1,8 +1,9 @@
 """Tables and plots of a throughput benchmark (``make bench-*``), built from its rows only.
 
-Usage: ``python -m analysis.bench results/engine [--title TEXT --command "make bench-engine"]``
-writes ``TABLE.md``, ``throughput.png`` and the Gantt charts of measured against simulated
-``tspipe`` (and ``gpipe``) timelines into the same folder.
+Usage: ``python -m analysis.bench results/engine [--title TEXT]`` writes ``TABLE.md``,
+``throughput.png`` and the Gantt charts of measured against simulated timelines (of the
+schedules whose spec asks for them) into the same folder. Schedules are ordered, coloured and
+compared as the schedule registry says: every row's speed beside the subject's (tspipe).
 """
 
 from __future__ import annotations
@@ -20,44 +21,45 @@ import matplotlib.pyplot as plt  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
 from core.metrics import read_rows  # noqa: E402
+from core.schedules import SCHEDULES, order_of, schedules, subject  # noqa: E402
 
-ORDER = ("sequential", "mp", "gpipe", "1f1b", "tspipe", "ddp", "torch-gpipe", "torch-1f1b")
-COLOURS = {
-    "sequential": "#bab0ac",
-    "mp": "#7f7f7f",
-    "gpipe": "#4e79a7",
-    "1f1b": "#b07aa1",
-    "tspipe": "#e15759",
-    "ddp": "#59a14f",
-    "torch-gpipe": "#76b7b2",
-    "torch-1f1b": "#9c755f",
-}
+
+def colour(schedule: str) -> str:
+    """A schedule's plot colour (the registry's; grey for unknown names)."""
+    spec = SCHEDULES.get(schedule)
+    return spec.colour if spec else "#888888"
 
 
 def _key(row: dict) -> tuple:
-    return (ORDER.index(row["schedule"]) if row["schedule"] in ORDER else 99, row["microbatches"])
+    return (order_of(row["schedule"]), row["microbatches"])
 
 
-def tspipe_reference(rows: Sequence[dict], row: dict) -> dict | None:
-    """The tspipe row a row is compared with: the one with the same micro-batches if measured,
-    else the first tspipe row."""
-    ts = [r for r in rows if r["schedule"] == "tspipe"]
+def subject_name() -> str:
+    """The schedule every other is compared with (the registry's subject)."""
+    spec = subject()
+    return spec.name if spec else ""
+
+
+def subject_reference(rows: Sequence[dict], row: dict) -> dict | None:
+    """The subject's row a row is compared with: the one with the same micro-batches if
+    measured, else the first subject row."""
+    ts = [r for r in rows if r["schedule"] == subject_name()]
     same = [r for r in ts if r["microbatches"] == row["microbatches"]]
     return (same or ts or [None])[0]
 
 
 def ratios(rows: Sequence[dict]) -> dict[tuple[str, int], float]:
-    """tspipe samples/s over each row's samples/s, keyed by (schedule, micro-batches)."""
+    """Subject samples/s over each row's samples/s, keyed by (schedule, micro-batches)."""
     out = {}
     for r in rows:
-        ref = tspipe_reference(rows, r)
+        ref = subject_reference(rows, r)
         if ref is not None:
             out[(r["schedule"], r["microbatches"])] = ref["samples_per_s"] / r["samples_per_s"]
     return out
 
 
 def bench_table(rows: Sequence[dict]) -> str:
-    """Markdown table: measured samples/s, tspipe's speedup over it, efficiency against the
+    """Markdown table: measured samples/s, the subject's speedup over it, efficiency against the
     bubble-free bound, the simulator's prediction and its error, bubble share, peak memory."""
     speedup = ratios(rows)
     lines = []
@@ -82,7 +84,7 @@ def bench_table(rows: Sequence[dict]) -> str:
         "processes",
         "M",
         "samples/s",
-        "tspipe speedup",
+        f"{subject_name()} speedup",
         "efficiency",
         "bound samples/s",
         "simulated samples/s",
@@ -96,13 +98,17 @@ def bench_table(rows: Sequence[dict]) -> str:
 def plot_throughput(rows: Sequence[dict], out: Path, title: str) -> Path:
     """Bar chart of measured samples/s per run, simulated predictions as black ticks."""
     rows = sorted(rows, key=_key)
+
+    def fixed_m(name: str) -> bool:
+        spec = SCHEDULES.get(name)
+        return bool(spec and spec.microbatches)
+
     labels = [
-        f"{r['schedule']}\nM={r['microbatches']}" if r["schedule"] not in ("mp", "ddp") else r["schedule"]
-        for r in rows
+        r["schedule"] if fixed_m(r["schedule"]) else f"{r['schedule']}\nM={r['microbatches']}" for r in rows
     ]
     fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(rows) + 2), 4.5))
     xs = range(len(rows))
-    ax.bar(xs, [r["samples_per_s"] for r in rows], color=[COLOURS.get(r["schedule"], "#888") for r in rows])
+    ax.bar(xs, [r["samples_per_s"] for r in rows], color=[colour(r["schedule"]) for r in rows])
     for x, r in zip(xs, rows):
         ax.text(x, r["samples_per_s"], f"{r['samples_per_s']:.0f}", ha="center", va="bottom", fontsize=7)
         if r.get("predicted_samples_per_s"):
@@ -120,10 +126,11 @@ def plot_throughput(rows: Sequence[dict], out: Path, title: str) -> Path:
 
 
 def plot_gantts(folder: Path, rows: Sequence[dict]) -> list[Path]:
-    """Measured against simulated timelines of tspipe and gpipe (two steady-state steps)."""
+    """Measured against simulated timelines (two steady-state steps) of the schedules whose
+    timelines the benchmark kept."""
     paths = []
     warmup = max((r.get("warmup_steps") or 0) for r in rows) if rows else 0
-    for schedule in ("tspipe", "gpipe"):
+    for schedule in (spec.name for spec in schedules() if spec.gantt):
         for measured in sorted((folder / "timelines").glob(f"{schedule}_*.measured.jsonl")):
             simulated = measured.with_name(measured.name.replace(".measured", ".simulated"))
             name = measured.name.removesuffix(".measured.jsonl")
@@ -134,15 +141,27 @@ def plot_gantts(folder: Path, rows: Sequence[dict]) -> list[Path]:
     return paths
 
 
-def write_report(folder: Path, title: str, command: str) -> Path:
-    """TABLE.md and PNGs for the rows in ``folder/rows.jsonl``."""
+def default_title(rows: Sequence[dict]) -> str:
+    """``BYOL throughput, resnet18w16-32px, 2 stages, cpu (1 thread/process)`` from the rows."""
+    first = rows[0]
+    stages = max(r["stages"] for r in rows)
+    title = first.get("method_title") or first["method"]
+    return f"{title} throughput, {first['model']}, {stages} stages, {first['device']}"
+
+
+def write_report(folder: Path, title: str | None = None, command: str | None = None) -> Path:
+    """TABLE.md and PNGs for the rows in ``folder/rows.jsonl`` (title and command from the rows
+    unless given)."""
     rows = read_rows(folder / "rows.jsonl")
     first = rows[0]
+    title = title or default_title(rows)
+    command = command or first.get("command") or "python -m experiments.bench"
+    ref = subject_name()
     env = f"device {first['device']}, torch {first['torch']}, git {first['git_sha']}, {first['date']}"
     notes = (
         f"# {title}\n\nMeasured with `{command}` ({env}). Global batch {first['global_batch']} "
         f"samples, {first.get('timed_steps')} timed steps after {first.get('warmup_steps')} warm-up steps; "
-        "samples/s from the median step (all processes finished). *tspipe speedup* = tspipe samples/s / "
+        f"samples/s from the median step (all processes finished). *{ref} speedup* = {ref} samples/s / "
         "this row's (same M where measured). *efficiency* = samples/s / bound, the bound being processes x "
         "batch / (all work of one mini-batch on one process), from per-block costs profiled in the same run "
         "at the run's micro-batch size and scaled to reproduce the measured sequential step (blocks timed alone "
@@ -160,11 +179,11 @@ def write_report(folder: Path, title: str, command: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__)
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--title", default="Throughput")
-    parser.add_argument("--command", default="make bench")
+    parser.add_argument("--title", default=None, help="default: from the rows")
+    parser.add_argument("--command", default=None, help="default: the command named in the rows")
     args = parser.parse_args(argv)
     if not (args.folder / "rows.jsonl").exists():
-        print(f"error: {args.folder / 'rows.jsonl'} not found; run `{args.command}` first", file=sys.stderr)
+        print(f"error: {args.folder / 'rows.jsonl'} not found; run `make bench-*` first", file=sys.stderr)
         return 2
     print(f"wrote {write_report(args.folder, args.title, args.command)}", file=sys.stderr)
     return 0

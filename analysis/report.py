@@ -24,49 +24,42 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis.tables import markdown_table  # noqa: E402
+from core.schedules import order_of, schedules, subject  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = {
-    "byol": ("BYOL", "make bench-byol", "make accuracy-byol"),
-    "moco_v3": ("MoCo-v3", "make bench-mocov3", "make accuracy-mocov3"),
-    "soft_target": ("Soft-target KD", "make bench-kd", "make accuracy-kd"),
-    "distilbert": ("DistilBERT", "make bench-distilbert", "make accuracy-distilbert"),
-}
-# code whose change makes a source's rows stale
-_SHARED = ["core", "methods/common", "experiments/benchmark.py", "experiments/accuracy.py"]
-CODE = {
-    "engine": ["core", "experiments/benchmark.py", "experiments/bench_engine.py"],
-    "simulated": ["core", "experiments/simulate.py", "experiments/calibration"],
-    "byol": [
-        *_SHARED,
-        "methods/byol",
-        "experiments/byol.py",
-        "experiments/bench_byol.py",
-        "experiments/accuracy_byol.py",
-    ],
-    "moco_v3": [
-        *_SHARED,
-        "methods/moco_v3",
-        "experiments/moco_v3.py",
-        "experiments/bench_mocov3.py",
-        "experiments/accuracy_mocov3.py",
-    ],
-    "soft_target": [
-        *_SHARED,
-        "methods/soft_target",
-        "experiments/soft_target.py",
-        "experiments/bench_kd.py",
-        "experiments/accuracy_kd.py",
-    ],
-    "distilbert": [
-        *_SHARED,
-        "methods/distilbert",
-        "experiments/distilbert.py",
-        "experiments/bench_distilbert.py",
-        "experiments/accuracy_distilbert.py",
-    ],
-}
+GOLDEN = ROOT / "tests" / "golden" / "fingerprints.json"
+# code whose change makes a throughput source's rows stale (accuracy rows follow the method's
+# numerics fingerprint instead, see ``staleness``)
+_METHOD_CODE = ["core", "methods/common", "methods/spec.py", "methods/registry.py"]
+SIMULATED_CODE = ["core", "experiments/simulate.py", "experiments/calibration"]
 PAPER = {("moco_v3", 16): 12.15, ("soft_target", 8): 4.68}  # Lim et al. 2022, tspipe over mp
+PAPER_BASELINE = "mp"  # the paper's baseline, inter-layer model parallelism, is our mp
+
+
+def code_paths(key: str, rows: Sequence[dict]) -> list[str]:
+    """The code a source's rows depend on: the engine, the method's folder and the driver."""
+    if key == "simulated":
+        return SIMULATED_CODE
+    methods = sorted({str(r.get("method")) for r in rows})
+    driver = [
+        "training",
+        "experiments/accuracy.py",
+        "experiments/accuracy_kd.py",
+        "experiments/accuracy_distilbert.py",
+    ]
+    if not key.endswith("/accuracy"):
+        driver = ["experiments/bench.py"]
+    return [*_METHOD_CODE, *(f"methods/{m}" for m in methods), *driver]
+
+
+def golden_digests(path: Path = GOLDEN) -> dict[str, str]:
+    """Each method's current numerics fingerprint (``tests/golden``), or {} without the file."""
+    return json.loads(path.read_text())["methods"] if path.exists() else {}
+
+
+def _subject() -> str:
+    spec = subject()
+    return spec.name if spec else ""
 
 
 def _read(path: Path, results: Path) -> list[dict]:
@@ -81,38 +74,58 @@ def _read(path: Path, results: Path) -> list[dict]:
 
 
 def load(results: Path, fallback: Path | None = None) -> dict[str, list[dict]]:
-    """Rows by source: ``engine``, ``<method>`` (bench), ``<method>/accuracy``, ``simulated``,
-    ``gpu`` (rows measured on GPUs, from any bench folder). A source missing under ``results``
-    is read from ``fallback`` (a quick report re-measures some sources and reuses the rest)."""
+    """Rows by source: ``<folder>`` for each ``results/<folder>/rows.jsonl`` (benchmarks and
+    ``simulated``), ``<folder>/accuracy``, and ``gpu`` (rows measured on GPUs, from any
+    ``*-cuda*`` folder). A source missing under ``results`` is read from ``fallback`` (a quick
+    report re-measures some sources and reuses the rest)."""
     out: dict[str, list[dict]] = {}
 
-    def take(key: str, path: Path) -> None:
-        if path.exists():
-            out.setdefault(key, []).extend(_read(path, results))
-        elif fallback is not None:
-            other = fallback / path.relative_to(results)
-            if other.exists():
-                out.setdefault(key, []).extend(_read(other, fallback))
+    def take(key: str, path: Path, base: Path) -> None:
+        out.setdefault(key, []).extend(_read(path, base))
 
-    take("engine", results / "engine" / "rows.jsonl")
-    take("simulated", results / "simulated" / "rows.jsonl")
-    for method in METHODS:
-        take(method, results / method / "rows.jsonl")
-        take(f"{method}/accuracy", results / method / "accuracy" / "rows.jsonl")
-    for path in sorted(results.glob("*-cuda*/rows.jsonl")):
-        take("gpu", path)
+    folders = {p.parent.name for p in results.glob("*/rows.jsonl")}
+    folders |= {p.parent.parent.name for p in results.glob("*/accuracy/rows.jsonl")}
+    if fallback is not None:
+        folders |= {p.parent.name for p in fallback.glob("*/rows.jsonl")}
+        folders |= {p.parent.parent.name for p in fallback.glob("*/accuracy/rows.jsonl")}
+    for folder in sorted(folders - {"quick"}):
+        key = "gpu" if "-cuda" in folder else folder
+        for sub, name in (("rows.jsonl", key), ("accuracy/rows.jsonl", f"{key}/accuracy")):
+            path = results / folder / sub
+            if path.exists():
+                take(name, path, results)
+            elif fallback is not None and (fallback / folder / sub).exists():
+                take(name, fallback / folder / sub, fallback)
     return out
+
+
+def _title(rows: Sequence[dict], key: str) -> str:
+    return next((r["method_title"] for r in rows if r.get("method_title")), key)
+
+
+def _command(rows: Sequence[dict], default: str) -> str:
+    return next((r["command"] for r in rows if r.get("command")), default)
 
 
 def _git(*args: str, repo: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
 
-def staleness(rows: Sequence[dict], paths: Sequence[str], repo: Path) -> dict[str, str]:
+def staleness(
+    rows: Sequence[dict], paths: Sequence[str], repo: Path, digests: dict[str, str] | None = None
+) -> dict[str, str]:
     """For each distinct ``git_sha`` of ``rows``: ``current``, ``stale`` (the code in ``paths``
-    changed since), ``made from uncommitted code`` or ``unknown``."""
+    changed since), ``made from uncommitted code`` or ``unknown``. Rows that carry their
+    method's numerics ``fingerprint`` (accuracy rows) are judged by it instead: ``current``
+    while it equals the method's digest in ``digests``, ``stale: numerics changed`` otherwise."""
     out = {}
     for sha in sorted({str(r.get("git_sha")) for r in rows}):
+        group = [r for r in rows if str(r.get("git_sha")) == sha]
+        printed = [r for r in group if r.get("fingerprint")]
+        if digests is not None and printed and len(printed) == len(group):
+            changed = any(digests.get(str(r.get("method"))) != r["fingerprint"] for r in printed)
+            out[sha] = "stale: numerics changed" if changed else "current (numerics fingerprint)"
+            continue
         base = sha.removesuffix("+dirty")
         if sha == "None" or _git("cat-file", "-e", f"{base}^{{commit}}", repo=repo).returncode != 0:
             out[sha] = "unknown commit"
@@ -130,27 +143,44 @@ def staleness(rows: Sequence[dict], paths: Sequence[str], repo: Path) -> dict[st
 # ---- sections ---------------------------------------------------------------------------------
 
 
-def _tspipe_for(rows: Sequence[dict], row: dict) -> dict | None:
-    ts = [r for r in rows if r["schedule"] == "tspipe"]
+def _subject_for(rows: Sequence[dict], row: dict) -> dict | None:
+    ts = [r for r in rows if r["schedule"] == _subject()]
     same = [r for r in ts if r["microbatches"] == row["microbatches"]]
     return (same or ts or [None])[0]
 
 
-def throughput_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
+Expected = dict[str, tuple[str, str, str]]  # source -> (title, bench command, accuracy command)
+
+
+def _bench_keys(data: dict[str, list[dict]], expected: Expected | None = None) -> list[str]:
+    """Sources of measured throughput rows (benchmarks), in folder order, and those expected."""
+    found = {k for k in data if "/" not in k and k not in ("simulated", "gpu")}
+    wanted = {k for k, (_, bench, _) in (expected or {}).items() if bench}
+    return sorted(found | wanted)
+
+
+def _baselines() -> list[str]:
+    return [s.name for s in schedules() if s.baseline]
+
+
+def throughput_section(
+    data: dict[str, list[dict]], expected: Expected | None = None
+) -> tuple[str, list[dict]]:
     """Measured CPU throughput of every method and schedule; returns markdown and headline rows."""
     text = ["## 1. Throughput measured here (CPU, 2 stages)\n"]
     headline = []
-    for key, (title, bench_cmd, _) in [
-        ("engine", ("Engine (synthetic CNN pair)", "make bench-engine", "")),
-        *METHODS.items(),
-    ]:
+    ref = _subject()
+    for key in _bench_keys(data, expected):
         rows = [r for r in data.get(key, []) if not r.get("simulated")]
+        title, bench_cmd, _ = (expected or {}).get(key, (key, f"python -m experiments.bench {key}", ""))
         if not rows:
             text.append(f"### {title}\n\nmissing: no rows under `results/{key}/`; run `{bench_cmd}`.\n")
             continue
+        title = title if key in (expected or {}) else _title(rows, key)
+        bench_cmd = _command(rows, bench_cmd)
         lines = []
-        for r in sorted(rows, key=lambda r: (_order(r["schedule"]), r["microbatches"])):
-            ts = _tspipe_for(rows, r)
+        for r in sorted(rows, key=lambda r: (order_of(r["schedule"]), r["microbatches"])):
+            ts = _subject_for(rows, r)
             pred = r.get("predicted_samples_per_s")
             lines.append(
                 [
@@ -168,7 +198,7 @@ def throughput_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
         first = rows[0]
         text.append(
             f"### {title}: {first['model']}, batch {first['global_batch']}, {first['device']}\n\n"
-            f"Reproduce: `{bench_cmd}`. *tspipe speedup* = tspipe samples/s / this row's (same M where measured); "
+            f"Reproduce: `{bench_cmd}`. *{ref} speedup* = {ref} samples/s / this row's (same M where measured); "
             "*simulated* = the simulator's prediction from costs profiled in the same run (labelled simulated).\n\n"
             + markdown_table(
                 [
@@ -176,7 +206,7 @@ def throughput_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
                     "processes",
                     "M",
                     "samples/s",
-                    "tspipe speedup",
+                    f"{ref} speedup",
                     "efficiency",
                     "simulated samples/s",
                     "sim. error %",
@@ -185,26 +215,19 @@ def throughput_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
                 lines,
             )
         )
-        best = max(
-            (r for r in rows if r["schedule"] == "tspipe"), key=lambda r: r["samples_per_s"], default=None
-        )
+        best = max((r for r in rows if r["schedule"] == ref), key=lambda r: r["samples_per_s"], default=None)
         if best is not None:
-            entry = {"key": key, "title": title, "tspipe": best}
-            for base in ("gpipe", "mp", "torch-gpipe"):
+            entry = {"key": key, "title": title, "subject": best, "bases": {}}
+            for base in _baselines():
                 same = [
                     r
                     for r in rows
                     if r["schedule"] == base and r["microbatches"] in (best["microbatches"], 1)
                 ]
                 if same:
-                    entry[base] = same[0]
+                    entry["bases"][base] = same[0]
             headline.append(entry)
     return "\n".join(text), headline
-
-
-def _order(schedule: str) -> int:
-    order = ("sequential", "mp", "gpipe", "1f1b", "tspipe", "ddp", "torch-gpipe", "torch-1f1b")
-    return order.index(schedule) if schedule in order else 99
 
 
 def simulated_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
@@ -214,17 +237,19 @@ def simulated_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
     if not rows:
         return title + "\nmissing: no rows under `results/simulated/`; run `make simulate`.\n", []
     index = {(r["calibration"], r["link"], r["stages"], r["schedule"]): r for r in rows}
+    ref = _subject()
+    compared = sorted({r["schedule"] for r in rows} - {ref}, key=order_of)
     lines, headline = [], []
     for cal, link, stages in sorted(
         {(r["calibration"], r["link"], r["stages"]) for r in rows},
         key=lambda k: (k[0], k[1] != "nvlink", k[2]),
     ):
-        ts = index.get((cal, link, stages, "tspipe"))
+        ts = index.get((cal, link, stages, _subject()))
         if ts is None or stages < 4:
             continue
         ratio = {
             b: ts["samples_per_s"] / index[(cal, link, stages, b)]["samples_per_s"]
-            for b in ("mp", "gpipe", "1f1b", "ddp")
+            for b in compared
             if (cal, link, stages, b) in index
         }
         paper = PAPER.get((ts["method"], stages))
@@ -236,11 +261,9 @@ def simulated_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
                 ts["samples_per_s"],
                 ts["efficiency"],
                 ts.get("balance_cap"),
-                ratio.get("mp"),
+                ratio.get(PAPER_BASELINE),
                 paper,
-                ratio.get("gpipe"),
-                ratio.get("1f1b"),
-                ratio.get("ddp"),
+                *[ratio.get(b) for b in compared if b != PAPER_BASELINE],
                 ts.get("microbatch_penalty"),
                 ts["_source"],
             ]
@@ -250,7 +273,7 @@ def simulated_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
                 {
                     "calibration": cal,
                     "stages": stages,
-                    "simulated": ratio.get("mp"),
+                    "simulated": ratio.get(PAPER_BASELINE),
                     "paper": paper,
                     "row": ts,
                 }
@@ -267,14 +290,12 @@ def simulated_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
                 "calibration",
                 "link",
                 "N",
-                "tspipe samples/s",
+                f"{ref} samples/s",
                 "efficiency",
                 "balance cap",
-                "tspipe / mp",
-                "paper / mp",
-                "tspipe / gpipe",
-                "tspipe / 1f1b",
-                "tspipe / ddp",
+                f"{ref} / {PAPER_BASELINE}",
+                f"paper / {PAPER_BASELINE}",
+                *[f"{ref} / {b}" for b in compared if b != PAPER_BASELINE],
                 "M-batch penalty",
                 "row",
             ],
@@ -313,16 +334,23 @@ SYNC_LABELS = ("sync", "kd-sequential", "distil-sequential", "sequential")
 STALE_LABELS = ("tspipe", "kd-tspipe", "distil-tspipe")
 
 
-def accuracy_section(data: dict[str, list[dict]], results: Path) -> tuple[str, list[dict]]:
+def accuracy_section(
+    data: dict[str, list[dict]], results: Path, expected: Expected | None = None
+) -> tuple[str, list[dict]]:
     text = ["## 4. Accuracy parity\n"]
     headline = []
-    for method, (title, _, acc_cmd) in METHODS.items():
-        rows = data.get(f"{method}/accuracy", [])
+    wanted = {f"{k}/accuracy" for k, (_, _, acc) in (expected or {}).items() if acc}
+    for key in sorted({k for k in data if k.endswith("/accuracy")} | wanted):
+        method = key.removesuffix("/accuracy")
+        rows = data.get(key, [])
+        title, _, acc_cmd = (expected or {}).get(
+            method, (method, "", f"python -m experiments.accuracy {method}")
+        )
         if not rows:
-            text.append(
-                f"### {title}\n\nmissing: no rows under `results/{method}/accuracy/`; run `{acc_cmd}`.\n"
-            )
+            text.append(f"### {title}\n\nmissing: no rows under `results/{key}/`; run `{acc_cmd}`.\n")
             continue
+        title = title if method in (expected or {}) else _title(rows, method)
+        acc_cmd = _command(rows, acc_cmd)
         runs = [
             r
             for r in rows
@@ -377,9 +405,9 @@ def accuracy_section(data: dict[str, list[dict]], results: Path) -> tuple[str, l
     return "\n".join(text), headline
 
 
-def timeline_section(results: Path) -> str:
+def timeline_section(results: Path, data: dict[str, list[dict]], expected: Expected | None = None) -> str:
     links = []
-    for folder in ("engine", *METHODS):
+    for folder in _bench_keys(data, expected):
         for png in sorted((results / folder).glob("gantt_*.png")):
             links.append(f"- [{png.relative_to(results).as_posix()}]({png.relative_to(results).as_posix()})")
     sim = sorted((results / "simulated").glob("gantt_*.png"))
@@ -396,10 +424,10 @@ def timeline_section(results: Path) -> str:
 
 
 def environment_section(data: dict[str, list[dict]], repo: Path) -> str:
+    digests = golden_digests(repo / "tests" / "golden" / "fingerprints.json")
     lines = []
     for key, rows in sorted(data.items()):
-        paths = CODE.get(key.split("/")[0] if key != "gpu" else "engine", ["core"])
-        states = staleness(rows, paths, repo)
+        states = staleness(rows, code_paths(key, rows), repo, digests)
         dates = sorted(str(r.get("date")) for r in rows)
         devices = sorted({str(r.get("device")) for r in rows})
         for sha, state in states.items():
@@ -416,32 +444,34 @@ def environment_section(data: dict[str, list[dict]], repo: Path) -> str:
                 ]
             )
     return (
-        "## 6. Environment and freshness\n\nEach source's rows by the commit of the code that made them; *stale* means the code under that source's paths changed after it.\n\n"
+        "## 6. Environment and freshness\n\nEach source's rows by the commit of the code that made them. A throughput row is "
+        "*stale* when the code under its source's paths changed after it; an accuracy row that carries its method's "
+        "numerics fingerprint is stale only when that fingerprint (`tests/golden/fingerprints.json`) changed.\n\n"
         + markdown_table(["source", "rows", "git sha", "state", "torch", "dates", "devices"], lines)
     )
 
 
 def headline_snippet(throughput: list[dict], simulated: list[dict], accuracy: list[dict]) -> str:
     """The short table the README includes."""
+    ref = _subject()
     lines = []
     for h in throughput:
-        ts = h["tspipe"]
-        for base in ("gpipe", "torch-gpipe", "mp"):
-            if base in h:
-                lines.append(
-                    [
-                        h["title"],
-                        f"tspipe over {base}",
-                        "measured, CPU 2 stages",
-                        ts["samples_per_s"] / h[base]["samples_per_s"],
-                        f"results/{ts['_source']}",
-                    ]
-                )
+        ts = h["subject"]
+        for base, row in h["bases"].items():
+            lines.append(
+                [
+                    h["title"],
+                    f"{ref} over {base}",
+                    "measured, CPU 2 stages",
+                    ts["samples_per_s"] / row["samples_per_s"],
+                    f"results/{ts['_source']}",
+                ]
+            )
     for h in simulated:
         lines.append(
             [
                 h["calibration"].removesuffix(".json"),
-                f"tspipe over mp, {h['stages']} stages",
+                f"{ref} over {PAPER_BASELINE}, {h['stages']} stages",
                 f"simulated (paper: {h['paper']}x)",
                 h["simulated"],
                 f"results/{h['row']['_source']}",
@@ -451,7 +481,7 @@ def headline_snippet(throughput: list[dict], simulated: list[dict], accuracy: li
         lines.append(
             [
                 h["title"],
-                f"{h['metric']} tspipe - synchronous ({h['seeds']} seeds)",
+                f"{h['metric']} {ref} - synchronous ({h['seeds']} seeds)",
                 "measured, CPU",
                 100 * (h["tspipe"] - h["sync"]),
                 "points",
@@ -463,24 +493,24 @@ def headline_snippet(throughput: list[dict], simulated: list[dict], accuracy: li
 
 
 def plot_speedups(throughput: list[dict], out: Path) -> Path | None:
-    """Bar chart: tspipe's measured speedup over gpipe, the torch peer and mp per method."""
+    """Bar chart: the subject's measured speedup over each headline baseline, per method."""
     if not throughput:
         return None
-    bases = ("gpipe", "torch-gpipe", "mp")
+    bases = _baselines()
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    width = 0.25
+    width = 0.8 / max(len(bases), 1)
     for i, base in enumerate(bases):
         xs, ys = [], []
         for j, h in enumerate(throughput):
-            if base in h:
-                xs.append(j + (i - 1) * width)
-                ys.append(h["tspipe"]["samples_per_s"] / h[base]["samples_per_s"])
+            if base in h["bases"]:
+                xs.append(j + (i - (len(bases) - 1) / 2) * width)
+                ys.append(h["subject"]["samples_per_s"] / h["bases"][base]["samples_per_s"])
         bars = ax.bar(xs, ys, width, label=f"over {base}")
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(throughput)), [h["title"] for h in throughput], fontsize=8)
-    ax.set_ylabel("tspipe speedup (measured)")
-    ax.set_title("tspipe's measured speedup, CPU, 2 stages")
+    ax.set_ylabel(f"{_subject()} speedup (measured)")
+    ax.set_title(f"{_subject()}'s measured speedup, CPU, 2 stages")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -489,12 +519,20 @@ def plot_speedups(throughput: list[dict], out: Path) -> Path | None:
     return out
 
 
-def build(results: Path, repo: Path = ROOT, fallback: Path | None = None) -> tuple[str, str]:
-    """The report's markdown and the README snippet, from the rows under ``results``."""
+def build(
+    results: Path, repo: Path = ROOT, fallback: Path | None = None, expected: Expected | None = None
+) -> tuple[str, str]:
+    """The report's markdown and the README snippet, from the rows under ``results``.
+
+    Args:
+        expected: sources that should have rows (``make report`` passes every registered
+            method's title and commands), so missing ones are named with the command that makes
+            them.
+    """
     data = load(results, fallback)
-    throughput, th_head = throughput_section(data)
+    throughput, th_head = throughput_section(data, expected)
     simulated, sim_head = simulated_section(data)
-    accuracy, acc_head = accuracy_section(data, results)
+    accuracy, acc_head = accuracy_section(data, results, expected)
     speed_png = plot_speedups(th_head, results / "report_speedups.png")
     parts = [
         "# TSPipe bench: report\n",
@@ -509,7 +547,7 @@ def build(results: Path, repo: Path = ROOT, fallback: Path | None = None) -> tup
         simulated,
         gpu_section(data),
         accuracy,
-        timeline_section(results),
+        timeline_section(results, data, expected),
         environment_section(data, repo),
     ]
     return "\n".join(parts), headline_snippet(th_head, sim_head, acc_head)

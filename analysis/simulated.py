@@ -12,39 +12,47 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from analysis.bench import colour, subject_name  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
 from core.metrics import read_rows  # noqa: E402
+from core.schedules import order_of, schedules  # noqa: E402
 
-SCHEDULE_ORDER = ("mp", "gpipe", "1f1b", "tspipe")
 COMMAND = "make simulate"
 # tspipe over inter-layer model parallelism as measured by Lim et al. (ICML 2022), by (method,
 # GPUs): MoCo-v3 with ViTs on 16 GPUs is the paper's headline; KD (ViT-L/16 -> ResNet-152) on 8.
 PAPER_SPEEDUP_OVER_MP = {("moco_v3", 16): 12.15, ("soft_target", 8): 4.68}
+PAPER_BASELINE = "mp"  # the paper's baseline, inter-layer model parallelism, is our mp
 
 
 def _index(rows: Sequence[dict]) -> dict[tuple, dict]:
     return {(r["calibration"], r["link"], r["stages"], r["schedule"]): r for r in rows}
 
 
+def others(rows: Sequence[dict]) -> list[str]:
+    """Every schedule of the rows but the subject, in the registry's order."""
+    return sorted({r["schedule"] for r in rows} - {subject_name()}, key=order_of)
+
+
 def speedup_table(rows: Sequence[dict]) -> str:
-    """One line per calibration file, link and stage count: tspipe's efficiency, the balance cap,
-    and tspipe's simulated speedup over the other schedules."""
+    """One line per calibration file, link and stage count: the subject's efficiency, the
+    balance cap, and its simulated speedup over every other schedule."""
     index = _index(rows)
+    ref = subject_name()
     keys = sorted(
         {(r["calibration"], r["link"], r["stages"]) for r in rows}, key=lambda k: (k[0], -ord(k[1][0]), k[2])
     )
+    compared = others(rows)
     lines = []
     for cal, link, stages in keys:
-        ts = index.get((cal, link, stages, "tspipe"))
+        ts = index.get((cal, link, stages, ref))
         if ts is None:
             continue
         ratio = {
             s: ts["samples_per_s"] / index[(cal, link, stages, s)]["samples_per_s"]
-            for s in SCHEDULE_ORDER[:3]
+            for s in compared
+            if (cal, link, stages, s) in index
         }
-        ddp = index.get((cal, link, stages, "ddp"))
-        ratio["ddp"] = ts["samples_per_s"] / ddp["samples_per_s"] if ddp else None
         lines.append(
             [
                 cal.removesuffix(".json"),
@@ -53,12 +61,8 @@ def speedup_table(rows: Sequence[dict]) -> str:
                 ts["microbatches"],
                 ts["samples_per_s"],
                 ts["efficiency"],
-                index[(cal, link, stages, "gpipe")]["efficiency"],
                 ts["balance_cap"],
-                ratio["mp"],
-                ratio["gpipe"],
-                ratio["1f1b"],
-                ratio["ddp"],
+                *[ratio.get(s) for s in compared],
                 ts["microbatch_penalty"],
             ]
         )
@@ -67,14 +71,10 @@ def speedup_table(rows: Sequence[dict]) -> str:
         "link",
         "N",
         "M",
-        "tspipe samples/s",
-        "tspipe eff.",
-        "gpipe eff.",
+        f"{ref} samples/s",
+        f"{ref} eff.",
         "balance cap",
-        "tspipe / mp",
-        "tspipe / gpipe",
-        "tspipe / 1f1b",
-        "tspipe / ddp",
+        *[f"{ref} / {s}" for s in compared],
         "M-batch penalty",
     ]
     return markdown_table(headers, lines)
@@ -85,7 +85,10 @@ def paper_table(rows: Sequence[dict]) -> str | None:
     index = _index(rows)
     lines = []
     for cal, link, stages in sorted({(r["calibration"], r["link"], r["stages"]) for r in rows}):
-        ts, mp = index.get((cal, link, stages, "tspipe")), index.get((cal, link, stages, "mp"))
+        ts, mp = (
+            index.get((cal, link, stages, subject_name())),
+            index.get((cal, link, stages, PAPER_BASELINE)),
+        )
         paper = PAPER_SPEEDUP_OVER_MP.get((ts["method"], stages)) if ts else None
         if paper is None or mp is None:
             continue
@@ -104,9 +107,7 @@ def plot_throughput(rows: Sequence[dict], out_dir: Path) -> list[Path]:
     paths = []
     for cal in sorted({r["calibration"] for r in rows}):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for colour, schedule in zip(
-            ("#7f7f7f", "#4e79a7", "#b07aa1", "#e15759", "#59a14f"), (*SCHEDULE_ORDER, "ddp")
-        ):
+        for schedule in sorted({r["schedule"] for r in rows}, key=order_of):
             for link, style in (("nvlink", "-"), ("pcie", "--")):
                 pts = sorted(
                     (r["stages"], r["samples_per_s"])
@@ -115,7 +116,13 @@ def plot_throughput(rows: Sequence[dict], out_dir: Path) -> list[Path]:
                 )
                 if pts:
                     gbps = next(r["link_gbps"] for r in rows if r["link"] == link)
-                    ax.plot(*zip(*pts), style, marker="o", color=colour, label=f"{schedule}, {gbps:g} GB/s")
+                    ax.plot(
+                        *zip(*pts),
+                        style,
+                        marker="o",
+                        color=colour(schedule),
+                        label=f"{schedule}, {gbps:g} GB/s",
+                    )
         ax.set_xscale("log", base=2)
         stages = sorted({r["stages"] for r in rows if r["calibration"] == cal})
         ax.set_xticks(stages, [str(n) for n in stages])
@@ -134,17 +141,23 @@ def plot_throughput(rows: Sequence[dict], out_dir: Path) -> list[Path]:
 
 
 def plot_gantts(timeline_dir: Path, out_dir: Path) -> list[Path]:
-    """gpipe and tspipe simulated timelines side by side, for every pair kept by the sweep."""
+    """The simulated timelines the sweep kept (schedules whose spec asks for Gantt charts) side by
+    side, one PNG per calibration, stage count and link."""
+    kept = [s.name for s in schedules() if s.gantt]
+    groups: dict[str, list[tuple[str, Path]]] = {}
+    for path in sorted(timeline_dir.glob("*.jsonl")):
+        for name in kept:
+            marker = f"_{name}_N"
+            if marker in path.stem:
+                stem = path.stem.replace(f"_{name}_", "_", 1)
+                groups.setdefault(stem, []).append((name, path))
+                break
     paths = []
-    for gp in sorted(timeline_dir.glob("*_gpipe_*.jsonl")):
-        ts = gp.with_name(gp.name.replace("_gpipe_", "_tspipe_"))
-        if not ts.exists():
+    for stem, members in sorted(groups.items()):
+        if len(members) < 2:
             continue
-        stem = gp.stem.replace("_gpipe", "")
-        panels = [
-            (f"{stem}: gpipe (simulated)", window(load_records(gp), 2, 4)),
-            (f"{stem}: tspipe (simulated)", window(load_records(ts), 2, 4)),
-        ]
+        members.sort(key=lambda m: order_of(m[0]))
+        panels = [(f"{stem}: {name} (simulated)", window(load_records(path), 2, 4)) for name, path in members]
         paths.append(plot_timelines(panels, out_dir / f"gantt_{stem}.png", share_x=True))
     return paths
 

@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analysis.accuracy import plot_by_epoch
+from analysis.bench import subject_name
 from analysis.tables import markdown_table
 from core.metrics import read_rows
+from core.schedules import order_of
 
 LABELS = ("teacher", "student-alone", "kd-sequential", "kd-tspipe")
 BENCH_MARK = "## Soft-target KD: what tspipe can hide"
@@ -126,10 +128,14 @@ def _best(rows: Sequence[dict], schedule: str) -> dict | None:
 def bench_section(rows: Sequence[dict]) -> str:
     """Markdown: the teacher forward share of a step and tspipe's speedup (best micro-batch
     count of each) over every other schedule and runner."""
-    share = next((r.get("teacher_fwd_share") for r in rows if r.get("teacher_fwd_share") is not None), None)
-    by_unit = next(
-        (r.get("teacher_fwd_share_by_unit") for r in rows if r.get("teacher_fwd_share_by_unit")), {}
+    ref = subject_name()
+    shares = sorted(
+        (r["microbatches"], r["teacher_fwd_share"])
+        for r in rows
+        if r["schedule"] == ref and r.get("teacher_fwd_share") is not None
     )
+    by_unit = {f"M={m}": v for m, v in shares}
+    share = shares[-1][1] if shares else None
     text = f"{BENCH_MARK}\n\n"
     if share is not None:
         text += (
@@ -143,11 +149,11 @@ def bench_section(rows: Sequence[dict]) -> str:
             + "). That is the work tspipe schedules into the student's pipeline bubbles; the frozen "
             "teacher makes it exact (no staleness).\n\n"
         )
-    ts = _best(rows, "tspipe")
+    ts = _best(rows, ref)
     if ts is None:
-        return text + "No tspipe row.\n"
+        return text + f"No {ref} row.\n"
     lines = []
-    for schedule in ("gpipe", "1f1b", "mp", "torch-gpipe", "torch-1f1b", "ddp", "sequential"):
+    for schedule in sorted({r["schedule"] for r in rows} - {ref}, key=order_of):
         other = _best(rows, schedule)
         if other is not None:
             lines.append(
@@ -158,7 +164,7 @@ def bench_section(rows: Sequence[dict]) -> str:
                     ts["samples_per_s"] / other["samples_per_s"],
                 ]
             )
-    headers = ["compared with", "its best M", "its samples/s", f"tspipe (M={ts['microbatches']}) / it"]
+    headers = ["compared with", "its best M", "its samples/s", f"{ref} (M={ts['microbatches']}) / it"]
     return text + markdown_table(headers, lines)
 
 

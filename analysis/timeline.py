@@ -1,8 +1,14 @@
-"""Gantt charts of timelines (simulated or measured records) as PNG files."""
+"""Gantt charts of timelines (simulated or measured records) as PNG files.
+
+``python -m analysis.timeline RECORDS.jsonl [MORE.jsonl ...] --out OUT.png`` draws one panel
+per records file (``python -m core.simulate ... --timeline RECORDS.jsonl`` writes one).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,13 +18,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from core.action import LETTERS, OPS, Op  # noqa: E402  (op letters and labels: one definition)
+
+# op -> (colour for even mini-batches, colour for odd mini-batches)
+_COLOURS: dict[str, tuple[str, str]] = {
+    "TF": ("#59a14f", "#2f6b2a"),
+    "SF": ("#4e79a7", "#2a4d73"),
+    "SB": ("#f28e2b", "#b35f0f"),
+    "LOSS": ("#e15759", "#a02c2e"),
+    "OPT": ("#b07aa1", "#7a4a6e"),
+}
 # op -> (legend label, colour for even mini-batches, colour for odd mini-batches)
 STYLE: dict[str, tuple[str, str, str]] = {
-    "TF": ("teacher forward", "#59a14f", "#2f6b2a"),
-    "SF": ("student forward", "#4e79a7", "#2a4d73"),
-    "SB": ("student backward", "#f28e2b", "#b35f0f"),
-    "LOSS": ("loss", "#e15759", "#a02c2e"),
-    "OPT": ("optimizer + teacher update", "#b07aa1", "#7a4a6e"),
+    op: (OPS[Op(op)].label, *colours) for op, colours in _COLOURS.items()
 }
 IDLE_COLOUR = "#e6e6e6"
 
@@ -45,7 +57,7 @@ def _runs(records: Sequence[dict]) -> list[tuple[int, str, int, float, float]]:
     return runs
 
 
-_LETTER = {"TF": "T", "SF": "F", "SB": "B", "LOSS": "L", "OPT": "O"}
+_LETTER = LETTERS
 
 
 def _draw(ax: plt.Axes, records: Sequence[dict], title: str, x_max: float | None) -> None:
@@ -161,3 +173,21 @@ def plot_timelines(panels: Sequence[tuple[str, Sequence[dict]]], out: Path, shar
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.timeline", description=__doc__)
+    parser.add_argument("records", nargs="+", type=Path, help="timeline records (JSON lines)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    missing = [p for p in args.records if not p.exists()]
+    if missing:
+        print(f"error: {missing[0]} not found", file=sys.stderr)
+        return 2
+    plot_timelines([(p.stem, load_records(p)) for p in args.records], args.out, share_x=True)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

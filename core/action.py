@@ -27,16 +27,60 @@ COMPUTE_OPS = frozenset({Op.TF, Op.SF, Op.SB, Op.LOSS, Op.OPT})
 SEND_OPS = frozenset({Op.SEND_TF, Op.SEND_SF, Op.SEND_SB})
 RECV_OPS = frozenset({Op.RECV_TF, Op.RECV_SF, Op.RECV_SB})
 
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What the lowering, the validator, the simulator and the plots need to know of an op.
+
+    Attributes:
+        letter: one character for text timelines (compute ops).
+        label: legend text of Gantt charts (compute ops).
+        flow: where a compute op's result goes: ``"down"`` to the next stage (forwards),
+            ``"up"`` to the previous one (input gradients), None: stays on the stage.
+        channel: the message channel of that result (and of the send/receive ops).
+    """
+
+    letter: str | None = None
+    label: str | None = None
+    flow: str | None = None
+    channel: str | None = None
+
+
+OPS: dict[Op, OpInfo] = {
+    Op.TF: OpInfo("T", "teacher forward", "down", "TF"),
+    Op.SF: OpInfo("F", "student forward", "down", "SF"),
+    Op.SB: OpInfo("B", "student backward", "up", "SB"),
+    Op.LOSS: OpInfo("L", "loss"),
+    Op.OPT: OpInfo("O", "optimizer + teacher update"),
+    Op.SEND_TF: OpInfo(flow="down", channel="TF"),
+    Op.RECV_TF: OpInfo(flow="down", channel="TF"),
+    Op.SEND_SF: OpInfo(flow="down", channel="SF"),
+    Op.RECV_SF: OpInfo(flow="down", channel="SF"),
+    Op.SEND_SB: OpInfo(flow="up", channel="SB"),
+    Op.RECV_SB: OpInfo(flow="up", channel="SB"),
+}
+
 # Which message channel a communication op uses. Each channel is its own process group in the
 # runtime, so a teacher activation can never be matched against a student one.
-CHANNEL: dict[Op, str] = {
-    Op.SEND_TF: "TF",
-    Op.RECV_TF: "TF",
-    Op.SEND_SF: "SF",
-    Op.RECV_SF: "SF",
-    Op.SEND_SB: "SB",
-    Op.RECV_SB: "SB",
-}
+CHANNEL: dict[Op, str] = {op: info.channel for op, info in OPS.items() if op not in COMPUTE_OPS}
+CHANNELS: tuple[str, ...] = tuple(dict.fromkeys(CHANNEL.values()))
+SEND: dict[str, Op] = {CHANNEL[op]: op for op in SEND_OPS}
+RECV: dict[str, Op] = {CHANNEL[op]: op for op in RECV_OPS}
+LETTERS: dict[str, str] = {op.value: info.letter for op, info in OPS.items() if info.letter}
+
+
+def peer_stage(action: Action) -> int:
+    """The stage on the other end of a send or receive: a message flowing down goes from stage
+    s to s + 1, one flowing up from s to s - 1.
+
+    Raises:
+        ValueError: for an op that is not a send or a receive.
+    """
+    if action.op not in CHANNEL:
+        raise ValueError(f"{action} is not a send or a receive")
+    towards_next = (OPS[action.op].flow == "down") == (action.op in SEND_OPS)
+    return action.stage + 1 if towards_next else action.stage - 1
+
 
 _PATTERN = re.compile(r"^(\d+)([A-Z_]+?)(\d+)?(?:\.(\d+))?(?:@(\d+))?$")
 
@@ -49,7 +93,7 @@ class Action:
         stage: pipeline stage (= rank) that runs the action, 0-based.
         op: what the action does.
         batch: mini-batch index inside the schedule window, 0-based. Mini-batch ``b`` is the
-            ``t = b + 1``-th of DESIGN.md's version rule: its student reads version ``b``.
+            ``t = b + 1``-th of ARCHITECTURE.md's version rule: its student reads version ``b``.
         microbatch: micro-batch index, ``None`` for whole-batch ops (``OPT``, whole-batch ``LOSS``).
         part: piece of a split backward (``SB`` and its gradient messages), else ``None``.
 

@@ -24,10 +24,10 @@ from torch import nn
 
 from core.config import PipelineConfig
 from core.momentum import ema_update_
-from core.partition import stage_costs, stage_slices
+from core.partition import Partition
 from core.runtime import prepare_models
-from core.schedule import build_schedule
-from core.simulate import CostModel, Link, simulate
+from core.schedules import build_schedule, get_schedule
+from core.simulate import CostModel, Link, ddp_step, simulate, stage_cost_model
 from core.task import Structure, Task, detached_leaves, map_structure, scatter, tensors
 
 
@@ -199,17 +199,17 @@ def cost_model(
     costs: BlockCosts, balance: Sequence[int], teacher_balance: Sequence[int], link: Link
 ) -> CostModel:
     """Per-stage unit costs of a partition from measured block costs."""
-    t_last = [r[-1] for r in stage_slices(teacher_balance)]
-    s_last = [r[-1] for r in stage_slices(balance)]
-    return CostModel(
-        teacher_fwd=tuple(stage_costs(costs.teacher_fwd, teacher_balance)),
-        student_fwd=tuple(stage_costs(costs.student_fwd, balance)),
-        student_bwd=tuple(stage_costs(costs.student_bwd, balance)),
-        teacher_bytes=tuple(costs.teacher_bytes[i] for i in t_last),
-        student_bytes=tuple(costs.student_bytes[i] for i in s_last),
-        opt_ms=tuple(stage_costs(costs.opt_ms, balance)),
-        loss_ms=costs.loss_ms,
-        link=link,
+    return stage_cost_model(
+        costs.teacher_fwd,
+        costs.student_fwd,
+        costs.student_bwd,
+        costs.teacher_bytes,
+        costs.student_bytes,
+        costs.opt_ms,
+        [0.0] * len(costs.teacher_fwd),
+        Partition(tuple(balance), tuple(teacher_balance), tied=False),
+        link,
+        costs.loss_ms,
     )
 
 
@@ -243,12 +243,13 @@ def predict(
         (samples/s, records); (None, []) for runs no model covers.
     """
     stages, micro = config.stages, config.microbatches
+    spec = get_schedule(schedule)
     model = cost_model(costs, balance, teacher_balance, link)
-    if config.is_pipeline:
+    if spec.is_pipeline:
         built = build_schedule(schedule, stages, micro, teacher, 8, config.pieces, views)
         result = simulate(built, model, batch)
         return result.samples_per_s, [r.to_dict() for r in result.records]
-    if schedule in ("torch-gpipe", "torch-1f1b"):
+    if spec.runner == "torch":
         zero = tuple(0.0 for _ in range(stages))
         teacher_only = CostModel(model.teacher_fwd, zero, zero, model.teacher_bytes, zero, zero, 0.0, link)
         student_only = CostModel(
@@ -261,19 +262,23 @@ def predict(
             model.loss_ms,
             link,
         )
-        student_schedule = "gpipe" if schedule == "torch-gpipe" else "1f1b"
         t_run = simulate(build_schedule("gpipe", stages, micro, teacher, 8, 1, views), teacher_only, batch)
         s_run = simulate(
-            build_schedule(student_schedule, stages, micro, teacher, 8, 1, views), student_only, batch
+            build_schedule(spec.student_schedule, stages, micro, teacher, 8, 1, views), student_only, batch
         )
         return batch / (t_run.step_ms + s_run.step_ms) * 1e3, []
-    if schedule == "ddp":
-        # costs profiled at one replica's share (batch / stages samples per view); ring all-reduce
-        work = views * (sum(costs.teacher_fwd) + sum(costs.student_fwd) + sum(costs.student_bwd))
-        work += costs.loss_ms + sum(costs.opt_ms)
-        ring = 2 * (stages - 1) / stages
-        allreduce = ring * link.transfer_ms(sum(costs.param_bytes)) + 2 * (stages - 1) * link.latency_us / 1e3
-        return batch / (work + allreduce) * 1e3, []
+    if spec.runner == "ddp":
+        # costs profiled at one replica's share (batch / stages samples per view)
+        step, _ = ddp_step(
+            forward_ms=views * (sum(costs.teacher_fwd) + sum(costs.student_fwd)),
+            backward_ms=views * sum(costs.student_bwd),
+            other_ms=costs.loss_ms + sum(costs.opt_ms),
+            grad_bytes=sum(costs.param_bytes),
+            replicas=stages,
+            link=link,
+            overlap=0.0,
+        )
+        return batch / step * 1e3, []
     return None, []
 
 

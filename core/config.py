@@ -1,14 +1,15 @@
-"""Frozen dataclasses for the pipeline part of a run, validated before any process starts."""
+"""A run's configuration, one shape for everything: :class:`Config` nests the method's own
+frozen dataclass, the :class:`PipelineConfig` (how the run is spread over processes) and the
+:class:`RunConfig` (how long, where, what it keeps). Each validates itself before any process
+starts; ``core.overrides`` applies ``key=value`` overrides and round-trips through JSON.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from core.schedule import SCHEDULES
-
-# Runners that are not schedules of the pipeline runtime (DESIGN.md): data parallelism and
-# PyTorch's own pipelining as the outside peer.
-RUNNERS = ("ddp", "torch-gpipe", "torch-1f1b")
+from core.schedules import get_schedule
 
 
 @dataclass(frozen=True)
@@ -16,15 +17,19 @@ class PipelineConfig:
     """How a run is spread over processes.
 
     Attributes:
-        schedule: a schedule of ``core.schedule.SCHEDULES`` or a runner of :data:`RUNNERS`.
+        schedule: a name of the registry (``core.schedules.SCHEDULES``): a pipeline schedule, or
+            a runner (ddp, the torch peer).
         stages: pipeline stages, one process each (for ``ddp``: the number of replicas).
         microbatches: micro-batches per mini-batch (each of a task's views is its own unit).
         backward_pieces: pieces each student backward is split into; None takes the schedule's
             default (2 for tspipe, 1 otherwise). Each piece's forward is its own graph, so with
             BatchNorm it is also its own normalisation batch: compare schedules at equal pieces.
         balance: student blocks per stage; None splits the blocks uniformly.
-        teacher_balance: teacher blocks per stage for a frozen teacher; None: like ``balance``
-            when the block counts match, else uniform.
+        teacher_balance: teacher blocks per stage for a frozen teacher; None: planned (see
+            ``balance_by``).
+        balance_by: how a frozen teacher without ``teacher_balance`` is split: ``cost`` against
+            the student's stages by the task's per-block estimates (``Task.block_costs``) where
+            it has them, ``uniform`` by block count (or like ``balance`` when the counts match).
         amp_bf16: run forwards under bf16 autocast.
         max_grad_norm: clip the global gradient norm (over all stages) to this; None: no clipping.
         record_timeline: record start and end of every action (costs a device sync per action
@@ -40,6 +45,7 @@ class PipelineConfig:
     backward_pieces: int | None = None
     balance: tuple[int, ...] | None = None
     teacher_balance: tuple[int, ...] | None = None
+    balance_by: str = "cost"
     amp_bf16: bool = False
     max_grad_norm: float | None = None
     record_timeline: bool = False
@@ -47,21 +53,13 @@ class PipelineConfig:
     nan_guard: str = "stop"
 
     def __post_init__(self) -> None:
-        known = (*SCHEDULES, *RUNNERS)
-        if self.schedule not in known:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(known)}")
         if not isinstance(self.stages, int) or self.stages < 1:
             raise ValueError(f"stages must be an integer >= 1, got {self.stages!r}")
         if not isinstance(self.microbatches, int) or self.microbatches < 1:
             raise ValueError(f"microbatches must be an integer >= 1, got {self.microbatches!r}")
-        if self.schedule == "sequential" and self.stages != 1:
-            raise ValueError(f"sequential runs on one process; got stages={self.stages}")
-        if self.schedule == "mp" and self.microbatches != 1:
-            raise ValueError(f"mp runs one micro-batch; got microbatches={self.microbatches}")
-        if self.backward_pieces is not None and self.backward_pieces < 1:
-            raise ValueError(f"backward_pieces must be >= 1, got {self.backward_pieces}")
-        if self.schedule in RUNNERS and self.backward_pieces not in (None, 1):
-            raise ValueError(f"{self.schedule} does not split backwards; drop backward_pieces")
+        get_schedule(self.schedule).check(self.stages, self.microbatches, self.backward_pieces)
+        if self.balance_by not in ("cost", "uniform"):
+            raise ValueError(f"balance_by must be cost or uniform, got {self.balance_by!r}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         if self.nan_guard not in ("stop", "skip", "off"):
@@ -78,11 +76,99 @@ class PipelineConfig:
     @property
     def pieces(self) -> int:
         """Backward pieces actually used."""
-        if self.backward_pieces is not None:
-            return self.backward_pieces
-        return SCHEDULES[self.schedule].default_pieces if self.schedule in SCHEDULES else 1
+        return get_schedule(self.schedule).pieces(self.backward_pieces)
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas the mini-batch is split over (ddp: one per process)."""
+        return self.stages if get_schedule(self.schedule).runner == "ddp" else 1
 
     @property
     def is_pipeline(self) -> bool:
-        """True when the pipeline runtime runs this schedule (not ddp or the torch peer)."""
-        return self.schedule in SCHEDULES
+        """True when the pipeline interpreter runs this schedule (not ddp or the torch peer)."""
+        return get_schedule(self.schedule).is_pipeline
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How long a run trains, where, and what it keeps.
+
+    Attributes:
+        device: ``cpu`` or ``cuda``.
+        dtype: ``float32``, or ``float64`` for exactness checks against a reference.
+        threads: torch threads per process (0: torch's default).
+        seed: seed of weights, data order and augmentation.
+        epochs: passes over the training data (ignored when ``steps`` > 0).
+        steps: optimizer steps; 0: ``epochs`` worth.
+        eval_every: evaluate every this many epochs (0: only at the end).
+        checkpoint_every: save a checkpoint every this many steps (0: only at the end).
+        log_every: write a loss line every this many steps.
+        run_dir: run folder; empty: ``runs/<method>/<time>-<schedule>-N<stages>-M<micro>-s<seed>``.
+        resume: ``auto`` continues from the run folder's latest complete checkpoint (a fresh
+            start when there is none); a checkpoint folder continues from that one; empty: start.
+        min_free_gb: refuse to start with less free disk space in the run folder.
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 0
+    seed: int = 0
+    epochs: int = 1
+    steps: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 10
+    run_dir: str = ""
+    resume: str = ""
+    min_free_gb: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        for name in ("epochs", "steps", "eval_every", "checkpoint_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+def training_pipeline() -> PipelineConfig:
+    """The pipeline part of a training run unless a preset says otherwise: one process,
+    and a stuck rank noticed within 45 s."""
+    return PipelineConfig(schedule="sequential", stages=1, microbatches=1, timeout_s=45.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: the method's config, the pipeline and the run.
+
+    Attributes:
+        method: the method's frozen config dataclass (model, data, loss, optimiser); it may
+            define ``check_with(pipeline, run)`` to refuse combinations (raises ValueError).
+        pipeline: how the run is spread over processes.
+        run: how long it trains, where, and what it keeps.
+    """
+
+    method: Any
+    pipeline: PipelineConfig = field(default_factory=training_pipeline)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check = getattr(self.method, "check_with", None)
+        if check is not None:
+            check(self.pipeline, self.run)
+
+    def derive(
+        self,
+        method: dict[str, Any] | None = None,
+        pipeline: dict[str, Any] | None = None,
+        run: dict[str, Any] | None = None,
+    ) -> Config:
+        """A copy with some fields of each section changed (how presets derive from a base)."""
+        return Config(
+            method=replace(self.method, **(method or {})),
+            pipeline=replace(self.pipeline, **(pipeline or {})),
+            run=replace(self.run, **(run or {})),
+        )

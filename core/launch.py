@@ -20,7 +20,6 @@ import datetime as _dt
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,13 +51,6 @@ class Rank:
     world: int
     local_rank: int
     device: torch.device
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_distributed(device: str = "cpu", timeout_s: float = 300.0) -> Rank:
@@ -139,7 +131,11 @@ def launch(nproc: int, argv: Sequence[str], env: dict[str, str] | None = None) -
 
 
 def _launch(nproc: int, argv: Sequence[str], env: dict[str, str] | None, status: Path) -> int:
-    port = free_port()
+    # The launcher hosts the rendezvous store itself, on a port the OS picks and that stays
+    # bound for the whole job (as torchrun's agent does): no window between choosing a free
+    # port and a rank binding it, in which another process could take it.
+    store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
+    port = store.port
     procs, tails, pumps = [], [], []
     for rank in range(nproc):
         child_env = dict(os.environ if env is None else env)
@@ -150,6 +146,8 @@ def _launch(nproc: int, argv: Sequence[str], env: dict[str, str] | None, status:
             LOCAL_WORLD_SIZE=str(nproc),
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
+            TORCHELASTIC_USE_AGENT_STORE="True",  # every rank is a client of the store above
+            TORCHELASTIC_RESTART_COUNT="0",
             TSPIPE_STATUS_DIR=str(status),
         )
         proc = subprocess.Popen(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from core.action import COMPUTE_OPS, Action, Op
 
-# DESIGN.md "Performance bookkeeping": every row has these keys (None where not applicable).
+# ARCHITECTURE.md "Results": every row has these keys (None where not applicable).
 ROW_KEYS: tuple[str, ...] = (
     "method",
     "schedule",

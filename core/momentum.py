@@ -99,7 +99,7 @@ class TeacherVersion:
     """Bookkeeping of the teacher version a stage holds: the number of EMA updates applied.
 
     The runtime checks, before each teacher forward, that the version matches the schedule's
-    promise (``max(0, batch - staleness)``, DESIGN.md "Versions").
+    promise (``max(0, batch - staleness)``, ARCHITECTURE.md "The version rule").
     """
 
     version: int = 0

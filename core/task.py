@@ -187,6 +187,12 @@ class Task(ABC):
             "the loss over the whole mini-batch"
         )
 
+    def block_costs(self) -> tuple[list[float], list[float]] | None:
+        """Relative per-block costs for balancing a frozen teacher against the student's stages
+        without timing anything: ``(student forward + backward per block, teacher forward per
+        block)`` in any one unit; None (the default) when the task has no estimate."""
+        return None
+
     @property
     def has_microbatch_loss(self) -> bool:
         """True when :meth:`microbatch_loss` is overridden."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from core.action import CHANNEL, RECV_OPS, SEND_OPS, Action, Op, format_grid
+from core.action import CHANNEL, OPS, RECV_OPS, SEND_OPS, Action, Op, format_grid, peer_stage
 from core.metrics import TimelineRecord
-from core.schedule import Schedule
+from core.schedules import Schedule
 
 ActionLists = Sequence[Sequence[Action]]
 DurationFn = Callable[[Action], float]
@@ -15,17 +15,11 @@ DurationFn = Callable[[Action], float]
 TransferFn = Callable[[Action, float, float], float]
 
 
-def _peer(action: Action) -> int:
-    """Stage on the other end of a send or receive."""
-    if action.op in (Op.SEND_TF, Op.SEND_SF, Op.RECV_SB):
-        return action.stage + 1
-    return action.stage - 1
-
-
 def dry_run(
     lowered: ActionLists,
     duration: DurationFn | None = None,
     transfer: TransferFn | None = None,
+    stage_to_rank: Sequence[int] | None = None,
 ) -> list[TimelineRecord]:
     """Replay lowered per-stage lists as the runtime would run them: sends never block (they stay
     pending), a receive waits until the matching send was issued, and messages of one channel
@@ -35,6 +29,7 @@ def dry_run(
         lowered: per-stage lists from :func:`core.schedule.lower`.
         duration: time of a compute action; default 1 (logical time).
         transfer: arrival time of a message; default: the moment it is sent.
+        stage_to_rank: the rank of each stage (default: stage s on rank s, one list per rank).
 
     Returns:
         One :class:`TimelineRecord` per action, in the order they were replayed.
@@ -45,7 +40,11 @@ def dry_run(
             shows the action grid with the offending action(s) marked.
     """
     duration = duration or (lambda a: 1.0)
-    stages = len(lowered)
+    stages = len(lowered)  # ranks: one list each
+
+    def rank(stage: int) -> int:
+        return stage_to_rank[stage] if stage_to_rank else stage
+
     pc = [0] * stages
     clock = [0.0] * stages
     queues: dict[tuple[str, int, int], deque[tuple[Action, float]]] = {}
@@ -60,7 +59,7 @@ def dry_run(
                 a = actions[pc[s]]
                 start = clock[s]
                 if a.op in RECV_OPS:
-                    queue = queues.get((CHANNEL[a.op], _peer(a), s))
+                    queue = queues.get((CHANNEL[a.op], rank(peer_stage(a)), s))
                     if not queue:
                         break
                     sent, arrival = queue.popleft()
@@ -73,7 +72,7 @@ def dry_run(
                         )
                     end = max(start, arrival)
                 elif a.op in SEND_OPS:
-                    dst = _peer(a)
+                    dst = rank(peer_stage(a))
                     free = link_free.get((s, dst), 0.0)
                     arrival = transfer(a, start, free) if transfer else start
                     link_free[(s, dst)] = max(free, arrival)
@@ -103,14 +102,27 @@ def _fail(schedule: Schedule, message: str) -> None:
     raise ValueError(f"schedule {schedule.name!r} (N={schedule.stages}, U={schedule.units}): {message}")
 
 
+def _stage_lists(schedule: Schedule) -> list[list[Action]]:
+    """Each stage's compute actions in the order its rank runs them.
+
+    Raises:
+        ValueError: if an action sits in the list of a rank its stage is not placed on.
+    """
+    lists: list[list[Action]] = [[] for _ in range(schedule.stages)]
+    for r, actions in enumerate(schedule.compute):
+        for a in actions:
+            if not 0 <= a.stage < schedule.stages or schedule.rank_of(a.stage) != r:
+                _fail(schedule, f"{a} is in the list of rank {r}, its stage is not placed there")
+            lists[a.stage].append(a)
+    return lists
+
+
 def _check_exactly_once(schedule: Schedule) -> None:
     last = schedule.stages - 1
     parts = [None] if schedule.backward_pieces == 1 else list(range(schedule.backward_pieces))
-    for s, actions in enumerate(schedule.compute):
+    for s, actions in enumerate(_stage_lists(schedule)):
         seen: set[Action] = set()
         for a in actions:
-            if a.stage != s:
-                _fail(schedule, f"{a} is in the list of stage {s}")
             if a in seen:
                 _fail(schedule, f"{a} appears twice")
             seen.add(a)
@@ -140,7 +152,7 @@ def _check_exactly_once(schedule: Schedule) -> None:
 def _check_stage_order(schedule: Schedule) -> None:
     """Per-stage order: versions of student and teacher, loss after forwards, step after backwards."""
     ema = schedule.teacher == "ema"
-    for s, actions in enumerate(schedule.compute):
+    for s, actions in enumerate(_stage_lists(schedule)):
         steps_done = 0
         forwarded: set[tuple[int, int]] = set()
         teacher_done: dict[int, int] = {}
@@ -191,21 +203,22 @@ def _check_stage_order(schedule: Schedule) -> None:
 
 
 def _check_cross_stage(schedule: Schedule, records: list[TimelineRecord]) -> None:
-    """Forwards go down the stages, backwards come back up, in logical time."""
+    """What flows down (forwards) runs on stage s after stage s - 1, what flows up (input
+    gradients) on stage s after stage s + 1, in logical time."""
     when = {r.action: (r.start_ms, r.end_ms) for r in records}
     for r in records:
-        if r.op in ("TF", "SF") and r.stage > 0:
-            before = str(Action(r.stage - 1, Op(r.op), r.batch, r.microbatch, r.part))
-            if when[before][1] > r.start_ms:
-                _fail(schedule, f"{r.action} starts before {before} ends")
-        if r.op == "SB" and r.stage < schedule.stages - 1:
-            before = str(Action(r.stage + 1, Op.SB, r.batch, r.microbatch, r.part))
-            if when[before][1] > r.start_ms:
-                _fail(schedule, f"{r.action} starts before {before} ends")
+        op = Op(r.op)
+        flow = OPS[op].flow if op not in CHANNEL else None
+        source = r.stage - 1 if flow == "down" else r.stage + 1 if flow == "up" else None
+        if source is None or not 0 <= source < schedule.stages:
+            continue
+        before = str(Action(source, op, r.batch, r.microbatch, r.part))
+        if when[before][1] > r.start_ms:
+            _fail(schedule, f"{r.action} starts before {before} ends")
 
 
 def validate(schedule: Schedule) -> list[TimelineRecord]:
-    """Check every invariant of DESIGN.md on ``schedule``.
+    """Check every invariant of ARCHITECTURE.md ("Schedules") on ``schedule``.
 
     Checks: each compute action exactly once; student forward and backward of batch b on
     student version b, backward before the step; the loss after every teacher and student forward
@@ -221,6 +234,6 @@ def validate(schedule: Schedule) -> list[TimelineRecord]:
     """
     _check_exactly_once(schedule)
     _check_stage_order(schedule)
-    records = dry_run(schedule.lowered)
+    records = dry_run(schedule.lowered, stage_to_rank=schedule.stage_to_rank)
     _check_cross_stage(schedule, records)
     return records

@@ -27,10 +27,10 @@ import torch
 
 from analysis.tables import markdown_table
 from core.metrics import make_row, read_rows, write_rows
-from experiments.accuracy import ROOT, AccuracyRun, run_matrix
-from methods.common.config import build_config
+from core.overrides import apply_overrides
+from experiments.accuracy import ROOT, AccuracyRun, provenance, run_matrix
+from methods.distilbert import METHOD
 from methods.distilbert.model import teacher_metrics
-from methods.distilbert.train import METHOD
 
 PRESET = "accuracy"
 
@@ -116,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
     if not args.report_only:
-        config = build_config(METHOD.config_cls, METHOD.presets[args.preset], args.overrides)
         try:
+            config = apply_overrides(METHOD.preset(args.preset), args.overrides)
             METHOD.check(config)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=base["device"],
             )
         )
-        teacher = teacher_metrics(config.teacher_file) if config.teacher == "finetuned" else {}
+        teacher = teacher_metrics(config.method.teacher_file) if config.method.teacher == "finetuned" else {}
         if teacher:
             rows.append(
                 make_row(
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     heldout_blocks=teacher.get("heldout_blocks"),
                 )
             )
-        write_rows(args.out / "rows.jsonl", rows)
+        write_rows(args.out / "rows.jsonl", [provenance("distilbert", r) for r in rows])
     rows = read_rows(args.out / "rows.jsonl")
     (args.out / "TABLE.md").write_text(report(rows, args.command))
     print(f"wrote {args.out / 'TABLE.md'}", file=sys.stderr)

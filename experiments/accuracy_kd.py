@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from core.metrics import make_row, write_rows
-from experiments.accuracy import ROOT, AccuracyRun, run_matrix
-from methods.common.config import ConfigError, build_config
+from core.overrides import ConfigError, apply_overrides
+from experiments.accuracy import ROOT, AccuracyRun, provenance, run_matrix
+from methods.soft_target import METHOD
 from methods.soft_target.models import load_teacher
 from methods.soft_target.teacher import teacher_command
-from methods.soft_target.train import METHOD
 
 PRESET = "accuracy"
 
@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/soft_target/accuracy"))
     args = parser.parse_args(argv)
     try:
-        config = build_config(METHOD.config_cls, METHOD.presets[args.preset], args.set)
+        full = apply_overrides(METHOD.preset(args.preset), args.set)
+        config = full.method
     except (ConfigError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -155,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(relative L2 {relative:.3g})",
             file=sys.stderr,
         )
-    write_rows(args.out / "rows.jsonl", rows)
+    write_rows(args.out / "rows.jsonl", [provenance("soft_target", r) for r in rows])
     return 0
 
 

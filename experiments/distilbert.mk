@@ -12,17 +12,10 @@ $(DISTILBERT_TEACHER): | $(STAMP)
 	$(PY) -m methods.distilbert.teacher --preset $(DB_TEACHER_PRESET)
 
 # Every schedule, ddp and the torch pipelining peer side by side (CPU default, about 7 min; needs
-# no fine-tuned teacher). On GPUs: make bench-distilbert DEVICE=cuda NPROC=4 DB_MODEL=bertlarge DB_BATCH=64
-# (DB_SEQ=512 DB_BATCH=16 for the long sequences).
-DB_MODEL ?= minilm
-DB_SEQ ?= 128
-DB_BATCH ?= 8
-DB_OUT = results/distilbert$(if $(filter cpu,$(DEVICE)),,-$(DEVICE)-$(DB_MODEL)-$(DB_SEQ))
+# no fine-tuned teacher). On GPUs: make bench-distilbert DEVICE=cuda NPROC=4 (BERT-large, seq 128;
+# PRESET=bertlarge-512-4gpu for the long sequences).
 bench-distilbert: $(STAMP)
-	$(PY) -m experiments.bench_distilbert --device $(DEVICE) --nproc $(NPROC) --model $(DB_MODEL) \
-		--seq $(DB_SEQ) --batch $(DB_BATCH) --out $(DB_OUT)
-	$(PY) -m analysis.bench $(DB_OUT) --command "make bench-distilbert" \
-		--title "DistilBERT throughput, $(DB_MODEL) teacher, seq $(DB_SEQ), $(NPROC) stages, $(DEVICE)"
+	$(call bench,distilbert,--warmup 2 --steps 6)
 
 # Distillation under sequential and tspipe (they must match) and MLM alone: held-out masked-token
 # accuracy and perplexity (CPU, about 35 min; makes the teacher first when it is missing).

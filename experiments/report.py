@@ -16,22 +16,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analysis import report
+from methods.registry import get_method, method_names
 
 ROOT = Path(__file__).resolve().parent.parent
-# rows file -> make target that makes it (accuracy runs take up to an hour each: never automatic)
-BENCHES = {
-    "engine": "bench-engine",
-    "byol": "bench-byol",
-    "moco_v3": "bench-mocov3",
-    "soft_target": "bench-kd",
-    "distilbert": "bench-distilbert",
-    "simulated": "simulate",
-}
 
 
 def run(cmd: list[str]) -> None:
     print(f"[report] {' '.join(cmd)}", file=sys.stderr, flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def expected() -> dict[str, tuple[str, str, str]]:
+    """Every registered method's rows folder under ``results/``: its title, benchmark make
+    target and accuracy make target (empty where it has none)."""
+    out = {}
+    for name in method_names():
+        spec = get_method(name)
+        out[name] = (spec.title, spec.bench_command, spec.accuracy_command)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,59 +45,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     py = sys.executable
     if args.quick:
         quick = results / "quick"
-        run(
-            [
-                py,
-                "-m",
-                "experiments.bench_engine",
-                "--out",
-                str(quick / "engine"),
-                "--rounds",
-                "1",
-                "--steps",
-                "4",
-                "--microbatches",
-                "2",
-            ]
-        )
-        run(
-            [
-                py,
-                "-m",
-                "experiments.bench_byol",
-                "--out",
-                str(quick / "byol"),
-                "--rounds",
-                "1",
-                "--steps",
-                "3",
-                "--microbatches",
-                "2",
-            ]
-        )
-        run([py, "-m", "experiments.simulate", "--out", str(quick / "simulated")])
-        for name in ("engine", "byol"):
+        for method, steps in (("synthetic", "4"), ("byol", "3")):
             run(
                 [
                     py,
                     "-m",
-                    "analysis.bench",
-                    str(quick / name),
+                    "experiments.bench",
+                    method,
+                    "--out",
+                    str(quick / method),
+                    "--rounds",
+                    "1",
+                    "--steps",
+                    steps,
+                    "--microbatches",
+                    "2",
                     "--command",
                     "make report QUICK=1",
-                    "--title",
-                    f"{name} (quick)",
                 ]
             )
-        text, _ = report.build(quick, ROOT, fallback=results)
+            run([py, "-m", "analysis.bench", str(quick / method)])
+        run([py, "-m", "experiments.simulate", "--out", str(quick / "simulated")])
+        text, _ = report.build(quick, ROOT, fallback=results, expected=expected())
         (quick / "REPORT.md").write_text(text)
         print(f"[report] wrote {quick / 'REPORT.md'}", file=sys.stderr)
         return 0
-    if not args.no_rerun:
-        for name, target in BENCHES.items():
+    if not args.no_rerun:  # accuracy runs take up to an hour each: never re-run automatically
+        targets = {name: bench for name, (_, bench, _) in expected().items() if bench}
+        for name, target in {**targets, "simulated": "make simulate"}.items():
             if not (results / name / "rows.jsonl").exists():
-                run(["make", target])
-    text, snippet = report.build(results, ROOT)
+                run(target.split())
+    text, snippet = report.build(results, ROOT, expected=expected())
     (results / "REPORT.md").write_text(text)
     report.update_readme(ROOT / "README.md", snippet)
     print(f"[report] wrote {results / 'REPORT.md'} and the README's results snippet", file=sys.stderr)

@@ -7,10 +7,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.calibration import Calibration, load_calibration, result_dict, simulate_calibration, simulate_ddp
 from core.metrics import make_row, write_rows
-from core.simulate import Calibration, Link, load_calibration, result_dict, simulate_calibration, simulate_ddp
+from core.schedules import get_schedule, schedules
+from core.simulate import Link
 
-SCHEDULES = ("mp", "gpipe", "1f1b", "tspipe")
+# every pipeline schedule that runs on several stages (the registry's), in table order, and the
+# data-parallel runner, which is modelled rather than simulated action by action
+SCHEDULES = tuple(s.name for s in schedules("pipeline") if s.stages is None)
+DDP = next(s.name for s in schedules("ddp"))
 STAGES = (2, 4, 8, 16)
 LINKS = {"nvlink": Link(450.0), "pcie": Link(25.0)}
 # Files swept: one per model pair and granularity (fp32 and whole-block ViT/BERT files add little).
@@ -31,8 +36,8 @@ GANTT = tuple((f, 4, "nvlink") for f in FILES if "mbsweep" not in f and "resnet1
 
 
 def microbatches_for(schedule: str, stages: int) -> int:
-    """The micro-batch rule of the sweep: M = N for pipelined schedules, 1 for ``mp``."""
-    return 1 if schedule == "mp" else stages
+    """The micro-batch rule of the sweep: M = N, unless the schedule fixes M (``mp``: 1)."""
+    return get_schedule(schedule).microbatches or stages
 
 
 def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | None]]:
@@ -75,13 +80,13 @@ def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | Non
                 balance_cap=result.balance_cap,
                 microbatch_penalty=summary["microbatch_penalty"],
             )
-            keep = (cal.source, stages, link_name) in GANTT and schedule in ("gpipe", "tspipe")
+            keep = (cal.source, stages, link_name) in GANTT and get_schedule(schedule).gantt
             compute = [r.to_dict() for r in result.records if not r.op.startswith(("SEND", "RECV"))]
             out.append((row, compute if keep else None))
         ddp = simulate_ddp(cal, stages, link)
         row = make_row(
             method=cal.method,
-            schedule="ddp",
+            schedule=DDP,
             model=cal.pair,
             stages=stages,
             microbatches=1,

@@ -13,20 +13,11 @@ $(KD_TEACHER): | $(STAMP) data
 
 # Every schedule at 2 stages, sequential, ddp and the torch pipelining peer (CPU default: about
 # 3 min on 2 idle cores, plus the teacher if it is missing). On a GPU node:
-#   make bench-kd DEVICE=cuda NPROC=4 MODEL=resnet152-to-resnet50   (or MODEL=vitl16-to-resnet152)
-# synthetic 224x224, bf16, random teacher unless KD_TEACHER_CHECKPOINT=PATH (torchvision/timm
-# weights load). MODEL, IMAGE and BATCH are passed on only when given.
-kd_given = $(filter command line environment override,$(origin $(1)))
-KD_MODEL := $(if $(call kd_given,MODEL),$(MODEL),$(if $(filter cpu,$(DEVICE)),resnet18w32-to-resnet18w8,resnet152-to-resnet50))
-KD_BENCH_OUT := results/soft_target$(if $(filter cpu,$(DEVICE)),,-$(DEVICE)-$(KD_MODEL))
-KD_BENCH_ARGS := --device $(DEVICE) --nproc $(NPROC) --model $(KD_MODEL) \
-	$(if $(call kd_given,IMAGE),--image $(IMAGE)) $(if $(call kd_given,BATCH),--batch $(BATCH)) \
-	$(if $(KD_TEACHER_CHECKPOINT),--teacher-checkpoint $(KD_TEACHER_CHECKPOINT))
+#   make bench-kd DEVICE=cuda NPROC=4   (ResNet-152 -> ResNet-50; PRESET=vitl16-to-resnet152-224-4gpu)
+# synthetic 224x224, bf16, random teacher unless OVERRIDES=teacher_checkpoint=PATH.
 bench-kd: $(STAMP) $(if $(filter cpu,$(DEVICE)),data $(KD_TEACHER))
-	$(PY) -m experiments.bench_kd $(KD_BENCH_ARGS) --out $(KD_BENCH_OUT)
-	$(PY) -m analysis.bench $(KD_BENCH_OUT) --command "make bench-kd" \
-		--title "Soft-target KD throughput, $(KD_MODEL), $(NPROC) stages, $(DEVICE)"
-	$(PY) -m analysis.soft_target bench $(KD_BENCH_OUT)
+	$(call bench,soft_target,--steps 10)
+	$(PY) -m analysis.soft_target bench $(call BENCH_OUT,soft_target)
 
 # Teacher top-1, student alone, KD under sequential and under tspipe (2 processes), same seed
 # and data order; the largest parameter difference between the two KD students (CPU, about

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.config import Config, PipelineConfig, RunConfig
 from core.momentum import TeacherRule
+from core.overrides import ConfigError
 from core.runtime import prepare_models
 from core.task import Task
 from methods.common.augment import TwoViews, ViewConfig, plain
-from methods.common.config import ConfigError
 from methods.common.data import BatchOrder, check_dataset, load_images
 from methods.common.knn import evaluate_features
 from methods.common.optim import OPTIMIZERS, optimizer_factory, warmup_cosine
-from methods.common.trainer import Setup, TrainConfig
+from methods.spec import Setup
 
 
 class TwoViewTask(Task):
@@ -76,7 +77,7 @@ class TwoViewTask(Task):
 
 
 @dataclass(frozen=True)
-class SslConfig(TrainConfig):
+class SslConfig:
     """Data, optimiser and evaluation fields of a two-view self-supervised run.
 
     Attributes:
@@ -115,7 +116,6 @@ class SslConfig(TrainConfig):
     probe: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.lr < 0:
@@ -125,7 +125,10 @@ class SslConfig(TrainConfig):
         if self.image < 8:
             raise ValueError(f"image must be >= 8 pixels, got {self.image}")
         self.view_config()  # validates min_scale and blur_p
-        pieces = self.microbatches * self.pipeline().pieces * (self.stages if self.schedule == "ddp" else 1)
+
+    def check_with(self, pipeline: PipelineConfig, run: RunConfig) -> None:
+        """Every micro-batch piece keeps at least 2 images (BatchNorm needs 2)."""
+        pieces = pipeline.microbatches * pipeline.pieces * pipeline.replicas
         if self.batch < 2 * pieces:
             raise ValueError(
                 f"batch {self.batch} leaves fewer than 2 images per micro-batch piece ({pieces} pieces); "
@@ -139,55 +142,57 @@ class SslConfig(TrainConfig):
         return ViewConfig(size=self.image, min_scale=self.min_scale, blur_p=self.blur_p)
 
 
-def check(config: SslConfig) -> None:
+def check(config: Config) -> None:
     """Fail before any process starts when the data is missing."""
     try:
-        check_dataset(config.dataset, config.data_dir or None)
+        check_dataset(config.method.dataset, config.method.data_dir or None)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
 
-def setup(config: SslConfig, task_for: Callable[[SslConfig, int], TwoViewTask], model: str) -> Setup:
+def setup(config: Config, task_for: Callable[[Config, int], TwoViewTask], model: str) -> Setup:
     """The run of a two-view task: data order, batches, optimiser, schedule and kNN evaluation
     of ``task.encoder`` (the student's representation) on the test set."""
+    method, run = config.method, config.run
     data = load_images(
-        config.dataset, config.data_dir or None, config.train_subset, config.seed, config.image, config.batch
+        method.dataset, method.data_dir or None, method.train_subset, run.seed, method.image, method.batch
     )
-    order = BatchOrder(len(data.train_images), config.batch, config.seed)
-    steps = config.steps or config.epochs * order.steps_per_epoch
+    order = BatchOrder(len(data.train_images), method.batch, run.seed)
+    steps = run.steps or run.epochs * order.steps_per_epoch
     task = task_for(config, steps)
 
     def batches(start: int, count: int):
         for idx in order.iterate(start, count):
-            yield data.prepare(data.train_images[idx], config.image), data.train_labels[idx]
+            yield data.prepare(data.train_images[idx], method.image), data.train_labels[idx]
 
     def evaluate(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
         student, _ = prepare_models(task)
         model_ = nn.Sequential(*student)
         model_.load_state_dict(state["student"])
-        memory = config.eval_train_subset or len(data.train_images)
+        memory = method.eval_train_subset or len(data.train_images)
 
         def prepare(x: torch.Tensor) -> torch.Tensor:
-            return task.channels(plain(data.prepare(x, config.image)))
+            return task.channels(plain(data.prepare(x, method.image)))
 
         return evaluate_features(
             task.encoder(list(model_)),
             (prepare(data.train_images[:memory]), data.train_labels[:memory]),
             (prepare(data.test_images), data.test_labels),
-            config.knn_k,
-            config.knn_t,
-            config.probe,
+            method.knn_k,
+            method.knn_t,
+            method.probe,
         )
 
     return Setup(
         task=task,
         batches=batches,
-        optimizer=optimizer_factory(config.optimizer, config.lr, config.weight_decay),
-        scheduler=warmup_cosine(config.warmup_steps, steps),
+        optimizer=optimizer_factory(method.optimizer, method.lr, method.weight_decay),
+        scheduler=warmup_cosine(method.warmup_steps, steps),
         steps=steps,
         steps_per_epoch=order.steps_per_epoch,
-        samples_per_step=config.batch,
+        samples_per_step=method.batch,
         model=model,
         evaluate=None if data.synthetic else evaluate,
         metric=None if data.synthetic else "knn_top1",
+        synthetic_data=data.synthetic,
     )

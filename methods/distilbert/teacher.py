@@ -19,94 +19,29 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.distilbert import TEACHER_PRESETS
-from methods.common.config import ConfigError, build_config
+from core.overrides import ConfigError, apply_overrides
 from methods.common.data import BatchOrder, DataNotFound
 from methods.common.optim import optimizer_factory, warmup_cosine
+from methods.distilbert.config import ARTIFACTS, TeacherConfig
 from methods.distilbert.data import (
     Masking,
     heldout_batches,
     load_corpus,
     load_tokenizer,
     offline,
-    parse_corpus,
 )
 from methods.distilbert.distil import mlm_metrics
 from methods.distilbert.model import minilm, save_teacher
-from methods.distilbert.train import ARTIFACTS, TEACHER_PATH
+from methods.distilbert.presets import TEACHER_PRESETS
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """The MLM fine-tune of the MiniLM teacher.
-
-    Attributes:
-        corpus: comma-separated text sources (as the distillation runs').
-        text_dir: folder of the Python documentation sources (for ``pythondocs``).
-        cache_dir: tokenised corpus cache; empty: ``artifacts/distilbert``.
-        seq_len: tokens per block.
-        mlm_probability: share of tokens predicted per sequence.
-        batch: sequences per step.
-        steps: optimizer steps.
-        lr: peak AdamW learning rate.
-        weight_decay: on weights (not biases and LayerNorms).
-        warmup_steps: linear warm-up before the cosine decay.
-        max_grad_norm: gradient clipping; None: off.
-        eval_blocks: held-out blocks evaluated (0: all of them).
-        eval_batch: sequences per evaluation batch.
-        eval_every: evaluate every this many steps besides before and after (0: never).
-        seed: data order, masks and the new head's initialisation.
-        threads: torch threads (0: torch's default).
-        device: ``cpu`` or ``cuda``.
-        amp_bf16: bf16 autocast.
-        out: where the teacher is saved; empty: ``artifacts/distilbert/teacher/teacher.pt``.
-    """
-
-    corpus: str = "shakespeare,kjv"
-    text_dir: str = ""
-    cache_dir: str = ""
-    seq_len: int = 128
-    mlm_probability: float = 0.15
-    batch: int = 16
-    steps: int = 500
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 30
-    max_grad_norm: float | None = 1.0
-    eval_blocks: int = 512
-    eval_batch: int = 32
-    eval_every: int = 0
-    seed: int = 0
-    threads: int = 0
-    device: str = "cpu"
-    amp_bf16: bool = False
-    out: str = ""
-
-    def __post_init__(self) -> None:
-        parse_corpus(self.corpus)
-        if self.steps < 1 or self.batch < 1:
-            raise ValueError(f"steps and batch must be >= 1, got {self.steps} and {self.batch}")
-        if self.lr < 0 or self.weight_decay < 0:
-            raise ValueError(f"lr and weight_decay must be >= 0, got {self.lr} and {self.weight_decay}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
-        if not 8 <= self.seq_len <= 512:
-            raise ValueError(f"seq_len must lie in [8, 512], got {self.seq_len}")
-        if min(self.eval_blocks, self.eval_every, self.threads) < 0:
-            raise ValueError("eval_blocks, eval_every and threads must be >= 0")
-
-    @property
-    def path(self) -> Path:
-        return Path(self.out) if self.out else TEACHER_PATH
 
 
 def masked_logits(model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -223,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.preset not in TEACHER_PRESETS:
             raise ConfigError(f"unknown preset {args.preset!r}; choose one of: {', '.join(TEACHER_PRESETS)}")
-        config = build_config(TeacherConfig, TEACHER_PRESETS[args.preset], args.overrides)
+        config = apply_overrides(TEACHER_PRESETS[args.preset], args.overrides)
         if config.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device=cuda but CUDA is not available; use --preset cpu")
     except (ConfigError, DataNotFound, ValueError) as err:

@@ -9,7 +9,7 @@ from torch import nn
 
 from core.momentum import TeacherRule
 from core.task import Task, unit_slices
-from methods.soft_target.models import Arch, channels, classifier_blocks, load_state
+from methods.soft_target.models import Arch, block_macs, channels, classifier_blocks, load_state
 
 
 def soft_target_terms(
@@ -94,6 +94,14 @@ class SoftTargetTask(Task):
     def uses_teacher(self) -> bool:
         """False for cross-entropy alone (alpha = 0)."""
         return self.alpha > 0
+
+    def block_costs(self) -> tuple[list[float], list[float]] | None:
+        """Per-block multiply-accumulates (a student block costs about 3 forwards: forward and
+        backward; the teacher only forwards), for balancing the teacher against the student's
+        stages; None when the teacher is unused."""
+        if not self.uses_teacher:
+            return None
+        return [3 * c for c in block_macs(self.student_arch)], list(block_macs(self.teacher_arch))
 
     def build_student(self) -> list[nn.Module]:
         torch.manual_seed(self.seed)

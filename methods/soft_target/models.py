@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from methods.common.config import ConfigError
+from core.overrides import ConfigError
 from methods.common.resnet import DEPTHS, Pool, resnet_blocks
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """Train a KD teacher, a plain single-process classifier run:
 ``python -m methods.soft_target.teacher --preset cpu`` (what ``make teacher-kd`` runs).
 
-Presets live in ``experiments/soft_target.py`` (``TEACHER_PRESETS``); any field can be
+Presets live in ``methods/soft_target/presets.py`` (``TEACHER_PRESETS``); any field can be
 overridden as ``key=value``. The checkpoint (weights, architecture, test top-1) goes to
 ``artifacts/soft_target/<dataset>-<model>-<image>px.pt`` unless ``out=PATH`` says otherwise, with
 a JSON summary beside it; KD runs load it with ``torch.load(weights_only=True)``.
@@ -16,17 +16,16 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.soft_target import TEACHER_PRESETS
-from methods.common.config import ConfigError, build_config
+from core.overrides import ConfigError, apply_overrides
 from methods.common.data import BatchOrder, DataNotFound, check_dataset, load_images
-from methods.common.optim import OPTIMIZERS, optimizer_factory, warmup_cosine
+from methods.common.optim import optimizer_factory, warmup_cosine
+from methods.soft_target.config import TeacherConfig
 from methods.soft_target.models import (
     ROOT,
     Arch,
@@ -35,94 +34,17 @@ from methods.soft_target.models import (
     default_teacher_path,
     save_teacher,
 )
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """A teacher training run.
-
-    Attributes:
-        teacher: model name (``resnet18w32``, ...; see ``methods.soft_target.models``).
-        image: input side in pixels.
-        in_channels: input channels (gray images are repeated to match).
-        classes: output logits.
-        cifar_stem: ResNet: 3x3 stride-1 stem without max-pool, for small images.
-        half_blocks: ViT: one unit per attention or MLP half (the KD run's teacher layout).
-        dataset: ``fashion_mnist`` or ``digits`` (tests).
-        data_dir: folder with the Fashion-MNIST IDX files; empty: ``$DATA_DIR`` then Debian's.
-        train_subset: train on this many images (0: all).
-        batch: images per step.
-        epochs: passes over the data (ignored when ``steps`` > 0).
-        steps: optimizer steps; 0: ``epochs`` worth.
-        optimizer: ``sgd``, ``adamw`` or ``lars``.
-        lr: learning rate after warm-up (cosine decay to 0 afterwards).
-        weight_decay: on weights (not biases and norms).
-        warmup_steps: linear warm-up steps.
-        seed: weights and data order.
-        threads: torch threads of the command-line run (0: torch's default).
-        log_every: progress line every this many steps.
-        out: checkpoint path; empty: the default path KD runs look in.
-    """
-
-    teacher: str = "resnet18w32"
-    image: int = 16
-    in_channels: int = 1
-    classes: int = 10
-    cifar_stem: bool = True
-    half_blocks: bool = False
-    dataset: str = "fashion_mnist"
-    data_dir: str = ""
-    train_subset: int = 0
-    batch: int = 128
-    epochs: int = 1
-    steps: int = 0
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    warmup_steps: int = 40
-    seed: int = 0
-    threads: int = 0
-    log_every: int = 50
-    out: str = ""
-
-    def __post_init__(self) -> None:
-        self.arch()  # validates the model name, image, channels, classes
-        if self.dataset not in ("fashion_mnist", "digits"):
-            raise ValueError(
-                f"a teacher trains on real data: dataset must be fashion_mnist or digits, got {self.dataset!r}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.lr < 0 or self.weight_decay < 0:
-            raise ValueError(f"lr and weight_decay must be >= 0, got {self.lr} and {self.weight_decay}")
-        for name in ("batch", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "steps", "warmup_steps", "threads", "train_subset"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.epochs == 0 and self.steps == 0:
-            raise ValueError("set epochs or steps above 0")
-
-    def arch(self) -> Arch:
-        """The teacher's architecture."""
-        return Arch(
-            self.teacher, self.image, self.in_channels, self.classes, self.cifar_stem, self.half_blocks
-        )
-
-    def path(self) -> Path:
-        """Where the checkpoint goes."""
-        return Path(self.out) if self.out else default_teacher_path(self.arch(), self.dataset)
+from methods.soft_target.presets import TEACHER_PRESETS
 
 
 def teacher_command(arch: Arch, dataset: str, path: Path) -> str:
     """The command that makes a teacher checkpoint of ``arch`` on ``dataset`` at ``path``:
     ``make teacher-kd`` for the default teacher, else the teacher script with overrides."""
-    cpu = TeacherConfig(**TEACHER_PRESETS["cpu"])
+    cpu = TEACHER_PRESETS["cpu"]
     if arch == cpu.arch() and dataset == cpu.dataset and Path(path) == cpu.path():
         return "make teacher-kd"
     preset = "tiny" if dataset == "digits" else "cpu"
-    base = TeacherConfig(**TEACHER_PRESETS[preset])
+    base = TEACHER_PRESETS[preset]
     overrides = []
     for key, value in arch.to_dict().items():
         field = "teacher" if key == "model" else key
@@ -231,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.preset not in TEACHER_PRESETS:
             raise ConfigError(f"unknown preset {args.preset!r}; choose one of: {', '.join(TEACHER_PRESETS)}")
-        config = build_config(TeacherConfig, TEACHER_PRESETS[args.preset], args.overrides)
+        config = apply_overrides(TEACHER_PRESETS[args.preset], args.overrides)
         check_dataset(config.dataset, config.data_dir or None)
     except (ConfigError, DataNotFound, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -9,9 +9,11 @@ import pytest
 
 from analysis.report import BEGIN, END, build, load, update_readme
 from analysis.tables import fmt
+from experiments.report import expected
 from tests.conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "results"
+EXPECTED = expected()
 
 
 @pytest.fixture
@@ -21,7 +23,7 @@ def results(tmp_path):
 
 
 def test_sections_from_fixture_rows(results):
-    report, snippet = build(results, ROOT)
+    report, snippet = build(results, ROOT, expected=EXPECTED)
     assert "## 1. Throughput measured here" in report and "### Engine" in report
     assert "| tspipe | 2 | 2 |" in report
     assert "## 2. Throughput at paper scale (simulated" in report and "**Simulated, not measured.**" in report
@@ -66,30 +68,30 @@ def test_distillation_accuracy_rows_reach_the_tables_and_the_headline(results):
         }
     )
     (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    report, snippet = build(results, ROOT)
+    report, snippet = build(results, ROOT, expected=EXPECTED)
     section = report.split("### DistilBERT")[2]  # [1] is the throughput section's
     assert "| max_param_diff |" in section and "by-epoch plot" not in section.split("\n\n")[1]
     assert "mlm_acc tspipe - synchronous (1 seeds)" in snippet
 
 
 def test_missing_rows_are_reported_with_their_command(results):
-    report, _ = build(results, ROOT)
+    report, _ = build(results, ROOT, expected=EXPECTED)
     assert "missing: no rows under `results/moco_v3/`; run `make bench-mocov3`." in report
     assert "missing: no rows under `results/soft_target/accuracy/`; run `make accuracy-kd`." in report
     shutil.rmtree(results / "simulated")
-    report, _ = build(results, ROOT)
+    report, _ = build(results, ROOT, expected=EXPECTED)
     assert "missing: no rows under `results/simulated/`; run `make simulate`." in report
 
 
 def test_stale_and_unknown_rows_are_flagged(results):
-    report, _ = build(results, ROOT)
+    report, _ = build(results, ROOT, expected=EXPECTED)
     env = report.split("## 6. Environment and freshness")[1]
-    assert re.search(r"\| engine \| 4 \| deadbeef0000 \| unknown commit \|", env)
+    assert re.search(r"\| synthetic \| 4 \| deadbeef0000 \| unknown commit \|", env)
     assert re.search(r"\| simulated \| 4 \| [0-9a-f]{12} \| stale: code changed since \|", env)
 
 
 def test_every_number_traces_to_its_row(results):
-    report, _ = build(results, ROOT)
+    report, _ = build(results, ROOT, expected=EXPECTED)
     data = {r["_source"]: r for rows in load(results).values() for r in rows}
     checked = 0
     for line in report.splitlines():
@@ -127,7 +129,7 @@ def test_committed_report_is_regenerated_byte_for_byte():
     committed = ROOT / "results" / "REPORT.md"
     if not committed.exists():
         pytest.skip("no committed report yet")
-    report, snippet = build(ROOT / "results", ROOT)
+    report, snippet = build(ROOT / "results", ROOT, expected=EXPECTED)
     assert report == committed.read_text()
     readme = (ROOT / "README.md").read_text()
     assert f"{BEGIN}\n{snippet}{END}" in readme
@@ -140,3 +142,20 @@ def test_fixture_rows_have_the_schema():
         for line in path.read_text().splitlines():
             row = json.loads(line)
             assert set(ROW_KEYS) <= set(row), path
+
+
+def test_accuracy_rows_follow_their_methods_numerics_fingerprint(results):
+    from analysis.report import golden_digests
+
+    digest = golden_digests()["byol"]
+    path = results / "byol" / "accuracy" / "rows.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for fingerprint, state in (
+        (digest, "current (numerics fingerprint)"),
+        ("0" * 16, "stale: numerics changed"),
+    ):
+        path.write_text("".join(json.dumps({**r, "fingerprint": fingerprint}) + "\n" for r in rows))
+        env = build(results, ROOT, expected=EXPECTED)[0].split("## 6. Environment and freshness")[1]
+        assert re.search(
+            rf"\| byol/accuracy \| {len(rows)} \| [0-9a-f]{{12}} \| {re.escape(state)} \|", env
+        ), env

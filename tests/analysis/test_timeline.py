@@ -1,7 +1,7 @@
 """Gantt charts from simulated and measured records."""
 
 from analysis.timeline import plot_timelines, window
-from core.schedule import build_schedule
+from core.schedules import build_schedule
 from core.simulate import simulate, unit_costs
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from core.config import PipelineConfig
-from core.engine import make_runner
 from core.launch import init_distributed
-from core.runtime import gather_state
+from core.runtime import gather_state, make_runner
 from tests.core.toy import ToyTask, make_batches, sgd
 
 

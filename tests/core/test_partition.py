@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from core.calibration import load_calibration
 from core.partition import (
     balance_by_cost,
     check_balance,
@@ -12,7 +13,6 @@ from core.partition import (
     stage_costs,
     uniform_balance,
 )
-from core.simulate import load_calibration
 
 
 def brute_force(costs, stages):

@@ -5,10 +5,10 @@ import torch
 
 from core.action import Op
 from core.config import PipelineConfig
-from core.engine import make_runner
 from core.launch import main as launch_main
-from core.runtime import PipelineRuntime, resolve_balances
-from core.schedule import SCHEDULES, Program, build_schedule
+from core.runtime import make_runner, resolve_balances
+from core.runtime.pipeline import PipelineRunner
+from core.schedules import Program, build_schedule, get_schedule, schedules
 from tests.core.test_runtime_dist import relative_difference
 from tests.core.toy import ToyTask, make_batches, reference, sgd
 
@@ -63,7 +63,7 @@ def test_bad_configs_fail_with_one_clear_line(kwargs, message):
 
 def test_world_size_must_equal_stages():
     with pytest.raises(ValueError, match="needs 2 processes, got 1"):
-        PipelineRuntime(ToyTask(), PipelineConfig("gpipe", 2, 2), torch.device("cpu"), sgd)
+        PipelineRunner(ToyTask(), PipelineConfig("gpipe", 2, 2), torch.device("cpu"), sgd)
 
 
 def test_1f1b_needs_a_microbatch_loss():
@@ -71,7 +71,7 @@ def test_1f1b_needs_a_microbatch_loss():
         microbatch_loss = ToyTask.__mro__[1].microbatch_loss  # the Task default
 
     with pytest.raises(ValueError, match="defines no microbatch_loss"):
-        PipelineRuntime(WholeBatchOnly(), PipelineConfig("1f1b", 1, 2), torch.device("cpu"), sgd)
+        make_runner(WholeBatchOnly(), PipelineConfig("1f1b", 1, 2), torch.device("cpu"), sgd)
 
 
 def test_balances_resolve_and_check():
@@ -88,10 +88,10 @@ def test_balances_resolve_and_check():
         resolve_balances(PipelineConfig("gpipe", 5, 1), frozen, 4, 6)
 
 
-@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("name", [s.name for s in schedules("pipeline")])
 def test_program_unrolls_to_the_full_schedule(name):
-    stages = 1 if name == "sequential" else 3
-    micro = 1 if name == "mp" else 2
+    spec = get_schedule(name)
+    stages, micro = spec.stages or 3, spec.microbatches or 2
     for steps in (1, 2, 3, 7):
         program = Program.build(name, stages, micro, "ema", steps, views=2)
         full = build_schedule(name, stages, micro, "ema", steps, views=2)

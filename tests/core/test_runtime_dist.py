@@ -4,14 +4,12 @@ single-process reference; a failing rank stops the job with its traceback and ac
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import launch_module
 from tests.core.toy import ToyTask, make_batches, reference
 
 STEPS = 3
@@ -62,22 +60,7 @@ def run_world(world: int, tmp_path_factory) -> dict[str, dict]:
     folder = tmp_path_factory.mktemp(f"world{world}")
     spec = folder / "spec.json"
     spec.write_text(json.dumps(cases(world)))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core.launch",
-            "--nproc",
-            str(world),
-            "tests.core.dist_worker",
-            str(spec),
-            str(folder),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = launch_module("tests.core.dist_worker", world, str(spec), str(folder), timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = {}
     for c in cases(world):
@@ -186,22 +169,7 @@ def test_a_failing_rank_stops_the_job_and_names_itself(tmp_path):
         json.dumps([dict(name="boom", schedule="tspipe", teacher="ema", microbatches=2, steps=4, fail_at=1)])
     )
     start = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core.launch",
-            "--nproc",
-            "3",
-            "tests.core.dist_worker",
-            str(spec),
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = launch_module("tests.core.dist_worker", 3, str(spec), str(tmp_path), timeout=120)
     elapsed = time.monotonic() - start
     assert proc.returncode != 0
     assert elapsed < 60

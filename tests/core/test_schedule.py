@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from core.action import Action, Op, parse_action
-from core.schedule import SCHEDULES, build_schedule, get_schedule, lower
+from core.schedules import build_schedule, get_schedule, lower, schedules
 from core.validate import dry_run, validate
 
 
@@ -80,15 +80,16 @@ def test_lowering_pinned():
 # ---- invariants over many shapes -------------------------------------------------------------
 
 
+PIPELINES = [s.name for s in schedules("pipeline")]
+
+
 def shapes():
-    for name, stages, micro, teacher, views in itertools.product(
-        SCHEDULES, range(1, 9), range(1, 9), ("frozen", "ema"), (1, 2)
+    for spec, stages, micro, teacher, views in itertools.product(
+        schedules("pipeline"), range(1, 9), range(1, 9), ("frozen", "ema"), (1, 2)
     ):
-        if name == "sequential" and stages != 1:
+        if spec.stages not in (None, stages) or spec.microbatches not in (None, micro):
             continue
-        if name == "mp" and micro != 1:
-            continue
-        yield name, stages, micro, teacher, views
+        yield spec.name, stages, micro, teacher, views
 
 
 def test_invariants_hold_for_every_shape():
@@ -110,11 +111,10 @@ def test_backward_pieces_are_a_parameter_of_every_schedule(pieces):
 
 
 def test_staleness_is_one_only_for_tspipe_with_ema_teacher():
-    for name in SCHEDULES:
+    for spec in schedules("pipeline"):
         for teacher in ("frozen", "ema"):
-            stages = 1 if name == "sequential" else 2
-            micro = 1 if name == "mp" else 2
-            built = build_schedule(name, stages, micro, teacher, 3)
+            name = spec.name
+            built = build_schedule(name, spec.stages or 2, spec.microbatches or 2, teacher, 3)
             assert built.staleness == (1 if (name, teacher) == ("tspipe", "ema") else 0)
 
 

@@ -4,14 +4,13 @@ import json
 
 import pytest
 
-from core.schedule import build_schedule
+from core.calibration import load_calibration, simulate_calibration
+from core.schedules import build_schedule
 from core.simulate import (
     CostModel,
     Link,
-    load_calibration,
     main,
     simulate,
-    simulate_calibration,
     text_timeline,
     unit_costs,
 )
@@ -169,11 +168,14 @@ def test_cli_json(calibration_dir, capsys):
     assert out["simulated"] is True and out["schedule"] == "tspipe"
 
 
-def test_cli_gantt_and_errors(calibration_dir, tmp_path, capsys):
-    png = tmp_path / "g.png"
+def test_cli_timeline_gantt_and_errors(calibration_dir, tmp_path, capsys):
+    from analysis.timeline import main as draw
+
+    records, png = tmp_path / "t.jsonl", tmp_path / "g.png"
     args = ["--calibration", str(calibration_dir / "byol_resnet18_bf16.json"), "--stages", "2"]
-    assert main([*args, "--microbatches", "2", "--schedule", "gpipe", "--gantt", str(png)]) == 0
+    assert main([*args, "--microbatches", "2", "--schedule", "gpipe", "--timeline", str(records)]) == 0
+    assert draw([str(records), "--out", str(png)]) == 0
     assert png.stat().st_size > 10_000
     assert main([*args, "--microbatches", "2", "--schedule", "nope"]) == 2
-    assert "unknown schedule" in capsys.readouterr().err
+    assert "not a simulated pipeline schedule" in capsys.readouterr().err
     assert main([*args[:2], "--stages", "40", "--microbatches", "2", "--schedule", "gpipe"]) == 2

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.p2p import HEADER, decode_header, encode_header
+from core.runtime.transport import HEADER, decode_header, encode_header
 from core.task import detached_leaves, gather, scatter, sizes, split_like, unit_slices
 
 

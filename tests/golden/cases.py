@@ -26,8 +26,6 @@ EXTRA = {
     "soft_target": {"dataset": "synthetic", "teacher_checkpoint": "random"},
     "distilbert": {"corpus": "synthetic"},
 }
-# PyTorch's pipelining passes one tensor between stages
-TORCH_PEER_EXTRA = {"distilbert": {"units": "tensor"}}
 
 
 def cases(world: int) -> list[dict]:
@@ -38,8 +36,6 @@ def cases(world: int) -> list[dict]:
             if procs != world:
                 continue
             extra = dict(EXTRA[method])
-            if schedule.startswith("torch-"):
-                extra.update(TORCH_PEER_EXTRA.get(method, {}))
             out.append(
                 dict(
                     name=f"{method}/{schedule}",

@@ -29,7 +29,11 @@ def tensor_print(t: torch.Tensor) -> list:
 
 def state_print(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, list]:
     """Fingerprint of every tensor of ``{"student": state_dict, "teacher": state_dict}``."""
-    return {f"{kind}/{key}": tensor_print(state[kind][key]) for kind in ("student", "teacher") for key in sorted(state[kind])}
+    return {
+        f"{kind}/{key}": tensor_print(state[kind][key])
+        for kind in ("student", "teacher")
+        for key in sorted(state[kind])
+    }
 
 
 def this_platform() -> dict[str, str]:

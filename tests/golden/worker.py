@@ -7,7 +7,6 @@ Usage: ``python -m core.launch --nproc N tests.golden.worker OUT.json``
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -19,22 +18,21 @@ from tests.golden.fingerprint import state_print
 
 
 def run_case(case: dict, rank) -> dict | None:
-    from core.engine import make_runner
-    from core.runtime import gather_state
-    from methods.common.config import build_config
+    from core.overrides import apply_overrides
+    from core.runtime import gather_state, make_runner
+    from methods.registry import get_method
 
-    train = importlib.import_module(f"methods.{case['method']}.train")
-    method = train.METHOD
+    spec = get_method(case["method"])
     overrides = {
-        "schedule": case["schedule"],
-        "stages": case["stages"],
-        "microbatches": case["microbatches"],
-        "steps": case["steps"],
-        **case["extra"],
+        "pipeline.schedule": case["schedule"],
+        "pipeline.stages": case["stages"],
+        "pipeline.microbatches": case["microbatches"],
+        "run.steps": case["steps"],
+        **{f"method.{k}": v for k, v in case["extra"].items()},
     }
-    config = build_config(method.config_cls, method.presets["tiny"], [f"{k}={v}" for k, v in overrides.items()])
-    setup = method.setup(config)
-    runner = make_runner(setup.task, config.pipeline(), rank.device, setup.optimizer, setup.scheduler)
+    config = apply_overrides(spec.preset("tiny"), [f"{k}={v}" for k, v in overrides.items()])
+    setup = spec.setup(config)
+    runner = make_runner(setup.task, config.pipeline, rank.device, setup.optimizer, setup.scheduler)
     runner.run(setup.batches(0, case["steps"]), case["steps"])
     state = gather_state(runner.stage_state())
     runner.close()

@@ -1,23 +1,22 @@
 """BYOL: loss, augmentation, the trainer under every schedule, equality with the reference."""
 
 import json
-import subprocess
-import sys
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from core.overrides import ConfigError, apply_overrides
+from methods.byol import METHOD, setup
 from methods.byol.byol import ByolTask, byol_loss, regression_loss
-from methods.byol.train import METHOD, setup
 from methods.common import data as data_module
 from methods.common.augment import TwoViews, ViewConfig
-from methods.common.config import ConfigError, build_config
 from methods.common.data import DataNotFound
-from methods.common.trainer import main
-from tests.conftest import ROOT
+from tests.conftest import launch_module
 from tests.core.test_runtime_dist import relative_difference
 from tests.core.toy import reference
+from training.cli import main
 
 
 def test_loss_equals_a_direct_implementation_and_is_symmetric():
@@ -60,7 +59,7 @@ def test_two_views_are_different_valid_and_reproducible():
 
 
 def tiny(**overrides):
-    return build_config(METHOD.config_cls, METHOD.presets["tiny"], [f"{k}={v}" for k, v in overrides.items()])
+    return apply_overrides(METHOD.preset("tiny"), [f"{k}={v}" for k, v in overrides.items()])
 
 
 def merged(run_dir, steps, stages):
@@ -80,30 +79,25 @@ def test_two_process_run_equals_the_reference(tmp_path, schedule, staleness):
     # float64: the engine equals the reference to rounding (in float32 BYOL's tiny network
     # amplifies rounding to about 1e-4 in three steps)
     args = ["optimizer=sgd", "lr=0.05", "warmup_steps=1", "steps=3", "backward_pieces=1", "dtype=float64"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "methods.byol.train",
-            "--preset",
-            "tiny",
-            "--schedule",
-            schedule,
-            "--stages",
-            "2",
-            "--microbatches",
-            "2",
-            *args,
-            f"run_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = launch_module(
+        "training",
+        1,
+        "byol",
+        "--preset",
+        "tiny",
+        "--schedule",
+        schedule,
+        "--stages",
+        "2",
+        "--microbatches",
+        "2",
+        *args,
+        f"run_dir={tmp_path}",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = merged(tmp_path, 3, 2)
-    config = build_config(METHOD.config_cls, METHOD.presets["tiny"], args)
+    config = apply_overrides(METHOD.preset("tiny"), args)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -140,25 +134,20 @@ def test_two_process_run_equals_the_reference(tmp_path, schedule, staleness):
     ],
 )
 def test_train_smoke_writes_a_valid_row(tmp_path, schedule, stages, micro):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "methods.byol.train",
-            "--preset",
-            "tiny",
-            "--schedule",
-            schedule,
-            "--stages",
-            str(stages),
-            "--microbatches",
-            str(micro),
-            "steps=2",
-            f"run_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = launch_module(
+        "training",
+        1,
+        "byol",
+        "--preset",
+        "tiny",
+        "--schedule",
+        schedule,
+        "--stages",
+        str(stages),
+        "--microbatches",
+        str(micro),
+        "steps=2",
+        f"run_dir={tmp_path}",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -176,7 +165,7 @@ def test_missing_data_gives_the_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("DATA_DIR", raising=False)
     with pytest.raises(DataNotFound, match="make data"):
         METHOD.check(tiny(dataset="fashion_mnist"))
-    assert main(METHOD, ["--preset", "tiny", "dataset=fashion_mnist"]) == 2
+    assert main(["byol", "--preset", "tiny", "dataset=fashion_mnist"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Fashion-MNIST not found") and "\n" not in err
 
@@ -193,11 +182,9 @@ def test_missing_data_gives_the_clear_error(monkeypatch, tmp_path, capsys):
     ],
 )
 def test_bad_config_exits_2_with_one_line(args, message, capsys):
-    assert main(METHOD, args) == 2
+    assert main(["byol", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
-    import re
-
     assert re.search(message, err)
 
 

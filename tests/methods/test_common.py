@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from methods.common.config import ConfigError, build_config
+from core.overrides import ConfigError, apply_overrides
 from methods.common.data import BatchOrder, read_idx, to_rgb
 from methods.common.knn import knn_accuracy
 from methods.common.resnet import resnet_blocks
@@ -96,10 +96,10 @@ class Small:
     e: int | None = None
 
 
-def test_build_config_coerces_and_rejects():
-    cfg = build_config(Small, {"a": 2}, ["b=0.25", "c=true", "d=y", "e=none"])
+def test_apply_overrides_coerces_and_rejects():
+    cfg = apply_overrides(Small(a=2), ["b=0.25", "c=true", "d=y", "e=none"])
     assert cfg == Small(2, 0.25, True, "y", None)
-    assert build_config(Small, {}, ["e=3"]).e == 3
+    assert apply_overrides(Small(), ["e=3"]).e == 3
     for bad, message in (
         (["zz=1"], "unknown config key"),
         (["a=x"], "expected int"),
@@ -107,4 +107,4 @@ def test_build_config_coerces_and_rejects():
         (["a"], "not key=value"),
     ):
         with pytest.raises(ConfigError, match=message):
-            build_config(Small, {}, bad)
+            apply_overrides(Small(), bad)

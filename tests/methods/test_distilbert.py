@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.config import Config
+from core.overrides import ConfigError, apply_overrides
 from core.runtime import prepare_models
 from core.task import gather, scatter, sizes, split_like, unit_slices
-from experiments.distilbert import PRESETS
-from methods.common.config import ConfigError, build_config
-from methods.common.trainer import main
+from methods.distilbert import METHOD, setup
 from methods.distilbert import data as data_module
 from methods.distilbert.data import Masking, load_corpus, load_tokenizer, masked_per_sequence
 from methods.distilbert.distil import DistilTask, cosine_sum, mlm_sum, soft_target_sum
@@ -35,10 +34,11 @@ from methods.distilbert.model import (
     random_bert,
     save_teacher,
 )
-from methods.distilbert.train import METHOD, DistilConfig, setup
-from tests.conftest import ROOT
+from methods.distilbert.presets import PRESETS
+from tests.conftest import launch_module
 from tests.core.test_runtime_dist import relative_difference
 from tests.core.toy import reference
+from training.cli import main
 
 CLIP = 0.05  # small enough to bite at every step of the tiny preset
 STEPS = 3
@@ -60,12 +60,12 @@ def _one_thread():
 def cache(tmp_path_factory) -> Path:
     """The tiny preset's corpus (pydoc text, 32-token blocks), tokenised once for this module."""
     folder = tmp_path_factory.mktemp("distilbert-cache")
-    load_corpus("pydoc", PRESETS["tiny"]["seq_len"], folder)
+    load_corpus("pydoc", PRESETS["tiny"].method.seq_len, folder)
     return folder
 
 
-def tiny(cache: Path, *overrides: str) -> DistilConfig:
-    return build_config(DistilConfig, PRESETS["tiny"], [f"cache_dir={cache}", *overrides])
+def tiny(cache: Path, *overrides: str) -> Config:
+    return apply_overrides(PRESETS["tiny"], [f"cache_dir={cache}", *overrides])
 
 
 class _dtype:
@@ -315,7 +315,7 @@ def test_student_starts_from_every_other_teacher_layer_with_its_own_decoder():
         (["alpha_ce=-1"], "must be >= 0"),
         (["alpha_ce=0", "alpha_mlm=0", "alpha_cos=0"], "all 0"),
         (["teacher=gpt"], "teacher must be one of"),
-        (["--schedule", "torch-gpipe", "--stages", "2"], "add units=tensor"),
+        (["--schedule", "torch-gpipe", "--stages", "2", "units=dict"], "passes one tensor between stages"),
         (["student_hidden=64"], "set alpha_cos=0"),
         (["corpus=wikipedia"], "unknown text source 'wikipedia'"),
         (["nonsense=3"], "unknown config key 'nonsense'"),
@@ -323,7 +323,7 @@ def test_student_starts_from_every_other_teacher_layer_with_its_own_decoder():
     ],
 )
 def test_bad_config_exits_2_with_one_line(args, message, capsys):
-    assert main(METHOD, ["--preset", "tiny", *args] if args[0] != "--preset" else args) == 2
+    assert main(["distilbert", *(["--preset", "tiny", *args] if args[0] != "--preset" else args)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert re.search(message, err)
@@ -331,11 +331,11 @@ def test_bad_config_exits_2_with_one_line(args, message, capsys):
 
 def test_a_run_without_the_finetuned_teacher_refuses_to_start(tmp_path, capsys):
     args = ["--preset", "tiny", "teacher=finetuned", f"teacher_path={tmp_path / 'nowhere.pt'}"]
-    assert main(METHOD, args) == 2
+    assert main(["distilbert", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "make teacher-distilbert" in err and "nowhere.pt" in err
     with pytest.raises(ConfigError, match="make teacher-distilbert"):
-        METHOD.check(build_config(DistilConfig, PRESETS["cpu"], [f"teacher_path={tmp_path / 'x.pt'}"]))
+        METHOD.check(apply_overrides(PRESETS["cpu"], [f"teacher_path={tmp_path / 'x.pt'}"]))
 
 
 def test_a_saved_teacher_reloads_with_weights_only(tmp_path):
@@ -360,7 +360,7 @@ def test_teacher_finetune_then_distil_from_it(tmp_path, cache, capsys):
     run_dir = tmp_path / "run"
     args = ["--preset", "tiny", "teacher=finetuned", f"teacher_path={path}", "student_layers=3", "steps=1"]
     with _dtype("float32"):
-        assert main(METHOD, [*args, f"cache_dir={cache}", "batch=4", f"run_dir={run_dir}"]) == 0
+        assert main(["distilbert", *args, f"cache_dir={cache}", "batch=4", f"run_dir={run_dir}"]) == 0
     row = json.loads((run_dir / "row.json").read_text())
     assert row["model"] == "minilm6L384-ft->3L-seq32" and 0.0 <= row["metric_value"] <= 1.0
 
@@ -402,16 +402,14 @@ def cases(world: int) -> list[dict]:
 
 def _worker(spec_file: str, out: str) -> None:
     """One rank of a launch: run every case, save rank 0's merged weights and the losses."""
-    from core.engine import make_runner
     from core.launch import init_distributed
-    from core.runtime import gather_state
+    from core.runtime import gather_state, make_runner
 
     spec = json.loads(Path(spec_file).read_text())
     rank = init_distributed("cpu")
     torch.set_num_threads(1)
     for case in spec["cases"]:
-        config = build_config(
-            DistilConfig,
+        config = apply_overrides(
             PRESETS["tiny"],
             [
                 f"cache_dir={spec['cache']}",
@@ -422,9 +420,9 @@ def _worker(spec_file: str, out: str) -> None:
                 *case["overrides"],
             ],
         )
-        with _dtype(config.dtype):
+        with _dtype(config.run.dtype):
             run = setup(config)
-            runner = make_runner(run.task, config.pipeline(), rank.device, run.optimizer, run.scheduler)
+            runner = make_runner(run.task, config.pipeline, rank.device, run.optimizer, run.scheduler)
             log = runner.run(run.batches(0, run.steps), run.steps)
             state = gather_state(runner.stage_state())
             runner.close()
@@ -437,22 +435,7 @@ def _worker(spec_file: str, out: str) -> None:
 def launch_world(world: int, cache: Path, folder: Path) -> dict[str, dict]:
     spec = folder / "spec.json"
     spec.write_text(json.dumps({"cache": str(cache), "cases": cases(world)}))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core.launch",
-            "--nproc",
-            str(world),
-            "tests.methods.test_distilbert",
-            str(spec),
-            str(folder),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = launch_module("tests.methods.test_distilbert", world, str(spec), str(folder), timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {c["name"]: torch.load(folder / f"{c['name']}.pt") for c in cases(world)}
 
@@ -477,11 +460,11 @@ def expected(cache: Path, case: dict, world: int, **changes) -> dict:
         f"steps={STEPS}",
         *case["overrides"],
     )
-    pieces = config.pipeline().pieces
-    micro = case["micro"] * (world if case["schedule"] == "ddp" else 1)
-    with _dtype(config.dtype):
+    pieces = config.pipeline.pieces
+    micro = case["micro"] * config.pipeline.replicas  # ddp: one unit per replica
+    with _dtype(config.run.dtype):
         run = setup(config)
-        clip = changes.get("max_grad_norm", config.max_grad_norm)
+        clip = changes.get("max_grad_norm", config.pipeline.max_grad_norm)
         return reference(
             run.task, list(run.batches(0, run.steps)), micro, pieces, 0, clip, run.optimizer, run.scheduler
         )
@@ -533,27 +516,22 @@ def test_each_loss_alone_moves_the_student_on_every_stage(world2, cache, loss):
 @pytest.mark.dist
 def test_the_trainer_on_two_processes_equals_the_reference(cache, tmp_path):
     case = dict(schedule="tspipe", micro=2, overrides=["dtype=float64", f"max_grad_norm={CLIP}"])
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "methods.distilbert.train",
-            "--preset",
-            "tiny",
-            "--schedule",
-            "tspipe",
-            "--stages",
-            "2",
-            "--microbatches",
-            "2",
-            f"steps={STEPS}",
-            f"cache_dir={cache}",
-            f"run_dir={tmp_path}",
-            *case["overrides"],
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = launch_module(
+        "training",
+        1,
+        "distilbert",
+        "--preset",
+        "tiny",
+        "--schedule",
+        "tspipe",
+        "--stages",
+        "2",
+        "--microbatches",
+        "2",
+        f"steps={STEPS}",
+        f"cache_dir={cache}",
+        f"run_dir={tmp_path}",
+        *case["overrides"],
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,16 +1,16 @@
 """MoCo-v3: the InfoNCE loss, its micro-batch decomposition, every schedule against the
-single-process reference, in-batch negatives under pipelines and ddp, and train.py runs.
+single-process reference, in-batch negatives under pipelines and ddp, and training runs.
 
 The multi-process tests share one 2-process launch: this module run as
 ``python -m core.launch --nproc 2 tests.methods.test_moco_v3 OUT`` trains the ``tiny`` preset
-(float64, 3 steps) under every 2-process schedule through the trainer of ``methods.moco_v3.train``
+(float64, 3 steps) under every 2-process schedule through the trainer of ``training.run``
 (run folder, checkpoints, row), and records the logits the loss saw.
 """
 
+import dataclasses
 import functools
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,8 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.common.config import ConfigError, build_config
-from methods.common.trainer import Method, main, run
+from core.overrides import ConfigError, apply_overrides
+from core.schedules import get_schedule
+from methods.moco_v3 import METHOD, setup, task_for
 from methods.moco_v3.moco_v3 import (
     MocoV3Task,
     contrastive_loss,
@@ -28,10 +29,11 @@ from methods.moco_v3.moco_v3 import (
     info_nce_logits,
     moco_v3_loss,
 )
-from methods.moco_v3.train import METHOD, setup, task_for
-from tests.conftest import ROOT
+from tests.conftest import launch_module
 from tests.core.test_runtime_dist import relative_difference
 from tests.core.toy import reference
+from training.cli import main
+from training.run import run
 
 STEPS = 3
 # (schedule, micro-batches) of the shared 2-process launch
@@ -120,7 +122,7 @@ def test_microbatch_terms_sum_to_the_loss_values_and_gradients():
 
 
 def tiny(*overrides):
-    return build_config(METHOD.config_cls, METHOD.presets["tiny"], list(overrides))
+    return apply_overrides(METHOD.preset("tiny"), list(overrides))
 
 
 def test_units_projector_predictor_and_momentum_encoder():
@@ -152,22 +154,24 @@ def test_units_projector_predictor_and_momentum_encoder():
 
 def test_paper_presets_are_valid():
     for name in ("vit_small-224-16gpu", "vit_base-224-8gpu", "vit_large-224-16gpu"):
-        config = build_config(METHOD.config_cls, METHOD.presets[name], [])
-        assert config.half_blocks and config.image == 224 and config.amp_bf16
+        config = METHOD.preset(name)
+        assert config.method.half_blocks and config.method.image == 224 and config.pipeline.amp_bf16
     # ViT-S/16 at half-block grain: embedding, 24 halves, head (+ predictor) -> 16 stages fit
-    config = build_config(METHOD.config_cls, METHOD.presets["vit_small-224-16gpu"], [])
+    config = METHOD.preset("vit_small-224-16gpu")
     task = task_for(config, 10)
     assert len(task.build_teacher(task.build_student())) == 26
 
 
 def test_bench_models_give_valid_configs():
-    from experiments.bench_mocov3 import MODELS, overrides_for
-
-    for model in MODELS:
-        gpu = model != "vit_cpu"
-        image, batch = (224, 256) if gpu else (32, 64)
-        args = overrides_for(model, image, batch, "cuda" if gpu else "cpu", None)
-        config = build_config(METHOD.config_cls, METHOD.presets["cpu"], args)
+    # the benchmark runs a preset: the CPU one (the small ViT on Fashion-MNIST) and the paper's
+    # timm sizes (synthetic 224x224 images, half-block units); every one is a valid config
+    names = {*METHOD.bench_presets.values(), *(n for n in METHOD.presets if n.startswith("vit_"))}
+    assert {"bench", "vit_small-224-4gpu", "vit_base-224-4gpu", "vit_large-224-4gpu"} <= names
+    for name in names:
+        config = METHOD.preset(name).method
+        gpu = name != "bench"
+        model = name.split("-")[0]
+        assert (config.image, config.batch) == ((224, 256) if gpu else (32, 64))
         assert config.half_blocks == gpu and (config.dataset == "synthetic") == gpu
         assert config.vit == (model if gpu else "vit_tiny_patch16_224")
 
@@ -184,7 +188,7 @@ def test_bench_models_give_valid_configs():
     ],
 )
 def test_bad_config_exits_2_with_one_line(args, message, capsys):
-    assert main(METHOD, ["--preset", "tiny", *args]) == 2
+    assert main(["moco_v3", "--preset", "tiny", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
 
@@ -219,14 +223,7 @@ def recording_setup(config):
     return out
 
 
-RECORDING = Method(
-    name="moco_v3",
-    config_cls=METHOD.config_cls,
-    presets=METHOD.presets,
-    default_preset="tiny",
-    check=METHOD.check,
-    setup=recording_setup,
-)
+RECORDING = dataclasses.replace(METHOD, default_preset="tiny", setup=recording_setup)
 
 
 def logits_by_step(records, microbatches):
@@ -277,13 +274,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def world2(tmp_path_factory):
     out = tmp_path_factory.mktemp("moco2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "core.launch", "--nproc", "2", "tests.methods.test_moco_v3", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = launch_module("tests.methods.test_moco_v3", 2, str(out), timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -300,10 +291,10 @@ def merged(run_dir: Path) -> dict:
 def expected(schedule: str, micro: int, staleness: int | None = None):
     """The reference run (float64) with the case's BatchNorm batches: ``micro`` micro-batches
     (ddp: one per replica) and the schedule's backward pieces; logits recorded."""
-    pieces = tiny(*EXACT, f"schedule={schedule}", "stages=2", f"microbatches={micro}").pipeline().pieces
-    units = 2 if schedule == "ddp" else micro
-    stale = (1 if schedule == "tspipe" else 0) if staleness is None else staleness
-    return _reference(units, pieces, stale)
+    pipeline = tiny(*EXACT, f"schedule={schedule}", "stages=2", f"microbatches={micro}").pipeline
+    units = micro * pipeline.replicas
+    stale = get_schedule(schedule).staleness("ema") if staleness is None else staleness
+    return _reference(units, pipeline.pieces, stale)
 
 
 @functools.cache
@@ -341,10 +332,10 @@ def test_two_process_run_equals_the_reference_and_sees_every_key(world2, schedul
     assert relative_difference(got["teacher"], want["teacher"]) <= 1e-12
     # the negatives: the loss saw the logits of every query against every key of the mini-batch,
     # identical to the single-process run with the same micro-batches, at every step
-    loss_rank = 0 if schedule == "ddp" else 1
+    loss_rank = 0 if get_schedule(schedule).runner == "ddp" else 1
     records = torch.load(world2 / schedule / f"logits_rank{loss_rank}.pt", weights_only=True)
     got_logits = logits_by_step(records, micro)
-    batch = tiny().batch
+    batch = tiny().method.batch
     for step in range(STEPS):
         for v in range(2):
             assert got_logits[step][v].shape == (batch, batch)
@@ -364,11 +355,11 @@ def test_ddp_gathers_keys_so_its_loss_is_the_full_batch_loss(world2):
     # runs over the gathered 32 keys: the single-process loss of the whole mini-batch
     _, want_logits = expected("ddp", 1)
     logged = [json.loads(line)["loss"] for line in (world2 / "ddp" / "log.jsonl").read_text().splitlines()]
-    t = tiny().temperature
+    t = tiny().method.temperature
     full = [sum(float(info_nce_from_logits(want_logits[s][v], t)) for v in range(2)) for s in range(STEPS)]
     assert logged == pytest.approx(full, rel=1e-10)
     # keys of the rank's own half only (no gathering) would give another loss
-    half = tiny().batch // 2
+    half = tiny().method.batch // 2
     local = sum(float(info_nce_from_logits(want_logits[0][v][:half, :half], t)) for v in range(2))
     assert abs(local - full[0]) > 1e-3
 
@@ -388,21 +379,16 @@ def test_each_schedule_writes_a_valid_row(world2, schedule, micro):
 
 @pytest.mark.slow
 def test_train_cli_sequential_smoke(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "methods.moco_v3.train",
-            "--preset",
-            "tiny",
-            "--microbatches",
-            "2",
-            "steps=2",
-            f"run_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = launch_module(
+        "training",
+        1,
+        "moco_v3",
+        "--preset",
+        "tiny",
+        "--microbatches",
+        "2",
+        "steps=2",
+        f"run_dir={tmp_path}",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

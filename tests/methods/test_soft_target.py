@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,18 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.overrides import ConfigError, apply_overrides
 from core.partition import stage_costs, uniform_balance
-from experiments.soft_target import TEACHER_PRESETS
-from methods.common.config import ConfigError, build_config
-from methods.common.trainer import main
-from methods.soft_target import models
+from core.runtime import resolve_balances
+from core.schedules import get_schedule
+from methods.soft_target import METHOD, check, models, setup
 from methods.soft_target.kd import SoftTargetTask, soft_target_loss
 from methods.soft_target.models import Arch, block_macs, classifier_blocks, load_teacher, save_teacher
-from methods.soft_target.teacher import TeacherConfig, teacher_command, top1, train_teacher
-from methods.soft_target.train import METHOD, check, setup
-from tests.conftest import ROOT
+from methods.soft_target.presets import TEACHER_PRESETS
+from methods.soft_target.teacher import teacher_command, top1, train_teacher
+from tests.conftest import launch_module
 from tests.core.test_runtime_dist import relative_difference
 from tests.core.toy import reference
+from training.cli import main
 
 STEPS = 3
 # (schedule, backward pieces) of the multi-process cases; micro-batches = processes (ddp: one
@@ -39,14 +39,21 @@ CASES = [("tspipe", 2), ("gpipe", 1), ("1f1b", 1), ("torch-1f1b", 1), ("ddp", 1)
 
 
 def tiny(**overrides) -> object:
-    return build_config(METHOD.config_cls, METHOD.presets["tiny"], [f"{k}={v}" for k, v in overrides.items()])
+    return apply_overrides(METHOD.preset("tiny"), [f"{k}={v}" for k, v in overrides.items()])
+
+
+def balances(config) -> tuple[list[int], list[int]]:
+    """The (student, teacher) balances the runtime plans for a config."""
+    task = METHOD.make_task(config)
+    student = task.build_student()
+    return resolve_balances(config.pipeline, task, len(student), len(task.build_teacher(student)))
 
 
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory) -> Path:
     """A real teacher: the ``tiny`` preset (ResNet-18 w8 on digits, 40 steps, a few seconds)."""
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    config = build_config(TeacherConfig, TEACHER_PRESETS["tiny"], [f"out={path}"])
+    config = apply_overrides(TEACHER_PRESETS["tiny"], [f"out={path}"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the command does (threads=1); fast on a busy machine too
     try:
@@ -178,7 +185,8 @@ def test_a_teacher_of_another_architecture_is_refused(teacher_path, tmp_path):
         load_teacher(tmp_path / "junk.pt", Arch("resnet18w8", 8), "make it")
     # through the trainer: exit 2, one line
     assert (
-        main(METHOD, ["--preset", "tiny", "teacher=resnet18w16", f"teacher_checkpoint={teacher_path}"]) == 2
+        main(["soft_target", "--preset", "tiny", "teacher=resnet18w16", f"teacher_checkpoint={teacher_path}"])
+        == 2
     )
 
 
@@ -213,12 +221,12 @@ def test_real_weights_load_from_torchvision_and_timm_layouts(kind, tmp_path):
 
 def test_missing_teacher_exits_2_with_the_command_that_makes_it(tmp_path, capsys):
     missing = tmp_path / "none.pt"
-    assert main(METHOD, ["--preset", "tiny", f"teacher_checkpoint={missing}"]) == 2
+    assert main(["soft_target", "--preset", "tiny", f"teacher_checkpoint={missing}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"error: no teacher checkpoint at {missing}")
     assert f"`python -m methods.soft_target.teacher --preset tiny out={missing}`" in err
     # the default CPU teacher is made by `make teacher-kd`
-    cpu = build_config(METHOD.config_cls, METHOD.presets["cpu"], [])
+    cpu = METHOD.preset("cpu").method
     assert teacher_command(cpu.teacher_arch(), "fashion_mnist", cpu.teacher_path()) == "make teacher-kd"
     bigger = Arch("resnet34w32", 16)
     assert teacher_command(bigger, "fashion_mnist", models.default_teacher_path(bigger, "fashion_mnist")) == (
@@ -232,7 +240,7 @@ def test_missing_data_and_bad_teacher_configs_exit_2(monkeypatch, tmp_path, caps
 
     monkeypatch.setattr(data_module, "DEBIAN_DIR", tmp_path / "nowhere")
     monkeypatch.delenv("DATA_DIR", raising=False)
-    assert main(METHOD, ["--preset", "tiny", "dataset=fashion_mnist"]) == 2
+    assert main(["soft_target", "--preset", "tiny", "dataset=fashion_mnist"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: Fashion-MNIST not found")
     assert teacher_module.main(["--preset", "cpu"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: Fashion-MNIST not found")
@@ -247,27 +255,34 @@ def test_the_student_alone_needs_no_teacher(tmp_path):
     config = tiny(alpha=0, teacher_checkpoint=tmp_path / "none.pt", schedule="tspipe", stages=2)
     check(config)  # no error: alpha = 0 never reads the teacher
     task = setup(config).task
-    assert all(isinstance(b, nn.Identity) for b in task.build_teacher(task.build_student()))
-    assert config.pipeline().teacher_balance is None
+    teacher = task.build_teacher(task.build_student())
+    assert all(isinstance(b, nn.Identity) for b in teacher)
+    # nothing to balance: no cost estimates, the identity stand-in split by block count
+    assert task.block_costs() is None and config.pipeline.teacher_balance is None
+    assert balances(config)[1] == uniform_balance(len(teacher), 2)
 
 
-def test_the_teacher_is_balanced_on_its_own():
+def test_the_teacher_is_balanced_on_its_own(teacher_path):
     # a frozen teacher gets its own stage boundaries, from estimated compute: a ViT teacher against
     # a ResNet-152 student split uniformly over 4 stages
-    paper = build_config(
-        METHOD.config_cls, METHOD.presets["vitl16-to-resnet152-224-4gpu"], ["teacher=vit_small"]
-    )
-    student, teacher = block_macs(paper.student_arch()), block_macs(paper.teacher_arch())
-    auto = paper.pipeline().teacher_balance
-    assert paper.pipeline().balance is None and len(auto) == 4 and sum(auto) == len(teacher)
+    paper = apply_overrides(METHOD.preset("vitl16-to-resnet152-224-4gpu"), ["teacher=vit_small"])
+    student, teacher = block_macs(paper.method.student_arch()), block_macs(paper.method.teacher_arch())
+    student_balance, auto = balances(paper)
+    assert paper.pipeline.balance is None and paper.pipeline.teacher_balance is None
+    assert student_balance == uniform_balance(len(student), 4)
+    assert len(auto) == 4 and sum(auto) == len(teacher)
     per_stage = stage_costs([3 * c for c in student], uniform_balance(len(student), 4))
 
     def busiest(balance):
         return max(s + t for s, t in zip(per_stage, stage_costs(teacher, balance)))
 
     assert busiest(auto) < busiest(uniform_balance(len(teacher), 4))
-    assert tiny(schedule="gpipe", stages=2, teacher_balance="3,7").pipeline().teacher_balance == (3, 7)
-    assert tiny(schedule="gpipe", stages=2, teacher_balance="uniform").pipeline().teacher_balance is None
+    # an explicit balance is taken as given; balance_by=uniform splits the teacher by block count
+    explicit = tiny(schedule="gpipe", stages=2, teacher_balance="3,7", teacher_checkpoint=teacher_path)
+    assert explicit.pipeline.teacher_balance == (3, 7) and balances(explicit)[1] == [3, 7]
+    uniform = tiny(schedule="gpipe", stages=2, balance_by="uniform", teacher_checkpoint=teacher_path)
+    blocks = len(block_macs(uniform.method.teacher_arch()))
+    assert uniform.pipeline.teacher_balance is None and balances(uniform)[1] == uniform_balance(blocks, 2)
 
 
 @pytest.mark.parametrize(
@@ -276,14 +291,19 @@ def test_the_teacher_is_balanced_on_its_own():
         (["alpha=1.5"], r"alpha must lie in \[0, 1\]"),
         (["temperature=0"], "temperature must be > 0"),
         (["student=resnet19"], "ResNet depth must be one of"),
-        (["teacher_balance=abc"], "teacher_balance must be auto, uniform or blocks per stage"),
+        (["teacher_balance=abc"], "teacher_balance=abc: expected int"),
         (["teacher_checkpoint=random"], "only for throughput runs"),
-        (["--schedule", "gpipe", "--stages", "2", "teacher_balance=5,4"], "teacher balance .* sums to 9"),
+        (
+            ["--schedule", "gpipe", "--stages", "2", "teacher_balance=5,4", "teacher_checkpoint={teacher}"],
+            "teacher balance .* sums to 9",
+        ),
         (["--preset", "huge"], "unknown preset 'huge'"),
     ],
 )
-def test_bad_config_exits_2_with_one_line(args, message, capsys):
-    assert main(METHOD, ["--preset", "tiny", *args]) == 2
+def test_bad_config_exits_2_with_one_line(args, message, capsys, teacher_path):
+    # {teacher}: the real teacher, so that the run gets as far as splitting it over the stages
+    args = [a.format(teacher=teacher_path) for a in args]
+    assert main(["soft_target", "--preset", "tiny", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert re.search(message, err), err
@@ -308,22 +328,7 @@ def launch_cases(world: int, teacher: Path, folder: Path) -> dict[str, dict]:
     spec = folder / "spec.json"
     cases = [dict(schedule=s, pieces=p, micro=world, teacher=str(teacher)) for s, p in CASES]
     spec.write_text(json.dumps(cases))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core.launch",
-            "--nproc",
-            str(world),
-            "tests.methods.test_soft_target",
-            str(spec),
-            str(folder),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = launch_module("tests.methods.test_soft_target", world, str(spec), str(folder), timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {s: torch.load(folder / f"{s}.pt", weights_only=True) for s, _ in CASES}
 
@@ -348,26 +353,21 @@ def test_pipelined_students_equal_the_reference(world, teacher_path, tmp_path):
 
 @pytest.mark.dist
 def test_the_trainer_under_tspipe_equals_the_reference(teacher_path, tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "methods.soft_target.train",
-            "--preset",
-            "tiny",
-            "--schedule",
-            "tspipe",
-            "--stages",
-            "2",
-            "--microbatches",
-            "2",
-            "dtype=float64",
-            f"teacher_checkpoint={teacher_path}",
-            f"run_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = launch_module(
+        "training",
+        1,
+        "soft_target",
+        "--preset",
+        "tiny",
+        "--schedule",
+        "tspipe",
+        "--stages",
+        "2",
+        "--microbatches",
+        "2",
+        "dtype=float64",
+        f"teacher_checkpoint={teacher_path}",
+        f"run_dir={tmp_path}",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -390,24 +390,24 @@ def test_the_trainer_under_tspipe_equals_the_reference(teacher_path, tmp_path):
 
 
 def _worker(spec: Path, out: Path) -> None:
-    from core.engine import make_runner
     from core.launch import init_distributed
-    from core.runtime import gather_state
+    from core.runtime import gather_state, make_runner
 
     rank = init_distributed("cpu")
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     for case in json.loads(spec.read_text()):
+        schedule = get_schedule(case["schedule"])
         config = tiny(
             schedule=case["schedule"],
             stages=rank.world,
-            microbatches=1 if case["schedule"] == "ddp" else case["micro"],
-            backward_pieces=case["pieces"] if case["schedule"] in ("tspipe", "gpipe", "1f1b") else None,
+            microbatches=schedule.microbatches or case["micro"],  # ddp: one per replica
+            backward_pieces=case["pieces"] if schedule.is_pipeline else None,
             teacher_checkpoint=case["teacher"],
             dtype="float64",
         )
         run = setup(config)
-        runner = make_runner(run.task, config.pipeline(), rank.device, run.optimizer, run.scheduler)
+        runner = make_runner(run.task, config.pipeline, rank.device, run.optimizer, run.scheduler)
         runner.run(run.batches(0, STEPS), STEPS)
         state = gather_state(runner.stage_state())
         runner.close()

@@ -1,0 +1,183 @@
+"""The pipeline runner: one stage per rank, running its lowered action list over a transport.
+
+It composes the pieces of this package: the stage's compute (:mod:`core.runtime.stage`), the
+action interpreter, the transport, the end of step and the teacher's versions. The same code
+runs on gloo (CPU), NCCL (CUDA) and the in-process network of the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from core.action import Op
+from core.config import PipelineConfig
+from core.partition import stage_slices
+from core.runtime import state as _state
+from core.runtime.interpreter import Interpreter
+from core.runtime.models import prepare_models, resolve_balances, stage_partition
+from core.runtime.runner import OnStep, OptimizerFactory, SchedulerFactory, StepLog, step_loop
+from core.runtime.stage import Stage
+from core.runtime.step import EndOfStep, clip_grad_norm_across_stages
+from core.runtime.transport import Solo, TorchTransport, Transport
+from core.runtime.versions import TeacherVersions
+from core.schedules import Program, get_schedule
+from core.task import Task
+from core.validate import validate
+
+
+class PipelineRunner(_state.RunnerState):
+    """One pipeline stage of a run: its partitions, optimizer, transport and action program.
+
+    Args:
+        task: what to train.
+        config: the pipeline part of the run; ``config.stages`` must equal the transport's world.
+        device: this rank's device.
+        optimizer_factory: builds the stage's optimizer from its named student parameters.
+        scheduler_factory: optional, builds a learning-rate scheduler stepped after each step.
+        transport: the network to the other stages (default: ``torch.distributed`` when a
+            process group is up, else a single process).
+
+    Raises:
+        ValueError: if the world size differs from the stage count, or balances do not fit.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        config: PipelineConfig,
+        device: torch.device,
+        optimizer_factory: OptimizerFactory,
+        scheduler_factory: SchedulerFactory | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        if transport is None:
+            distributed = dist.is_initialized() and dist.get_world_size() > 1
+            transport = TorchTransport(device, config.timeout_s) if distributed else Solo()
+        if transport.world != config.stages:
+            raise ValueError(
+                f"{config.schedule} with {config.stages} stages needs {config.stages} processes, got {transport.world}"
+            )
+        self.task, self.config, self.device, self.transport = task, config, device, transport
+        self.rank = transport.rank
+        self.loss_rank = config.stages - 1
+        self.spec = get_schedule(config.schedule)
+        student, teacher = prepare_models(task)
+        balances = resolve_balances(config, task, len(student), len(teacher))
+        self.balance, self.teacher_balance = tuple(balances[0]), tuple(balances[1])
+        s_part, t_part = stage_partition(student, teacher, balances, self.rank)
+        self.student, self.teacher = s_part.to(device), t_part.to(device)
+        self.student_blocks = stage_slices(self.balance)[self.rank]
+        self.teacher_blocks = stage_slices(self.teacher_balance)[self.rank]
+        del student, teacher
+        self.optimizer = optimizer_factory(
+            [(n, p) for n, p in self.student.named_parameters() if p.requires_grad]
+        )
+        self.scheduler = scheduler_factory(self.optimizer) if scheduler_factory else None
+        self.versions = TeacherVersions(
+            task.teacher_rule.kind == "ema", self.spec.staleness(task.teacher_rule.kind), self.rank
+        )
+        self.stage = Stage(task, config, self.student, self.teacher, self.rank, device)
+        self.end_step = EndOfStep(
+            task,
+            self.student,
+            self.teacher,
+            self.optimizer,
+            self.scheduler,
+            config.nan_guard,
+            self._clip if config.max_grad_norm is not None else None,
+            device,
+            agree=transport if config.stages > 1 else None,
+            versions=self.versions,
+            rank=self.rank,
+        )
+
+    def _clip(self) -> None:
+        reduce = self.transport.all_reduce if self.config.stages > 1 else None
+        clip_grad_norm_across_stages(
+            self.student.parameters(), self.config.max_grad_norm, self.device, reduce
+        )
+
+    def _teacher_forward(self, a: Any) -> None:
+        self.stage.teacher_forward(a, self.versions.teacher_for(a.batch, self.teacher))
+
+    def _step(self, a: Any) -> None:
+        self.end_step(a.batch)
+        self.stage.finish(a.batch)
+
+    def run(
+        self, batches: Iterable[Any], steps: int, on_step: OnStep | None = None, start: int = 0
+    ) -> StepLog:
+        """Train for ``steps`` mini-batches drawn from ``batches`` (every rank passes the same
+        data in the same order; only the first and last stage read it).
+
+        Args:
+            batches: iterable of data batches (as ``task.split_inputs`` expects), the first one
+                being mini-batch ``start``.
+            steps: optimizer steps to run.
+            on_step: called after each step with the step index and, on the last stage, its losses.
+            start: index of the first mini-batch: a resumed run continues where its checkpoint
+                ended (after :meth:`load_checkpoint_state`).
+
+        Returns:
+            This rank's :class:`StepLog`.
+
+        Raises:
+            RuntimeError: when an action fails; the message names the rank and the action and
+                shows every stage's actions of that step with the failing one marked.
+        """
+        config = self.config
+        program = Program.build(
+            config.schedule,
+            config.stages,
+            config.microbatches,
+            self.task.teacher_rule.kind,
+            steps,
+            config.pieces,
+            self.task.views,
+            start,
+        )
+        validate(program.template)
+        self.versions.start(self.teacher, start)
+        self.stage.begin(batches, start, steps)
+        compute = {
+            Op.TF: self._teacher_forward,
+            Op.SF: self.stage.student_forward,
+            Op.LOSS: self.stage.loss,
+            Op.SB: self.stage.backward,
+            Op.OPT: self._step,
+        }
+        interpreter = Interpreter(
+            compute,
+            self.stage.store,
+            self.transport,
+            program.template.rank_of,
+            self.rank,
+            self.device,
+            config.record_timeline,
+        )
+
+        def step(b: int, log: StepLog) -> dict[str, float] | None:
+            segment = program.segment(self.rank, b)
+            interpreter.prepost(segment)
+            interpreter.run(segment, b, log.t0_s, log.records, lambda: program.grid(b))
+            return self.stage.losses.pop(b, None)
+
+        barrier = self.transport.barrier if config.stages > 1 else None
+        log = step_loop(program.batches(), step, on_step, barrier)
+        self.transport.drain()
+        return log
+
+    def close(self) -> None:
+        """Release the message groups."""
+        self.transport.close()
+        self.transport = Solo()
+
+    def stage_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            "student": _state.global_state(self.student, self.student_blocks),
+            "teacher": _state.global_state(self.teacher, self.teacher_blocks),
+        }

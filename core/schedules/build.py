@@ -1,0 +1,182 @@
+"""A built schedule (compute and lowered lists of a named schedule) and its unrolling over any
+number of training steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.action import Action, Op
+from core.schedules.lower import identity_placement, lower
+from core.schedules.spec import get_schedule
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A built schedule: its parameters, compute lists and lowered lists.
+
+    Attributes:
+        name: registry name.
+        stages: number of stages N.
+        microbatches: micro-batches per mini-batch M.
+        views: views per micro-batch (2 for BYOL and MoCo-v3); units ``U = M * views``.
+        teacher: ``"frozen"`` or ``"ema"``.
+        batches: mini-batches in the window.
+        backward_pieces: pieces each student backward is split into.
+        staleness: teacher versions behind the synchronous rule.
+        compute: per-rank compute actions.
+        lowered: per-rank actions with sends and receives added.
+        stage_to_rank: the rank each stage runs on.
+    """
+
+    name: str
+    stages: int
+    microbatches: int
+    views: int
+    teacher: str
+    batches: int
+    backward_pieces: int
+    staleness: int
+    compute: tuple[tuple[Action, ...], ...]
+    lowered: tuple[tuple[Action, ...], ...]
+    stage_to_rank: tuple[int, ...] = ()
+
+    @property
+    def units(self) -> int:
+        """Units per mini-batch: micro-batches times views."""
+        return self.microbatches * self.views
+
+    @property
+    def ranks(self) -> int:
+        """Processes the schedule runs on."""
+        return len(self.compute)
+
+    def rank_of(self, stage: int) -> int:
+        """The rank stage ``stage`` runs on."""
+        return self.stage_to_rank[stage] if self.stage_to_rank else stage
+
+    def teacher_version(self, batch: int) -> int:
+        """Teacher version (optimizer steps done) that mini-batch ``batch`` (0-based) reads."""
+        return max(0, batch - self.staleness)
+
+
+def build_schedule(
+    name: str,
+    stages: int,
+    microbatches: int,
+    teacher: str = "ema",
+    batches: int = 1,
+    backward_pieces: int | None = None,
+    views: int = 1,
+) -> Schedule:
+    """Build, lower and return a named pipeline schedule.
+
+    Returns:
+        A :class:`Schedule`; :func:`core.validate.validate` checks its invariants.
+
+    Raises:
+        ValueError: for an unknown name, a runner that is not an action list, or out-of-range
+            parameters.
+    """
+    spec = get_schedule(name)
+    if spec.build is None:
+        raise ValueError(f"{name} is run by the {spec.runner} runner, not built from actions")
+    pieces = spec.pieces(backward_pieces)
+    compute = spec.build(stages, microbatches, teacher, batches, pieces, views)
+    return Schedule(
+        name=name,
+        stages=stages,
+        microbatches=microbatches,
+        views=views,
+        teacher=teacher,
+        batches=batches,
+        backward_pieces=pieces,
+        staleness=spec.staleness(teacher),
+        compute=tuple(tuple(a) for a in compute),
+        lowered=tuple(tuple(a) for a in lower(compute, spec.hoist_receives, stages)),
+        stage_to_rank=identity_placement(stages),
+    )
+
+
+def _shift(actions: tuple[Action, ...], delta: int) -> list[Action]:
+    return [Action(a.stage, a.op, a.batch + delta, a.microbatch, a.part) for a in actions]
+
+
+def _segments(lowered: tuple[Action, ...]) -> list[tuple[Action, ...]]:
+    """Split a rank's list after each ``OPT``: segment b ends with ``OPT`` of batch b."""
+    out, current = [], []
+    for a in lowered:
+        current.append(a)
+        if a.op == Op.OPT:
+            out.append(tuple(current))
+            current = []
+    if current:
+        raise ValueError("a stage's list must end with an OPT")
+    return out
+
+
+class Program:
+    """A schedule unrolled over any number of training steps without building it whole.
+
+    Every schedule here repeats: the segment of a middle mini-batch (the actions after the
+    previous step up to its own step) is the same up to a shift of batch indices. A template of
+    three mini-batches gives the first, a middle and the last segment; :meth:`segment` shifts
+    the middle one for every other step.
+
+    Args:
+        template: a schedule built with ``batches = min(steps, 3)``.
+        steps: number of mini-batches the program runs.
+        start: index of its first mini-batch (a resumed run starts past 0); the first one
+            runs the schedule's prologue.
+    """
+
+    def __init__(self, template: Schedule, steps: int, start: int = 0) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        if template.batches != min(steps, 3):
+            raise ValueError(
+                f"template needs min(steps, 3) = {min(steps, 3)} batches, has {template.batches}"
+            )
+        self.template = template
+        self.steps = steps
+        self.start = start
+        self._segments = [_segments(lst) for lst in template.lowered]
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        stages: int,
+        microbatches: int,
+        teacher: str,
+        steps: int,
+        backward_pieces: int | None = None,
+        views: int = 1,
+        start: int = 0,
+    ) -> Program:
+        """Build the template of a named schedule for ``steps`` mini-batches from ``start``."""
+        template = build_schedule(name, stages, microbatches, teacher, min(steps, 3), backward_pieces, views)
+        return cls(template, steps, start)
+
+    def segment(self, rank: int, batch: int) -> list[Action]:
+        """Lowered actions of ``rank`` from after step ``batch - 1`` through step ``batch``."""
+        index = batch - self.start
+        if not 0 <= index < self.steps:
+            raise IndexError(
+                f"batch {batch} outside the program's steps {self.start}..{self.start + self.steps - 1}"
+            )
+        segs = self._segments[rank]
+        if index == 0:
+            return _shift(segs[0], self.start)
+        if index == self.steps - 1:
+            return _shift(segs[-1], batch - (len(segs) - 1))
+        return _shift(segs[1], batch - 1)
+
+    def batches(self) -> range:
+        """The mini-batch indices the program runs."""
+        return range(self.start, self.start + self.steps)
+
+    def grid(self, batch: int) -> list[list[Action]]:
+        """Every rank's segment of step ``batch`` (for error messages)."""
+        return [self.segment(r, batch) for r in range(self.template.ranks)]

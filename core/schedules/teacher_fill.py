@@ -1,0 +1,103 @@
+"""TSPipe: the teacher forwards of the next mini-batch fill the student's pipeline bubbles."""
+
+from __future__ import annotations
+
+import math
+
+from core.action import Action, Op
+from core.schedules.base import check_shape, interleave, sb, sf, tf
+from core.schedules.spec import ScheduleSpec, register
+
+
+def tspipe_early_teacher_forwards(stage: int, stages: int, units: int, pieces: int) -> int:
+    """How many next-batch teacher forwards stage ``stage`` runs before its backward.
+
+    Returns:
+        ``min(U, ceil((N - 1 - s) * (1 + 2 / P)))``: the time stage ``s`` would wait for its
+        first gradient, in teacher-forward slots, when teacher forward = student forward = half
+        the student backward (the last micro-batch's forward crosses ``N - 1 - s`` stages and
+        the first backward piece, ``2 / P`` forward slots long, crosses them back).
+    """
+    return min(units, math.ceil((stages - 1 - stage) * (1 + 2 / pieces) - 1e-9))
+
+
+def tspipe(
+    stages: int,
+    microbatches: int,
+    teacher: str = "ema",
+    batches: int = 1,
+    backward_pieces: int = 2,
+    views: int = 1,
+) -> list[list[Action]]:
+    """TSPipe: the teacher forwards of mini-batch b + 1 fill the student's bubbles of mini-batch b.
+
+    Returns:
+        One compute-action list per stage.
+
+    Stage ``s`` runs, per mini-batch b: every student forward of b; the first ``k_s`` teacher
+    forwards of b + 1 (:func:`tspipe_early_teacher_forwards`: the time it would wait for the first
+    gradient); the backward of b, each micro-batch in ``P`` pieces; the other ``U - k_s`` teacher
+    forwards of b + 1 (the time it would wait for slower upstream stages); then the optimizer
+    step. Only the first mini-batch's teacher forwards run alone, in a prologue. There is no flush
+    of teacher work between mini-batches, so with ``t = f = b / 2`` and ``P = 2`` the stages never
+    idle once ``U >= 2 (N - 1)``: any ``N`` and ``M``, where the original required ``M = N - 1``.
+
+    Every teacher forward of b + 1 runs before the stage's step of b, so an EMA teacher serves
+    mini-batch b + 1 with the weights after step b - 1: one version stale (ARCHITECTURE.md, "The version rule"), without
+    storing an extra copy. The student stays exactly synchronous. Steady state, N = 4, P = 2,
+    loss and step taking no time; U = 4 leaves a bubble (4 < 2 (N - 1))::
+
+        stage 0: BBBBBBBBBBBBf0f1f2f3T0T1T2T3....bbbbbbbbbbbbbbbbF0F1F2F3t0t1t2t3....BBBBBBBBBBBB
+        stage 1: BBBBBBBBBB....f0f1f2f3T0T1T2T3bbbbbbbbbbbbbbbb....F0F1F2F3t0t1t2t3BBBBBBBBBBBB
+        stage 2: BBBBBBBBt2t3....f0f1f2f3T0T1bbbbbbbbbbbbbbbbT2T3....F0F1F2F3t0t1BBBBBBBBBBBBBB
+        stage 3: BBBBBBt0t1t2t3....f0f1f2f3bbbbbbbbbbbbbbbbT0T1T2T3....F0F1F2F3BBBBBBBBBBBBBBBB
+
+    and U = 6 = 2 (N - 1) leaves none::
+
+        stage 0: BBBBBBBBBBBBf0f1f2f3f4f5T0T1T2T3T4T5bbbbbbbbbbbbbbbbbbbbbbbbF0F1F2F3F4F5t0t1t2t3
+        stage 1: BBBBBBBBBBt4t5f0f1f2f3f4f5T0T1T2T3bbbbbbbbbbbbbbbbbbbbbbbbT4T5F0F1F2F3F4F5t0t1t2
+        stage 2: BBBBBBBBt2t3t4t5f0f1f2f3f4f5T0T1bbbbbbbbbbbbbbbbbbbbbbbbT2T3T4T5F0F1F2F3F4F5t0t1
+        stage 3: BBBBBBt0t1t2t3t4t5f0f1f2f3f4f5bbbbbbbbbbbbbbbbbbbbbbbbT0T1T2T3T4T5F0F1F2F3F4F5BB
+
+    On stage 0, which ends the backward chain, the late teacher forwards are spread between the
+    backward pieces, where they fill waits for a slower downstream backward without delaying
+    anyone; on the other stages they follow the backward.
+    """
+    n_units = check_shape(stages, microbatches, teacher, batches, backward_pieces, views)
+    last = stages - 1
+    units = range(n_units)
+    lists: list[list[Action]] = []
+    for s in range(stages):
+        early = tspipe_early_teacher_forwards(s, stages, n_units, backward_pieces)
+        actions = tf(s, 0, units)
+        for b in range(batches):
+            nxt = b + 1 < batches
+            actions += sf(s, b, units)
+            if s == last:
+                actions.append(Action(s, Op.LOSS, b))
+            if nxt:
+                actions += tf(s, b + 1, range(early))
+            backward = sb(s, b, units, backward_pieces)
+            late = tf(s, b + 1, range(early, n_units)) if nxt else []
+            if s == 0:
+                actions += interleave(backward, late)
+            else:
+                actions += backward + late
+            actions.append(Action(s, Op.OPT, b))
+        lists.append(actions)
+    return lists
+
+
+register(
+    ScheduleSpec(
+        "tspipe",
+        "next batch's teacher forwards fill the bubbles",
+        tspipe,
+        ema_staleness=1,
+        default_pieces=2,
+        order=4,
+        colour="#e15759",
+        gantt=True,
+        subject=True,
+    )
+)

@@ -1,0 +1,510 @@
+"""The throughput benchmark every ``make bench-*`` target runs: one method (from the method
+registry), every schedule of the schedule registry, side by side.
+
+``python -m experiments.bench METHOD [--preset NAME] [--stages N] [--microbatches 2 4]
+[--schedules ...] [--warmup W] [--steps S] [--rounds R] [--out DIR] [key=value ...]``
+
+The driver profiles per-block costs once (in this process), fixes the partition from them, then
+launches one group of timed runs per process count (``core.launch`` of this module's
+``worker``), every run on the same task, partition, data and thread budget, the runs of a group
+interleaved round by round so slow drifts of the machine hit every schedule alike. It writes
+result rows (JSON lines) with the simulator's prediction beside each, and the measured and
+simulated timelines; ``analysis.bench`` makes the tables and plots.
+
+The preset (default: the method's benchmark preset for its device) fixes the workload: model,
+batch, device, threads, bf16 and the backward pieces of the pipelined schedules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.bench import (
+    BlockCosts,
+    bound_samples_per_s,
+    median_step_s,
+    predict,
+    probe_link,
+    profile_blocks,
+    timed_run,
+)
+from core.config import Config, PipelineConfig
+from core.metrics import TimelineRecord, make_row, steady_state, write_rows
+from core.overrides import ConfigError, apply_overrides, from_dict, to_dict
+from core.partition import plan_partition
+from core.schedules import get_schedule, schedules
+from core.simulate import Link
+from methods.registry import get_method
+from methods.spec import MethodSpec, Setup
+
+ROOT = Path(__file__).resolve().parent.parent
+# Link between processes when no probe ran (one process): not used by any prediction then.
+DEFAULT_LINK = Link(gbps=1.0, latency_us=100.0)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """One benchmark invocation (the workload itself is the method's preset).
+
+    Attributes:
+        method: registry name of the method.
+        preset: the method's preset that fixes the workload.
+        overrides: ``key=value`` overrides of the preset.
+        stages: processes of the pipelined runs.
+        microbatches: micro-batch counts swept for the schedules that pipeline micro-batches.
+        schedules: schedules and runners to measure (empty: every registered one).
+        warmup: steps before timing starts.
+        steps: timed steps.
+        rounds: times every run is repeated (interleaved with the others); the median counts.
+        out: folder for rows and timelines.
+        command: the command that made the rows (written into them).
+    """
+
+    method: str
+    preset: str
+    overrides: tuple[str, ...] = ()
+    stages: int = 2
+    microbatches: tuple[int, ...] = (2, 4)
+    schedules: tuple[str, ...] = ()
+    warmup: int = 3
+    steps: int = 8
+    rounds: int = 2
+    out: str = "results/bench"
+    command: str = ""
+
+    def config(self) -> Config:
+        """The workload: the preset with the overrides applied."""
+        return apply_overrides(get_method(self.method).preset(self.preset), list(self.overrides))
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One timed run: a schedule on a number of processes at a micro-batch count."""
+
+    schedule: str
+    procs: int
+    microbatches: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.schedule}_N{self.procs}_M{self.microbatches}"
+
+    @property
+    def unit_microbatches(self) -> int:
+        """Micro-batches the run's unit size corresponds to (ddp: one share per replica)."""
+        return self.procs if get_schedule(self.schedule).runner == "ddp" else self.microbatches
+
+    @property
+    def pipelined(self) -> bool:
+        """A pipeline over the benchmark's stages (it gets the profiled partition)."""
+        return get_schedule(self.schedule).runner != "ddp" and self.procs > 1
+
+
+def plan_runs(settings: BenchSettings, views: int) -> list[BenchRun]:
+    """Every run the settings ask for, from the registry: a schedule fixed to one process or one
+    micro-batch runs once per fixed shape (one process: once per micro-batch count, to
+    calibrate the profiled costs), the others at every micro-batch count; shapes a schedule
+    refuses are skipped with a message."""
+    names = settings.schedules or tuple(s.name for s in schedules())
+    out = []
+    for name in names:
+        spec = get_schedule(name)
+        procs = spec.stages or settings.stages
+        micros = [spec.microbatches] if spec.microbatches else list(settings.microbatches)
+        for micro in micros:
+            try:
+                spec.check(procs, micro, None, views)
+            except ValueError as err:
+                _progress(f"skipping {name} at N={procs}, M={micro}: {err}")
+                continue
+            out.append(BenchRun(name, procs, micro))
+    return out
+
+
+def _progress(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def run_pipeline(
+    config: Config, run: BenchRun, balances: tuple[list[int], list[int]] | None
+) -> PipelineConfig:
+    """The pipeline part of one run: the preset's, reshaped (backward pieces only for the
+    schedules that pipeline micro-batches; the profiled partition for pipelined runs)."""
+    spec = get_schedule(run.schedule)
+    pieces = config.pipeline.backward_pieces if spec.stages is None and spec.microbatches is None else None
+    return replace(
+        config.pipeline,
+        schedule=run.schedule,
+        stages=run.procs,
+        microbatches=run.microbatches,
+        backward_pieces=pieces if spec.splits_backward else None,
+        balance=tuple(balances[0]) if balances and run.pipelined else None,
+        teacher_balance=tuple(balances[1]) if balances and run.pipelined else None,
+        record_timeline=True,
+    )
+
+
+def run_benchmark(settings: BenchSettings) -> list[dict]:
+    """Profile, run every schedule, and write rows and timelines under ``settings.out``.
+
+    Returns:
+        The rows written.
+
+    Raises:
+        RuntimeError: if a group of runs fails (its output is shown).
+    """
+    spec = get_method(settings.method)
+    config = settings.config()
+    out = Path(settings.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(config.run.threads, 1))
+    device = torch.device(config.run.device)
+    work = spec.setup(config)
+    first = next(iter(work.batches(0, 1)))
+    plan = plan_runs(settings, work.task.views)
+    costs: dict[int, BlockCosts] = {}
+    for run in plan:
+        m = run.unit_microbatches
+        if m not in costs:
+            _progress(f"profiling blocks at {work.samples_per_step // m} samples per unit")
+            costs[m] = profile_blocks(
+                work.task, first, m, work.optimizer, device, amp_bf16=config.pipeline.amp_bf16
+            )
+    biggest = (
+        costs[max(settings.microbatches)]
+        if max(settings.microbatches) in costs
+        else next(iter(costs.values()))
+    )
+    partition = plan_partition(
+        settings.stages,
+        [f + b for f, b in zip(biggest.student_fwd, biggest.student_bwd)],
+        biggest.teacher_fwd,
+        work.task.teacher_rule.kind,
+        student_extra=work.task.predictor_blocks,
+    )
+    balances = (list(partition.student), list(partition.teacher))
+    groups: dict[int, list[BenchRun]] = {}
+    for run in plan:
+        groups.setdefault(run.procs, []).append(run)
+    results: dict[BenchRun, dict] = {}
+    for procs, runs in groups.items():
+        _progress(
+            f"{len(runs)} run(s) on {procs} process(es), {settings.rounds} round(s) of "
+            f"{settings.warmup} warm-up + {settings.steps} timed steps each"
+        )
+        spec_file = out / "runs" / f"N{procs}.spec.json"
+        spec_file.write_text(
+            json.dumps(
+                {
+                    "settings": asdict(settings),
+                    "config": to_dict(config),
+                    "runs": [
+                        {"name": r.name, "pipeline": to_dict(run_pipeline(config, r, balances))} for r in runs
+                    ],
+                    "folder": str(out / "runs"),
+                }
+            )
+        )
+        started = time.monotonic()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "core.launch",
+                "--nproc",
+                str(procs),
+                "experiments.bench",
+                "worker",
+                str(spec_file),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": str(max(config.run.threads, 1))},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"runs on {procs} process(es) failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}"
+            )
+        for run in runs:
+            rounds = [
+                json.loads((out / "runs" / f"{run.name}.r{r}.json").read_text())
+                for r in range(settings.rounds)
+            ]
+            results[run] = _combine(rounds, settings.warmup)
+            step = results[run]["median_step_s"]
+            batch = work.samples_per_step
+            _progress(
+                f"{run.name}: {batch / step:.1f} samples/s (rounds: "
+                + ", ".join(f"{batch / s:.0f}" for s in results[run]["round_steps_s"])
+                + ")"
+            )
+        _progress(f"{procs} process(es) done in {time.monotonic() - started:.0f} s")
+    scales = _calibration(work, results, costs)
+    rows = [
+        _row(settings, spec, config, work, run, result, _scaled(costs, scales, run), costs, out)
+        for run, result in results.items()
+    ]
+    write_rows(out / "rows.jsonl", rows)
+    (out / "costs.json").write_text(
+        json.dumps(
+            {
+                "scales": {str(m): k for m, k in scales.items()},
+                **{str(m): c.to_dict() for m, c in costs.items()},
+            },
+            indent=1,
+        )
+    )
+    return rows
+
+
+def _combine(rounds: list[dict], warmup: int) -> dict:
+    """One result from several rounds of a run: the median of the rounds' median steps, and the
+    last round's timeline."""
+    steps = [median_step_s(r["step_end_s"], warmup) for r in rounds]
+    return {**rounds[-1], "median_step_s": statistics.median(steps), "round_steps_s": steps}
+
+
+def _calibration(
+    work: Setup, results: dict[BenchRun, dict], costs: dict[int, BlockCosts]
+) -> dict[int, float]:
+    """Measured over profiled time of the one-process run at each M: how much slower the blocks
+    run inside a training step (colder caches, allocation) than timed one by one."""
+    scales = {}
+    for run, result in results.items():
+        if run.procs == 1 and get_schedule(run.schedule).is_pipeline:
+            m = run.microbatches
+            units = m * work.task.views
+            predicted = work.samples_per_step / bound_samples_per_s(costs[m], units, work.samples_per_step, 1)
+            scales[m] = result["median_step_s"] / predicted
+    return scales
+
+
+def _scaled(costs: dict[int, BlockCosts], scales: dict[int, float], run: BenchRun) -> BlockCosts:
+    """The run's block costs, times the calibration of the one-process run nearest in unit size
+    (1 without one)."""
+    m = run.unit_microbatches
+    base = costs[m]
+    if not scales:
+        return base
+    k = scales[min(scales, key=lambda s: abs(s - m))]
+    return replace(
+        base,
+        teacher_fwd=[x * k for x in base.teacher_fwd],
+        student_fwd=[x * k for x in base.student_fwd],
+        student_bwd=[x * k for x in base.student_bwd],
+        loss_ms=base.loss_ms * k,
+        opt_ms=[x * k for x in base.opt_ms],
+    )
+
+
+def teacher_share(costs: BlockCosts) -> float:
+    """Share of a mini-batch's compute that is teacher forward (what tspipe can hide)."""
+    teacher = sum(costs.teacher_fwd)
+    return teacher / (teacher + sum(costs.student_fwd) + sum(costs.student_bwd))
+
+
+def _row(
+    settings: BenchSettings,
+    spec: MethodSpec,
+    config: Config,
+    work: Setup,
+    run: BenchRun,
+    result: dict,
+    unit_costs: BlockCosts,
+    costs: dict[int, BlockCosts],
+    out: Path,
+) -> dict:
+    schedule = get_schedule(run.schedule)
+    batch, views = work.samples_per_step, work.task.views
+    step_s = result["median_step_s"]
+    samples = batch / step_s
+    if schedule.runner == "ddp":  # one replica's work on its share, times the replicas
+        bound = bound_samples_per_s(unit_costs, views, batch // run.procs, 1) * run.procs
+    else:
+        bound = bound_samples_per_s(unit_costs, run.microbatches * views, batch, run.procs)
+    link = Link(**result["extra"]["link"]) if "link" in result["extra"] else DEFAULT_LINK
+    pipeline = PipelineConfig(
+        schedule=run.schedule,
+        stages=run.procs,
+        microbatches=run.microbatches,
+        backward_pieces=result["extra"].get("backward_pieces"),
+    )
+    balance = result["extra"].get("balance") or [len(unit_costs.student_fwd)]
+    teacher_balance = result["extra"].get("teacher_balance") or [len(unit_costs.teacher_fwd)]
+    predicted, sim_records = None, []
+    if schedule.runner == "ddp" or run.procs == len(balance):
+        predicted, sim_records = predict(
+            run.schedule,
+            unit_costs,
+            pipeline,
+            views,
+            work.task.teacher_rule.kind,
+            batch,
+            balance,
+            teacher_balance,
+            link,
+        )
+    records = [TimelineRecord(**r) for r in result["records"]]
+    bubble = None
+    if schedule.is_pipeline:
+        try:
+            _, bubble = steady_state(
+                records, run.procs, settings.warmup, settings.warmup + settings.steps - 2
+            )
+        except ValueError:
+            bubble = None
+    if schedule.gantt:
+        write_rows(out / "timelines" / f"{run.name}.measured.jsonl", result["records"])
+        if sim_records:
+            write_rows(
+                out / "timelines" / f"{run.name}.simulated.jsonl",
+                [r for r in sim_records if not r["op"].startswith(("SEND", "RECV"))],
+            )
+    threads = max(config.run.threads, 1)
+    device = f"{config.run.device} ({threads} thread{'s' if threads > 1 else ''}/process)"
+    if config.run.device == "cuda":
+        device = torch.cuda.get_device_name(0)
+    return make_row(
+        method=spec.name,
+        method_title=spec.title,
+        command=settings.command or f"python -m experiments.bench {spec.name}",
+        schedule=run.schedule,
+        model=work.model,
+        stages=run.procs,
+        microbatches=run.microbatches,
+        global_batch=batch,
+        device=device,
+        samples_per_s=samples,
+        step_ms=step_s * 1e3,
+        efficiency=samples / bound,
+        bound_samples_per_s=bound,
+        bubble_fraction=bubble,
+        peak_mem_gib=result["peak_gib"],
+        seed=config.run.seed,
+        simulated=False,
+        predicted_samples_per_s=predicted,
+        prediction_error=(predicted - samples) / samples if predicted else None,
+        backward_pieces=pipeline.pieces,
+        balance=result["extra"].get("balance"),
+        teacher_balance=result["extra"].get("teacher_balance"),
+        link_gbps=link.gbps if "link" in result["extra"] else None,
+        link_latency_us=link.latency_us if "link" in result["extra"] else None,
+        synthetic_inputs=work.synthetic_data,
+        amp_bf16=config.pipeline.amp_bf16,
+        warmup_steps=settings.warmup,
+        timed_steps=settings.steps,
+        rounds=settings.rounds,
+        round_samples_per_s=[batch / x for x in result["round_steps_s"]],
+        teacher_fwd_share=teacher_share(costs[run.unit_microbatches]),
+        preset=settings.preset,
+    )
+
+
+def worker(spec_file: Path) -> None:
+    """One rank of a group of timed runs (started by ``core.launch``): every run, in rounds."""
+    from core.launch import init_distributed
+    from core.runtime import make_runner
+
+    group = json.loads(spec_file.read_text())
+    settings = from_dict(BenchSettings, group["settings"])
+    method = get_method(settings.method)
+    config = from_dict(Config, group["config"], {"method": method.config_cls})
+    torch.set_num_threads(max(config.run.threads, 1))
+    rank = init_distributed(config.run.device)
+    link: dict[str, float] = {}
+    if rank.world > 1:
+        measured = probe_link(1 << 20)
+        link = {"gbps": measured.gbps, "latency_us": measured.latency_us}
+    total = settings.warmup + settings.steps
+    setups: dict[str, Setup] = {}  # a method's setup may depend on the runner kind, not on the shape
+    for r in range(settings.rounds):
+        for run in group["runs"]:
+            pipeline = from_dict(PipelineConfig, run["pipeline"])
+            kind = get_schedule(pipeline.schedule).runner
+            if kind not in setups:
+                setups[kind] = method.setup(replace(config, pipeline=pipeline))
+            work = setups[kind]
+            runner = make_runner(work.task, pipeline, rank.device, work.optimizer, work.scheduler)
+            extra: dict[str, Any] = {"backward_pieces": pipeline.backward_pieces}
+            if link:
+                extra["link"] = link
+            if runner.balance is not None:  # pipelines; ddp holds whole models
+                extra["balance"], extra["teacher_balance"] = (
+                    list(runner.balance),
+                    list(runner.teacher_balance),
+                )
+            out = Path(group["folder"]) / f"{run['name']}.r{r}.json"
+            timed_run(runner, work.batches(0, total), total, out if rank.rank == 0 else None, extra)
+            runner.close()
+            del runner
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"]:
+        worker(Path(argv[1]))
+        return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("method")
+    parser.add_argument("--preset", default=None, help="default: the method's benchmark preset for --device")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="picks the default preset")
+    parser.add_argument(
+        "--stages", "--nproc", dest="stages", type=int, default=2, help="pipeline stages (processes)"
+    )
+    parser.add_argument("--microbatches", type=int, nargs="+", default=None, help="default: 2 4 (cuda: N)")
+    parser.add_argument("--schedules", nargs="+", default=(), help="schedules and runners (default: all)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", default=None, help="default: results/METHOD (results/METHOD-cuda on GPUs)")
+    parser.add_argument("--command", default="", help="the make target to name in rows")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the preset")
+    args = parser.parse_args(argv)
+    try:
+        spec = get_method(args.method)
+        preset = args.preset or spec.bench_presets.get(args.device) or spec.default_preset
+        settings = BenchSettings(
+            method=spec.name,
+            preset=preset,
+            overrides=tuple(args.overrides),
+            stages=args.stages,
+            microbatches=tuple(args.microbatches or ((args.stages,) if args.device == "cuda" else (2, 4))),
+            schedules=tuple(args.schedules),
+            warmup=args.warmup,
+            steps=args.steps,
+            rounds=args.rounds,
+            out=args.out or f"results/{spec.name}{'' if args.device == 'cpu' else '-cuda'}",
+            command=args.command
+            or (spec.bench_command if args.device == "cpu" and args.preset is None else ""),
+        )
+        for name in settings.schedules:
+            get_schedule(name)
+        config = settings.config()
+        spec.check(config)  # data and teacher present (a corpus is tokenised once, here)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    rows = run_benchmark(settings)
+    _progress(f"{len(rows)} rows in {Path(settings.out) / 'rows.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The benchmark driver end to end on a tiny workload, its run plan from the registries, and the
+bench table from rows."""
+
+import json
+
+import pytest
+
+from analysis.bench import bench_table, ratios, write_report
+from core.metrics import read_rows
+from experiments.bench import BenchSettings, plan_runs, run_benchmark
+
+
+def test_the_plan_covers_every_registered_schedule():
+    plan = {
+        (r.schedule, r.procs, r.microbatches) for r in plan_runs(BenchSettings("synthetic", "tiny"), views=2)
+    }
+    assert ("sequential", 1, 2) in plan and ("sequential", 1, 4) in plan
+    assert ("mp", 2, 1) in plan and ("ddp", 2, 1) in plan
+    assert ("tspipe", 2, 4) in plan and ("torch-1f1b", 2, 2) in plan
+    # a shape a schedule refuses is left out: torch's 1F1B wants a unit per stage
+    single = plan_runs(BenchSettings("synthetic", "tiny", stages=4, microbatches=(1,)), views=1)
+    assert not any(r.schedule == "torch-1f1b" for r in single)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
+    settings = BenchSettings(
+        method="synthetic",
+        preset="tiny",
+        overrides=("batch=8", "image=4", "channels=4", "blocks=4", "backward_pieces=1"),
+        microbatches=(2,),
+        schedules=("sequential", "gpipe", "tspipe", "ddp", "torch-gpipe"),
+        warmup=1,
+        steps=3,
+        rounds=1,
+        out=str(tmp_path),
+        command="pytest",
+    )
+    rows = run_benchmark(settings)
+    assert {r["schedule"] for r in rows} == {"sequential", "gpipe", "tspipe", "ddp", "torch-gpipe"}
+    for row in rows:
+        assert row["samples_per_s"] > 0 and row["simulated"] is False
+        assert row["efficiency"] > 0 and row["bound_samples_per_s"] > 0
+        assert row["method"] == "synthetic" and row["command"] == "pytest"
+    ts = next(r for r in rows if r["schedule"] == "tspipe")
+    assert ts["predicted_samples_per_s"] > 0 and ts["balance"] == [2, 2]
+    assert read_rows(tmp_path / "rows.jsonl") == json.loads(json.dumps(rows))
+    write_report(tmp_path)
+    table = (tmp_path / "TABLE.md").read_text()
+    assert "| tspipe | 2 | 2 |" in table and "`pytest`" in table
+    assert (tmp_path / "throughput.png").stat().st_size > 10_000
+    assert (tmp_path / "gantt_tspipe_N2_M2.png").exists()
+
+
+def row(schedule, micro, sps):
+    return dict(
+        schedule=schedule,
+        stages=2,
+        microbatches=micro,
+        samples_per_s=sps,
+        efficiency=0.5,
+        bound_samples_per_s=2 * sps,
+        bubble_fraction=None,
+        peak_mem_gib=1.0,
+    )
+
+
+def test_speedups_compare_with_tspipe_at_the_same_m():
+    rows = [row("tspipe", 2, 300.0), row("tspipe", 4, 200.0), row("gpipe", 4, 100.0), row("mp", 1, 150.0)]
+    speed = ratios(rows)
+    assert speed[("gpipe", 4)] == pytest.approx(2.0)
+    assert speed[("mp", 1)] == pytest.approx(2.0)  # no tspipe at M = 1: the first tspipe row
+    table = bench_table(rows)
+    assert table.splitlines()[2].startswith("| mp | 2 | 1 | 150 | 2.000 |")
