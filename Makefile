@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format data simulate bench-engine bench-byol accuracy-byol report clean
+.PHONY: setup test lint format data simulate bench-engine bench-byol bench-micro accuracy-byol report clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,12 @@ bench-byol: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)
 accuracy-byol: $(STAMP) data
 	$(PY) -m experiments.accuracy byol --out results/byol/accuracy
 	$(PY) -m analysis.accuracy results/byol/accuracy --command "make accuracy-byol" --title "BYOL accuracy parity"
+
+# The engine's own costs with pytest-benchmark: its one-stage step against a plain PyTorch loop,
+# a message's round trip through the transport by size, building a 16-stage schedule (about 2 min).
+bench-micro: $(STAMP)
+	@mkdir -p results/micro
+	$(PY) -m pytest benchmarks -q --benchmark-json results/micro/benchmark.json --benchmark-columns=median,iqr,rounds
 
 # results/REPORT.md and the README's results snippet from the rows (re-running missing
 # throughput benchmarks); QUICK=1 re-measures a reduced set into results/quick/ (about 15 min).

@@ -19,8 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from analysis import rows as R  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
-from core.metrics import read_rows  # noqa: E402
 
 
 def summary(rows: Sequence[dict]) -> list[dict]:
@@ -107,7 +107,7 @@ def drift_table(rows: Sequence[dict]) -> str | None:
 
 
 def write_report(folder: Path, title: str, command: str) -> Path:
-    rows = read_rows(folder / "rows.jsonl")
+    rows = R.records(R.read(folder / "rows.jsonl"))
     runs = [r for r in rows if r.get("label")]
     first = runs[0]
     text = (

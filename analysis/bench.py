@@ -14,14 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from analysis import rows as R  # noqa: E402
+from analysis.compare import best_per_schedule, ratio, subject_name  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
-from core.metrics import read_rows  # noqa: E402
-from core.schedules import SCHEDULES, order_of, schedules, subject  # noqa: E402
+from core.schedules import SCHEDULES, order_of, schedules  # noqa: E402
 
 
 def colour(schedule: str) -> str:
@@ -34,56 +36,59 @@ def _key(row: dict) -> tuple:
     return (order_of(row["schedule"]), row["microbatches"])
 
 
-def subject_name() -> str:
-    """The schedule every other is compared with (the registry's subject)."""
-    spec = subject()
-    return spec.name if spec else ""
-
-
-def subject_reference(rows: Sequence[dict], row: dict) -> dict | None:
-    """The subject's row a row is compared with: the one with the same micro-batches if
-    measured, else the first subject row."""
-    ts = [r for r in rows if r["schedule"] == subject_name()]
-    same = [r for r in ts if r["microbatches"] == row["microbatches"]]
-    return (same or ts or [None])[0]
+def subject_best(df: pd.DataFrame) -> dict | None:
+    """The subject's row at its best micro-batch count, or None."""
+    best = best_per_schedule(df)
+    top = best[best["schedule"] == subject_name()]
+    return top.iloc[0].to_dict() if not top.empty else None
 
 
 def ratios(rows: Sequence[dict]) -> dict[tuple[str, int], float]:
-    """Subject samples/s over each row's samples/s, keyed by (schedule, micro-batches)."""
-    out = {}
-    for r in rows:
-        ref = subject_reference(rows, r)
-        if ref is not None:
-            out[(r["schedule"], r["microbatches"])] = ref["samples_per_s"] / r["samples_per_s"]
-    return out
+    """The subject at its best over each row's samples/s, keyed by (schedule, micro-batches)."""
+    df = R.frame(rows)
+    top = subject_best(df)
+    if top is None:
+        return {}
+    return {
+        (r["schedule"], r["microbatches"]): top["samples_per_s"] / r["samples_per_s"] for r in R.records(df)
+    }
+
+
+def _spread(r: dict) -> str | None:
+    low, high = r.get("samples_per_s_min"), r.get("samples_per_s_max")
+    return f"{low:,.0f}-{high:,.0f}" if low is not None and high is not None else None
 
 
 def bench_table(rows: Sequence[dict]) -> str:
-    """Markdown table: measured samples/s, the subject's speedup over it, efficiency against the
-    bubble-free bound, the simulator's prediction and its error, bubble share, peak memory."""
+    """Markdown table: measured samples/s and its range over the rounds, the subject's (at its
+    best) speedup over it, efficiency against the bubble-free bound, the simulator's prediction
+    and its error, bubble share, peak memory."""
+    df = R.frame(rows)
     speedup = ratios(rows)
-    lines = []
-    for r in sorted(rows, key=_key):
-        lines.append(
-            [
-                r["schedule"],
-                r["stages"],
-                r["microbatches"],
-                r["samples_per_s"],
-                speedup.get((r["schedule"], r["microbatches"])),
-                r["efficiency"],
-                r["bound_samples_per_s"],
-                r.get("predicted_samples_per_s"),
-                r.get("prediction_error") * 100 if r.get("prediction_error") is not None else None,
-                r["bubble_fraction"],
-                r["peak_mem_gib"],
-            ]
-        )
+    df = df.assign(_o=df["schedule"].map(order_of)).sort_values(["_o", "microbatches"], kind="stable")
+    lines = [
+        [
+            r["schedule"],
+            r["stages"],
+            r["microbatches"],
+            r["samples_per_s"],
+            _spread(r),
+            speedup.get((r["schedule"], r["microbatches"])),
+            r["efficiency"],
+            r["bound_samples_per_s"],
+            r.get("predicted_samples_per_s"),
+            r["prediction_error"] * 100 if r.get("prediction_error") is not None else None,
+            r["bubble_fraction"],
+            r["peak_mem_gib"],
+        ]
+        for r in R.records(df)
+    ]
     headers = [
         "schedule",
         "processes",
         "M",
         "samples/s",
+        "range (rounds)",
         f"{subject_name()} speedup",
         "efficiency",
         "bound samples/s",
@@ -93,6 +98,28 @@ def bench_table(rows: Sequence[dict]) -> str:
         "peak mem GiB",
     ]
     return markdown_table(headers, lines)
+
+
+def best_table(rows: Sequence[dict]) -> str:
+    """Markdown: every schedule at its best micro-batch count, and the subject at its best over
+    it, with the range of the ratio over the rounds ("no clear difference" when they overlap)."""
+    df = R.frame(rows)
+    top = subject_best(df)
+    lines = []
+    for r in R.records(best_per_schedule(df)):
+        lines.append(
+            [
+                r["schedule"],
+                r["microbatches"],
+                r["samples_per_s"],
+                _spread(r),
+                ratio(top, r).text() if top else None,
+            ]
+        )
+    ref = subject_name()
+    return markdown_table(
+        ["schedule", "its best M", "samples/s", "range (rounds)", f"{ref} at its best / it"], lines
+    )
 
 
 def plot_throughput(rows: Sequence[dict], out: Path, title: str) -> Path:
@@ -108,14 +135,24 @@ def plot_throughput(rows: Sequence[dict], out: Path, title: str) -> Path:
     ]
     fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(rows) + 2), 4.5))
     xs = range(len(rows))
-    ax.bar(xs, [r["samples_per_s"] for r in rows], color=[colour(r["schedule"]) for r in rows])
+    errors = [
+        [r["samples_per_s"] - (r.get("samples_per_s_min") or r["samples_per_s"]) for r in rows],
+        [(r.get("samples_per_s_max") or r["samples_per_s"]) - r["samples_per_s"] for r in rows],
+    ]
+    ax.bar(
+        xs,
+        [r["samples_per_s"] for r in rows],
+        yerr=errors,
+        capsize=2,
+        color=[colour(r["schedule"]) for r in rows],
+    )
     for x, r in zip(xs, rows):
         ax.text(x, r["samples_per_s"], f"{r['samples_per_s']:.0f}", ha="center", va="bottom", fontsize=7)
         if r.get("predicted_samples_per_s"):
             ax.plot([x - 0.35, x + 0.35], [r["predicted_samples_per_s"]] * 2, color="black", linewidth=1.5)
     ax.plot([], [], color="black", linewidth=1.5, label="simulated prediction")
     ax.set_xticks(list(xs), labels, fontsize=7)
-    ax.set_ylabel("samples/s (measured)")
+    ax.set_ylabel("samples/s (measured; bars: range over rounds)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(True, axis="y", alpha=0.3)
@@ -152,7 +189,7 @@ def default_title(rows: Sequence[dict]) -> str:
 def write_report(folder: Path, title: str | None = None, command: str | None = None) -> Path:
     """TABLE.md and PNGs for the rows in ``folder/rows.jsonl`` (title and command from the rows
     unless given)."""
-    rows = read_rows(folder / "rows.jsonl")
+    rows = R.records(R.read(folder / "rows.jsonl"))
     first = rows[0]
     title = title or default_title(rows)
     command = command or first.get("command") or "python -m experiments.bench"
@@ -160,16 +197,20 @@ def write_report(folder: Path, title: str | None = None, command: str | None = N
     env = f"device {first['device']}, torch {first['torch']}, git {first['git_sha']}, {first['date']}"
     notes = (
         f"# {title}\n\nMeasured with `{command}` ({env}). Global batch {first['global_batch']} "
-        f"samples, {first.get('timed_steps')} timed steps after {first.get('warmup_steps')} warm-up steps; "
-        f"samples/s from the median step (all processes finished). *{ref} speedup* = {ref} samples/s / "
-        "this row's (same M where measured). *efficiency* = samples/s / bound, the bound being processes x "
-        "batch / (all work of one mini-batch on one process), from per-block costs profiled in the same run "
-        "at the run's micro-batch size and scaled to reproduce the measured sequential step (blocks timed alone "
-        "run faster than inside a training step). *simulated samples/s* is the simulator's prediction (labelled "
-        "simulated) from the same costs and a measured link; ddp's is one replica's work plus a ring "
-        "all-reduce, the torch peer's a teacher pass plus a student pass.\n\n"
+        f"samples; {first.get('rounds')} interleaved rounds of {first.get('warmup_steps')} warm-up and "
+        f"{first.get('timed_steps')} timed steps, of which the steady-state ones count (not the last: a schedule "
+        "that overlaps steps does less in it). samples/s: the median of the rounds' medians (all processes "
+        f"finished); *range*: the slowest and fastest round. *{ref} speedup* = {ref} at its best M over this row. "
+        "*efficiency* = samples/s / bound, the bound being processes x batch / (all work of one mini-batch on one "
+        "process), from per-block costs profiled in the same run (a fixed + per-sample fit over the profiled "
+        "unit sizes) and scaled to reproduce the measured one-process step (blocks timed alone run faster than "
+        "inside a training step; for several processes, the step measured on every process at once: a block is "
+        "slower when every core is busy). *simulated samples/s* is the simulator's prediction (labelled "
+        "simulated) from the same costs and the measured link (bandwidth, latency and the per-message cost of "
+        "each send and receive); ddp's is one replica's work plus a ring all-reduce, the torch peer's a teacher "
+        "pass plus a student pass.\n\n"
     )
-    text = notes + bench_table(rows)
+    text = notes + bench_table(rows) + "\n## Each schedule at its best\n\n" + best_table(rows)
     (folder / "TABLE.md").write_text(text)
     plot_throughput(rows, folder / "throughput.png", f"{title} (measured)")
     plot_gantts(folder, rows)

@@ -1,9 +1,11 @@
 """`make report`: ``results/REPORT.md`` and its PNGs, generated from the result rows only.
 
 Every table row names the row it came from (``file#line``); sections whose rows are missing say
-so and give the command that makes them; rows made by code that has changed since (by git sha)
-are flagged stale. The README's "Results" section includes the generated headline snippet
-between the markers ``<!-- results:begin -->`` and ``<!-- results:end -->``.
+so and give the command that makes them; rows made by code that has changed since are flagged
+stale. Rows are loaded into pandas DataFrames (``analysis.rows``, schema checked); best-of,
+comparisons and ratios are pandas operations (``analysis.compare``). The README's "Results"
+section includes the generated headline between the markers ``<!-- results:begin -->`` and
+``<!-- results:end -->``.
 
 Usage: ``python -m analysis.report [--results results] [--out results/REPORT.md] [--readme README.md]``
 """
@@ -12,35 +14,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analysis.tables import markdown_table  # noqa: E402
-from core.schedules import order_of, schedules, subject  # noqa: E402
+from analysis import rows as R  # noqa: E402
+from analysis.compare import best_of, best_per_schedule, comparison_groups, ratio, subject_name  # noqa: E402
+from analysis.tables import markdown, markdown_table  # noqa: E402
+from core.schedules import order_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "fingerprints.json"
+PAPER_DIR = ROOT / "experiments" / "paper"
 # code whose change makes a throughput source's rows stale (accuracy rows follow the method's
 # numerics fingerprint instead, see ``staleness``)
 _METHOD_CODE = ["core", "methods/common", "methods/spec.py", "methods/registry.py"]
 SIMULATED_CODE = ["core", "experiments/simulate.py", "experiments/calibration"]
-PAPER = {("moco_v3", 16): 12.15, ("soft_target", 8): 4.68}  # Lim et al. 2022, tspipe over mp
 PAPER_BASELINE = "mp"  # the paper's baseline, inter-layer model parallelism, is our mp
+HEADLINE_STAGES = (8, 16)  # paper-scale headline: the paper's 8-GPU table, and 16 for its 12.15x
+Expected = dict[str, tuple[str, str, str]]  # source -> (title, bench command, accuracy command)
 
 
-def code_paths(key: str, rows: Sequence[dict]) -> list[str]:
+def code_paths(key: str, rows: pd.DataFrame) -> list[str]:
     """The code a source's rows depend on: the engine, the method's folder and the driver."""
     if key == "simulated":
         return SIMULATED_CODE
-    methods = sorted({str(r.get("method")) for r in rows})
+    methods = sorted({str(m) for m in rows["method"]})
     driver = [
         "training",
         "experiments/accuracy.py",
@@ -57,54 +63,32 @@ def golden_digests(path: Path = GOLDEN) -> dict[str, str]:
     return json.loads(path.read_text())["methods"] if path.exists() else {}
 
 
-def _subject() -> str:
-    spec = subject()
-    return spec.name if spec else ""
-
-
-def _read(path: Path, results: Path) -> list[dict]:
-    rows = []
-    rel = path.relative_to(results).as_posix()
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            row = json.loads(line)
-            row["_source"] = f"{rel}#{number}"
-            rows.append(row)
-    return rows
-
-
-def load(results: Path, fallback: Path | None = None) -> dict[str, list[dict]]:
+def load(results: Path, fallback: Path | None = None) -> dict[str, pd.DataFrame]:
     """Rows by source: ``<folder>`` for each ``results/<folder>/rows.jsonl`` (benchmarks and
     ``simulated``), ``<folder>/accuracy``, and ``gpu`` (rows measured on GPUs, from any
     ``*-cuda*`` folder). A source missing under ``results`` is read from ``fallback`` (a quick
     report re-measures some sources and reuses the rest)."""
-    out: dict[str, list[dict]] = {}
-
-    def take(key: str, path: Path, base: Path) -> None:
-        out.setdefault(key, []).extend(_read(path, base))
-
+    parts: dict[str, list[pd.DataFrame]] = {}
     folders = {p.parent.name for p in results.glob("*/rows.jsonl")}
     folders |= {p.parent.parent.name for p in results.glob("*/accuracy/rows.jsonl")}
     if fallback is not None:
         folders |= {p.parent.name for p in fallback.glob("*/rows.jsonl")}
         folders |= {p.parent.parent.name for p in fallback.glob("*/accuracy/rows.jsonl")}
-    for folder in sorted(folders - {"quick"}):
+    for folder in sorted(folders - {"quick", "micro"}):
         key = "gpu" if "-cuda" in folder else folder
         for sub, name in (("rows.jsonl", key), ("accuracy/rows.jsonl", f"{key}/accuracy")):
-            path = results / folder / sub
-            if path.exists():
-                take(name, path, results)
-            elif fallback is not None and (fallback / folder / sub).exists():
-                take(name, fallback / folder / sub, fallback)
-    return out
+            for base in (results, fallback):
+                if base is not None and (base / folder / sub).exists():
+                    parts.setdefault(name, []).append(R.read(base / folder / sub, base))
+                    break
+    return {k: R.concat(v) for k, v in parts.items()}
 
 
-def _title(rows: Sequence[dict], key: str) -> str:
-    return next((r["method_title"] for r in rows if r.get("method_title")), key)
-
-
-def _command(rows: Sequence[dict], default: str) -> str:
-    return next((r["command"] for r in rows if r.get("command")), default)
+def _first(df: pd.DataFrame, column: str, default: str) -> str:
+    if column not in df:
+        return default
+    values = [v for v in df[column] if v]
+    return str(values[0]) if values else default
 
 
 def _git(*args: str, repo: Path) -> subprocess.CompletedProcess:
@@ -112,18 +96,21 @@ def _git(*args: str, repo: Path) -> subprocess.CompletedProcess:
 
 
 def staleness(
-    rows: Sequence[dict], paths: Sequence[str], repo: Path, digests: dict[str, str] | None = None
+    rows: pd.DataFrame, paths: Sequence[str], repo: Path, digests: dict[str, str] | None = None
 ) -> dict[str, str]:
     """For each distinct ``git_sha`` of ``rows``: ``current``, ``stale`` (the code in ``paths``
     changed since), ``made from uncommitted code`` or ``unknown``. Rows that carry their
     method's numerics ``fingerprint`` (accuracy rows) are judged by it instead: ``current``
     while it equals the method's digest in ``digests``, ``stale: numerics changed`` otherwise."""
     out = {}
-    for sha in sorted({str(r.get("git_sha")) for r in rows}):
-        group = [r for r in rows if str(r.get("git_sha")) == sha]
-        printed = [r for r in group if r.get("fingerprint")]
-        if digests is not None and printed and len(printed) == len(group):
-            changed = any(digests.get(str(r.get("method"))) != r["fingerprint"] for r in printed)
+    shas = rows["git_sha"].map(str)
+    for sha in sorted(set(shas)):
+        group = rows[shas == sha]
+        printed = (
+            group["fingerprint"].notna() if "fingerprint" in group else pd.Series(False, index=group.index)
+        )
+        if digests is not None and len(group) and printed.all():
+            changed = any(digests.get(str(m)) != f for m, f in zip(group["method"], group["fingerprint"]))
             out[sha] = "stale: numerics changed" if changed else "current (numerics fingerprint)"
             continue
         base = sha.removesuffix("+dirty")
@@ -143,44 +130,42 @@ def staleness(
 # ---- sections ---------------------------------------------------------------------------------
 
 
-def _subject_for(rows: Sequence[dict], row: dict) -> dict | None:
-    ts = [r for r in rows if r["schedule"] == _subject()]
-    same = [r for r in ts if r["microbatches"] == row["microbatches"]]
-    return (same or ts or [None])[0]
-
-
-Expected = dict[str, tuple[str, str, str]]  # source -> (title, bench command, accuracy command)
-
-
-def _bench_keys(data: dict[str, list[dict]], expected: Expected | None = None) -> list[str]:
+def _bench_keys(data: dict[str, pd.DataFrame], expected: Expected | None = None) -> list[str]:
     """Sources of measured throughput rows (benchmarks), in folder order, and those expected."""
     found = {k for k in data if "/" not in k and k not in ("simulated", "gpu")}
     wanted = {k for k, (_, bench, _) in (expected or {}).items() if bench}
     return sorted(found | wanted)
 
 
-def _baselines() -> list[str]:
-    return [s.name for s in schedules() if s.baseline]
+def _spread(row: dict) -> str | None:
+    low, high = row.get("samples_per_s_min"), row.get("samples_per_s_max")
+    return f"{low:,.0f}-{high:,.0f}" if low is not None and high is not None else None
 
 
 def throughput_section(
-    data: dict[str, list[dict]], expected: Expected | None = None
+    data: dict[str, pd.DataFrame], expected: Expected | None = None
 ) -> tuple[str, list[dict]]:
-    """Measured CPU throughput of every method and schedule; returns markdown and headline rows."""
+    """Measured CPU throughput of every method and schedule (each row with its rounds' range),
+    and the headline comparisons: the subject at its best micro-batch count against every other
+    kind of schedule at its own best."""
     text = ["## 1. Throughput measured here (CPU, 2 stages)\n"]
     headline = []
-    ref = _subject()
+    ref = subject_name()
     for key in _bench_keys(data, expected):
-        rows = [r for r in data.get(key, []) if not r.get("simulated")]
+        df = data.get(key, R.frame([]))
+        df = df[df["simulated"] != True] if not df.empty else df  # noqa: E712
         title, bench_cmd, _ = (expected or {}).get(key, (key, f"python -m experiments.bench {key}", ""))
-        if not rows:
+        if df.empty:
             text.append(f"### {title}\n\nmissing: no rows under `results/{key}/`; run `{bench_cmd}`.\n")
             continue
-        title = title if key in (expected or {}) else _title(rows, key)
-        bench_cmd = _command(rows, bench_cmd)
+        title = title if key in (expected or {}) else _first(df, "method_title", key)
+        bench_cmd = _first(df, "command", bench_cmd)
+        best = best_per_schedule(df)
+        top = best[best["schedule"] == ref]
+        top_row = top.iloc[0].to_dict() if not top.empty else None
+        table = df.assign(_order=df["schedule"].map(order_of)).sort_values(["_order", "microbatches"])
         lines = []
-        for r in sorted(rows, key=lambda r: (order_of(r["schedule"]), r["microbatches"])):
-            ts = _subject_for(rows, r)
+        for r in R.records(table):
             pred = r.get("predicted_samples_per_s")
             lines.append(
                 [
@@ -188,24 +173,29 @@ def throughput_section(
                     r["stages"],
                     r["microbatches"],
                     r["samples_per_s"],
-                    ts["samples_per_s"] / r["samples_per_s"] if ts else None,
+                    _spread(r),
+                    top_row["samples_per_s"] / r["samples_per_s"] if top_row else None,
                     r["efficiency"],
                     pred,
                     100 * (pred - r["samples_per_s"]) / r["samples_per_s"] if pred else None,
                     r["_source"],
                 ]
             )
-        first = rows[0]
+        first = df.iloc[0].to_dict()
+        rounds = first.get("rounds")
         text.append(
             f"### {title}: {first['model']}, batch {first['global_batch']}, {first['device']}\n\n"
-            f"Reproduce: `{bench_cmd}`. *{ref} speedup* = {ref} samples/s / this row's (same M where measured); "
-            "*simulated* = the simulator's prediction from costs profiled in the same run (labelled simulated).\n\n"
+            f"Reproduce: `{bench_cmd}`. samples/s: the median over {rounds} interleaved rounds of each round's "
+            f"median steady-state step (no warm-up, no last step); *range*: the slowest and fastest round. "
+            f"*{ref} speedup*: {ref} at its best M over this row; *simulated*: the simulator's prediction from "
+            "costs profiled in the same run (labelled simulated).\n\n"
             + markdown_table(
                 [
                     "schedule",
                     "processes",
                     "M",
                     "samples/s",
+                    "range",
                     f"{ref} speedup",
                     "efficiency",
                     "simulated samples/s",
@@ -215,117 +205,276 @@ def throughput_section(
                 lines,
             )
         )
-        best = max((r for r in rows if r["schedule"] == ref), key=lambda r: r["samples_per_s"], default=None)
-        if best is not None:
-            entry = {"key": key, "title": title, "subject": best, "bases": {}}
-            for base in _baselines():
-                same = [
-                    r
-                    for r in rows
-                    if r["schedule"] == base and r["microbatches"] in (best["microbatches"], 1)
-                ]
-                if same:
-                    entry["bases"][base] = same[0]
+        if top_row is not None:
+            entry = {"key": key, "title": title, "subject": top_row, "groups": {}}
+            for label, members in comparison_groups().items():
+                other = best_of(df, members)
+                if other is not None:
+                    entry["groups"][label] = other
             headline.append(entry)
     return "\n".join(text), headline
 
 
-def simulated_section(data: dict[str, list[dict]]) -> tuple[str, list[dict]]:
-    """Paper scale from the H200 calibration: tspipe's simulated speedups at 4, 8, 16 stages."""
-    rows = data.get("simulated", [])
-    title = "## 2. Throughput at paper scale (simulated from the H200 calibration)\n"
-    if not rows:
-        return title + "\nmissing: no rows under `results/simulated/`; run `make simulate`.\n", []
-    index = {(r["calibration"], r["link"], r["stages"], r["schedule"]): r for r in rows}
-    ref = _subject()
-    compared = sorted({r["schedule"] for r in rows} - {ref}, key=order_of)
-    lines, headline = [], []
-    for cal, link, stages in sorted(
-        {(r["calibration"], r["link"], r["stages"]) for r in rows},
-        key=lambda k: (k[0], k[1] != "nvlink", k[2]),
-    ):
-        ts = index.get((cal, link, stages, _subject()))
-        if ts is None or stages < 4:
-            continue
-        ratio = {
-            b: ts["samples_per_s"] / index[(cal, link, stages, b)]["samples_per_s"]
-            for b in compared
-            if (cal, link, stages, b) in index
-        }
-        paper = PAPER.get((ts["method"], stages))
+def _sim_frame(data: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    df = data.get("simulated", R.frame([]))
+    if df.empty or "kind" not in df:
+        return R.frame([])
+    return df
+
+
+def calibration_check_section(df: pd.DataFrame) -> str:
+    """The calibration's consistency, per pair: the simulated one-device sequential step
+    against the measured one, the per-kind scales and the sweep's extension."""
+    checks = df[df["kind"] == "check"]
+    if checks.empty:
+        return ""
+    lines = []
+    for r in R.records(checks):
+        scales = r.get("scales") or [None, None, None]
         lines.append(
             [
-                cal.removesuffix(".json"),
-                f"{ts['link_gbps']:g} GB/s",
-                stages,
-                ts["samples_per_s"],
-                ts["efficiency"],
-                ts.get("balance_cap"),
-                ratio.get(PAPER_BASELINE),
-                paper,
-                *[ratio.get(b) for b in compared if b != PAPER_BASELINE],
-                ts.get("microbatch_penalty"),
-                ts["_source"],
+                r["calibration"].removesuffix(".json"),
+                r["cost_model"],
+                r["measured_step_ms"],
+                r["step_ms"],
+                100 * r["check_error"] if r.get("check_error") is not None else None,
+                *scales,
+                r.get("loss_ms"),
+                r.get("fit_fixed_ms"),
+                r.get("fit_per_sample_ms"),
+                100 * r["fit_error_at_largest"] if r.get("fit_error_at_largest") is not None else None,
+                r["_source"],
             ]
         )
-        if link == "nvlink" and paper is not None and ts["cost_model"] == "linear":
-            headline.append(
-                {
-                    "calibration": cal,
-                    "stages": stages,
-                    "simulated": ratio.get(PAPER_BASELINE),
-                    "paper": paper,
-                    "row": ts,
-                }
-            )
-    text = (
-        title + "\n**Simulated, not measured.** Reproduce: `make simulate` (details and Gantt charts in "
-        "`results/simulated/TABLE.md`). M = N micro-batches (each SSL view its own unit), tspipe splits each "
-        "backward in 2; ddp is modelled as whole-model replicas with a ring all-reduce fully overlapped with the "
-        "backward. *paper* is the speedup over mp measured by Lim et al. (ICML 2022) on GPUs: MoCo-v3 with ViTs on "
-        "16 GPUs and KD (ViT-L/16 teacher) on 8. `mbsweep` rows use measured micro-batch sweeps (the penalty "
-        "column: work per sample at the micro-batch size over the full batch).\n\n"
+    return (
+        "### The calibration against its own measured step\n\n"
+        "Per-block costs are timed one block at a time, each paying its own launch and sync, so their sum "
+        "overstates a step. The realistic model interpolates the micro-batch sweep (beyond its largest size: the "
+        "fixed + per-sample fit through its three largest sizes), then scales the teacher forward, student "
+        "forward and student backward blocks so each kind adds up to the whole network the calibration timed at "
+        "the full batch; what the measured sequential step spends beyond them (loss, optimiser) is charged to the "
+        "loss. *check*: the simulated one-device sequential step (views x one view, as the calibration timed "
+        "it) against the measured one.\n\n"
         + markdown_table(
             [
                 "calibration",
-                "link",
-                "N",
-                f"{ref} samples/s",
-                "efficiency",
-                "balance cap",
-                f"{ref} / {PAPER_BASELINE}",
-                f"paper / {PAPER_BASELINE}",
-                *[f"{ref} / {b}" for b in compared if b != PAPER_BASELINE],
-                "M-batch penalty",
+                "cost model",
+                "measured step ms",
+                "simulated step ms",
+                "check error %",
+                "teacher scale",
+                "student fwd scale",
+                "student bwd scale",
+                "loss + opt ms",
+                "fit fixed ms",
+                "fit ms / sample",
+                "fit error at largest %",
                 "row",
             ],
             lines,
         )
     )
+
+
+def simulated_section(data: dict[str, pd.DataFrame]) -> tuple[str, list[dict]]:
+    """Paper scale from the H200 calibration: every schedule at its best configuration under the
+    realistic model, the subject's speedups, and the linear ablation."""
+    title = "## 2. Throughput at paper scale (simulated from the H200 calibration)\n"
+    df = _sim_frame(data)
+    if df.empty:
+        return title + "\nmissing: no rows under `results/simulated/`; run `make simulate`.\n", []
+    ref = subject_name()
+    sims = df[df["kind"] == "sim"]
+    realistic = sims[sims["cost_model"] != "linear"]
+    groups = comparison_groups()
+    lines, headline = [], []
+    for (cal, link, stages), block in realistic.groupby(["calibration", "link", "stages"], sort=True):
+        top = block[block["schedule"] == ref]
+        if top.empty:
+            continue
+        ts = top.iloc[0].to_dict()
+        cells = {label: best_of(block, members) for label, members in groups.items()}
+        ratios = {
+            label: ts["samples_per_s"] / other["samples_per_s"] if other else None
+            for label, other in cells.items()
+        }
+        lines.append(
+            [
+                cal.removesuffix(".json"),
+                f"{ts['link_gbps']:g} GB/s",
+                stages,
+                ts["cost_model"],
+                ts["samples_per_s"],
+                f"M={ts['microbatches']}, P={ts['backward_pieces']}",
+                ts["efficiency"],
+                *[ratios[label] for label in groups],
+                *[
+                    f"{o['schedule']} M={o['microbatches']}" if o else None
+                    for label, o in cells.items()
+                    if "/" in label
+                ],
+                ts["_source"],
+            ]
+        )
+        if link == "nvlink" and stages in HEADLINE_STAGES:
+            headline.append(
+                {"calibration": cal, "stages": stages, "row": ts, "groups": cells, "ratios": ratios}
+            )
+    mixed = [label for label in groups if "/" in label]
+    body = markdown_table(
+        [
+            "calibration",
+            "link",
+            "N",
+            "cost model",
+            f"{ref} samples/s",
+            f"{ref} config",
+            f"{ref} eff.",
+            *[f"{ref} / {label}" for label in groups],
+            *[f"best of {label}" for label in mixed],
+            "row",
+        ],
+        lines,
+    )
+    linear = sims[sims["cost_model"] == "linear"]
+    ablation = []
+    for (cal, link, stages), block in linear.groupby(["calibration", "link", "stages"], sort=True):
+        top = block[block["schedule"] == ref]
+        if top.empty or link != "nvlink":
+            continue
+        ts = top.iloc[0].to_dict()
+        others = (
+            block[block["schedule"] != ref].assign(_o=lambda f: f["schedule"].map(order_of)).sort_values("_o")
+        )
+        ablation.append(
+            [
+                cal.removesuffix(".json"),
+                stages,
+                ts["efficiency"],
+                ts.get("balance_cap"),
+                *[ts["samples_per_s"] / o for o in others["samples_per_s"]],
+            ]
+        )
+        ablation_headers = [f"{ref} / {s}" for s in others["schedule"]]
+    text = (
+        title + "\n**Simulated, not measured.** Reproduce: `make simulate` (details and Gantt charts in "
+        "`results/simulated/TABLE.md`).\n\n"
+        + calibration_check_section(df)
+        + "\n### Each schedule at its best configuration (realistic model)\n\n"
+        f"Every schedule at the micro-batch count (divisors of the batch up to 4N) and backward pieces (1 or 2) "
+        f"that give it the most samples/s; ratios are {ref} at its best over the best of each kind; ddp is one "
+        "replica per GPU with a ring all-reduce fully overlapped with the backward (its best case). A pair without "
+        "a micro-batch sweep (`realistic, no sweep`) scales its per-block costs linearly, scaled to its measured "
+        "networks.\n\n" + body
+    )
+    if ablation:
+        text += (
+            "\n### The schedules alone (linear model, ablation)\n\n"
+            "Per-block costs scaled linearly with the micro-batch (every size equally efficient), unscaled, M = N, "
+            "2 backward pieces for every schedule that splits: what the schedules do with equal work, 450 GB/s. "
+            "Not a prediction of any machine.\n\n"
+            + markdown_table(["calibration", "N", f"{ref} eff.", "balance cap", *ablation_headers], ablation)
+        )
     return text, headline
 
 
-def gpu_section(data: dict[str, list[dict]]) -> str:
-    rows = [r for r in data.get("gpu", []) if not r.get("simulated")]
-    title = "## 3. GPU rows\n\n"
-    if not rows:
+def paper_section(data: dict[str, pd.DataFrame], paper_dir: Path = PAPER_DIR) -> str:
+    """The paper's 8-GPU table row by row, beside the simulated figures for the same models at 8
+    stages where a calibration of them exists (``not calibrated`` otherwise)."""
+    table, mapping = paper_dir / "tspipe_throughput_8xV100.csv", paper_dir / "calibrations.csv"
+    title = "## 3. The paper's table, row by row\n\n"
+    if not table.exists():
+        return title + f"missing: {table.relative_to(ROOT)}\n"
+    paper = pd.read_csv(table)
+    calibrated = (
+        pd.read_csv(mapping)
+        if mapping.exists()
+        else pd.DataFrame(columns=["method", "teacher", "student", "calibration"])
+    )
+    paper = paper.merge(calibrated, on=["method", "teacher", "student"], how="left")
+    df = _sim_frame(data)
+    sims = (
+        df[
+            (df["kind"] == "sim")
+            & (df["cost_model"] != "linear")
+            & (df["link"] == "nvlink")
+            & (df["stages"] == 8)
+        ]
+        if not df.empty
+        else df
+    )
+    ref = subject_name()
+    lines = []
+    for p in paper.to_dict("records"):
+        cal = p.get("calibration")
+        block = (
+            sims[sims["calibration"] == cal] if isinstance(cal, str) and not sims.empty else sims.iloc[0:0]
+        )
+        ts = block[block["schedule"] == ref]
+        cells = [None, None, None, None]
+        if not ts.empty:
+            t = ts.iloc[0].to_dict()
+            mp = best_of(block, [PAPER_BASELINE])
+            gp = best_of(block, ["gpipe"])
+            best = block.loc[block["samples_per_s"].astype(float).idxmax()].to_dict()
+            cells = [
+                t["samples_per_s"] / mp["samples_per_s"] if mp else None,
+                t["samples_per_s"] / gp["samples_per_s"] if gp else None,
+                f"{best['schedule']} ({best['samples_per_s']:,.0f}/s)",
+                t["_source"],
+            ]
+        note = "not calibrated" if ts.empty else cal.removesuffix(".json")
+        lines.append(
+            [
+                p["method"],
+                f"{p['teacher']} -> {p['student']}",
+                p["mp_seq_per_s"],
+                p["gpipe_seq_per_s"],
+                p["tspipe_seq_per_s"],
+                p["tspipe_over_mp"],
+                p["tspipe_seq_per_s"] / p["gpipe_seq_per_s"],
+                note,
+                *cells,
+            ]
+        )
+    return (
+        title + "Lim et al. (ICML 2022), 8 V100 GPUs, sequences/s as printed on the authors' poster "
+        "(`experiments/paper/`). Beside each row: our **simulated** H200 figures for the same models at 8 stages "
+        "(realistic model, 450 GB/s, every schedule at its best configuration), where a calibration of those "
+        "models exists; `not calibrated` where none does (no figure from another pair stands in). The paper's "
+        "16-GPU 12.15x (MoCo-v3, ViT-Huge) has no per-model row; section 2 shows our 16-stage figures.\n\n"
+        + markdown_table(
+            [
+                "method",
+                "teacher -> student",
+                "paper mp seq/s",
+                "paper gpipe seq/s",
+                "paper tspipe seq/s",
+                "paper tspipe / mp",
+                "paper tspipe / gpipe",
+                "our calibration",
+                f"sim. {ref} / mp",
+                f"sim. {ref} / gpipe",
+                "sim. best schedule",
+                "row",
+            ],
+            lines,
+        )
+    )
+
+
+def gpu_section(data: dict[str, pd.DataFrame]) -> str:
+    df = data.get("gpu", R.frame([]))
+    df = df[df["simulated"] != True] if not df.empty else df  # noqa: E712
+    title = "## 4. GPU rows\n\n"
+    if df.empty:
         return (
             title
-            + "No GPU rows yet: every throughput number above is from this project's CPU machines or simulated. The GPU checks (`make bench-byol DEVICE=cuda ...`) write them when a GPU is available.\n"
+            + "No GPU rows yet: every throughput number above is from this project's CPU machines or simulated. "
+            "The GPU checks (`make bench-byol DEVICE=cuda ...`) write them when a GPU is available.\n"
         )
-    lines = [
-        [
-            r["method"],
-            r["schedule"],
-            r["stages"],
-            r["microbatches"],
-            r["samples_per_s"],
-            r["device"],
-            r["_source"],
-        ]
-        for r in rows
-    ]
-    return title + markdown_table(["method", "schedule", "GPUs", "M", "samples/s", "card", "row"], lines)
+    shown = df[["method", "schedule", "stages", "microbatches", "samples_per_s", "device", "_source"]]
+    return title + markdown(shown.rename(columns={"stages": "GPUs", "microbatches": "M", "_source": "row"}))
 
 
 # per-run comparison rows (not runs) and the labels of each method's synchronous and tspipe runs
@@ -335,54 +484,52 @@ STALE_LABELS = ("tspipe", "kd-tspipe", "distil-tspipe")
 
 
 def accuracy_section(
-    data: dict[str, list[dict]], results: Path, expected: Expected | None = None
+    data: dict[str, pd.DataFrame], results: Path, expected: Expected | None = None
 ) -> tuple[str, list[dict]]:
-    text = ["## 4. Accuracy parity\n"]
+    text = ["## 5. Accuracy parity\n"]
     headline = []
     wanted = {f"{k}/accuracy" for k, (_, _, acc) in (expected or {}).items() if acc}
     for key in sorted({k for k in data if k.endswith("/accuracy")} | wanted):
         method = key.removesuffix("/accuracy")
-        rows = data.get(key, [])
+        df = data.get(key, R.frame([]))
         title, _, acc_cmd = (expected or {}).get(
             method, (method, "", f"python -m experiments.accuracy {method}")
         )
-        if not rows:
+        if df.empty:
             text.append(f"### {title}\n\nmissing: no rows under `results/{key}/`; run `{acc_cmd}`.\n")
             continue
-        title = title if method in (expected or {}) else _title(rows, method)
-        acc_cmd = _command(rows, acc_cmd)
-        runs = [
-            r
-            for r in rows
-            if r.get("label") and r.get("metric_value") is not None and r.get("metric") not in EXTRA_METRICS
-        ]
-        groups: dict[str, list[dict]] = {}
-        for r in runs:
-            groups.setdefault(r["label"], []).append(r)
-        lines = []
-        for label, group in groups.items():
-            group.sort(key=lambda r: r["seed"])
-            values = [r["metric_value"] for r in group]
-            lines.append(
+        title = title if method in (expected or {}) else _first(df, "method_title", method)
+        acc_cmd = _first(df, "command", acc_cmd)
+        label = df["label"] if "label" in df else pd.Series(None, index=df.index)
+        runs = df[label.notna() & df["metric_value"].notna() & ~df["metric"].isin(EXTRA_METRICS)]
+        runs = runs.sort_values("seed", kind="stable")
+        stats = []
+        for name, group in runs.groupby("label", sort=False):
+            values = group["metric_value"].astype(float)
+            stats.append(
                 [
-                    label,
-                    group[0]["schedule"],
-                    group[0]["metric"],
+                    name,
+                    group["schedule"].iloc[0],
+                    group["metric"].iloc[0],
                     len(values),
-                    statistics.fmean(values),
-                    statistics.stdev(values) if len(values) > 1 else None,
+                    float(values.mean()),
+                    float(values.std()) if len(values) > 1 else None,
                     ", ".join(f"{v:.4f}" for v in values),
-                    ", ".join(r["_source"] for r in group),
+                    ", ".join(group["_source"]),
                 ]
             )
-        extra = [r for r in rows if r.get("metric") in EXTRA_METRICS]
+        extra = df[df["metric"].isin(EXTRA_METRICS)]
         body = markdown_table(
-            ["run", "schedule", "metric", "seeds", "mean", "std", "per seed", "rows"], lines, digits=4
+            ["run", "schedule", "metric", "seeds", "mean", "std", "per seed", "rows"], stats, digits=4
         )
-        if extra:
+        if not extra.empty:
+            epoch = extra["epoch"] if "epoch" in extra else pd.Series(None, index=extra.index)
             body += "\n" + markdown_table(
                 ["metric", "value", "epoch", "row"],
-                [[r["metric"], r["metric_value"], r.get("epoch"), r["_source"]] for r in extra],
+                [
+                    [m, v, e, s]
+                    for m, v, e, s in zip(extra["metric"], extra["metric_value"], epoch, extra["_source"])
+                ],
                 digits=6,
             )
         plots = sorted((results / method / "accuracy").glob("*_by_epoch.png"))
@@ -390,22 +537,63 @@ def accuracy_section(
             f"; by-epoch plot: [{p.relative_to(results)}]({p.relative_to(results)})" for p in plots
         )
         text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
-        sync = next((groups[k] for k in SYNC_LABELS if k in groups), None)
-        stale = next((groups[k] for k in STALE_LABELS if k in groups), None)
+        means = runs.groupby("label", sort=False)["metric_value"].mean()
+        sync = next((k for k in SYNC_LABELS if k in means.index), None)
+        stale = next((k for k in STALE_LABELS if k in means.index), None)
         if sync and stale:
             headline.append(
                 {
                     "title": title,
-                    "metric": sync[0]["metric"],
-                    "sync": statistics.fmean(r["metric_value"] for r in sync),
-                    "tspipe": statistics.fmean(r["metric_value"] for r in stale),
-                    "seeds": len(stale),
+                    "metric": runs["metric"].iloc[0],
+                    "sync": float(means[sync]),
+                    "tspipe": float(means[stale]),
+                    "seeds": int((runs["label"] == stale).sum()),
                 }
             )
     return "\n".join(text), headline
 
 
-def timeline_section(results: Path, data: dict[str, list[dict]], expected: Expected | None = None) -> str:
+def micro_section(results: Path) -> tuple[str, list[dict]]:
+    """The engine's own costs (``make bench-micro``, pytest-benchmark), from its JSON."""
+    path = results / "micro" / "benchmark.json"
+    title = "## 6. The engine's own costs (micro-benchmarks)\n\n"
+    if not path.exists():
+        return title + "missing: no `results/micro/benchmark.json`; run `make bench-micro`.\n", []
+    data = json.loads(path.read_text())
+    bench = pd.DataFrame(
+        [
+            {
+                "benchmark": b["name"],
+                "group": b.get("group") or "",
+                "median ms": b["stats"]["median"] * 1e3,
+                "q1 ms": b["stats"]["q1"] * 1e3,
+                "q3 ms": b["stats"]["q3"] * 1e3,
+                "rounds": b["stats"]["rounds"],
+            }
+            for b in data["benchmarks"]
+        ]
+    )
+    headline = []
+    pairs = bench[bench["benchmark"].str.contains("plain_loop|engine_step", regex=True)]
+    if len(pairs) == 2:
+        plain = pairs[pairs["benchmark"].str.contains("plain_loop")]["median ms"].iloc[0]
+        engine = pairs[pairs["benchmark"].str.contains("engine_step")]["median ms"].iloc[0]
+        headline.append({"overhead": engine / plain - 1, "engine_ms": engine, "plain_ms": plain})
+    machine = data.get("machine_info", {})
+    note = (
+        f"Measured with `make bench-micro` ({machine.get('cpu', {}).get('brand_raw', 'cpu')}, "
+        f"{data.get('datetime', '')[:10]}); medians and quartiles over pytest-benchmark's rounds.\n\n"
+    )
+    if headline:
+        note += (
+            f"Engine overhead: the engine's one-stage `sequential` step takes {headline[0]['engine_ms']:.2f} ms "
+            f"against {headline[0]['plain_ms']:.2f} ms for a plain PyTorch loop on the same model and batch: "
+            f"{100 * headline[0]['overhead']:+.1f}%.\n\n"
+        )
+    return title + note + markdown(bench, digits=3), headline
+
+
+def timeline_section(results: Path, data: dict[str, pd.DataFrame], expected: Expected | None = None) -> str:
     links = []
     for folder in _bench_keys(data, expected):
         for png in sorted((results / folder).glob("gantt_*.png")):
@@ -416,75 +604,90 @@ def timeline_section(results: Path, data: dict[str, list[dict]], expected: Expec
         for p in sim
     ]
     return (
-        "## 5. Timelines\n\nMeasured Gantt charts (each beside the simulator's timeline for the same costs) "
-        "of gpipe and tspipe, and simulated paper-scale ones:\n\n"
+        "## 7. Timelines\n\nMeasured Gantt charts (each beside the simulator's timeline for the same costs) "
+        "of the schedules the registry marks, and simulated paper-scale ones:\n\n"
         + ("\n".join(links) if links else "none yet")
         + "\n"
     )
 
 
-def environment_section(data: dict[str, list[dict]], repo: Path) -> str:
+def environment_section(data: dict[str, pd.DataFrame], repo: Path) -> str:
     digests = golden_digests(repo / "tests" / "golden" / "fingerprints.json")
     lines = []
-    for key, rows in sorted(data.items()):
-        states = staleness(rows, code_paths(key, rows), repo, digests)
-        dates = sorted(str(r.get("date")) for r in rows)
-        devices = sorted({str(r.get("device")) for r in rows})
+    for key, df in sorted(data.items()):
+        states = staleness(df, code_paths(key, df), repo, digests)
+        dates = sorted(str(d) for d in df["date"])
+        devices = sorted({str(d) for d in df["device"]})
         for sha, state in states.items():
-            count = sum(1 for r in rows if str(r.get("git_sha")) == sha)
             lines.append(
                 [
                     key,
-                    count,
+                    int((df["git_sha"].map(str) == sha).sum()),
                     sha,
                     state,
-                    ", ".join(sorted({str(r.get("torch")) for r in rows})),
+                    ", ".join(sorted({str(t) for t in df["torch"]})),
                     f"{dates[0][:10]} .. {dates[-1][:10]}",
                     "; ".join(devices)[:80],
                 ]
             )
     return (
-        "## 6. Environment and freshness\n\nEach source's rows by the commit of the code that made them. A throughput row is "
+        "## 8. Environment and freshness\n\nEach source's rows by the commit of the code that made them. A throughput row is "
         "*stale* when the code under its source's paths changed after it; an accuracy row that carries its method's "
         "numerics fingerprint is stale only when that fingerprint (`tests/golden/fingerprints.json`) changed.\n\n"
         + markdown_table(["source", "rows", "git sha", "state", "torch", "dates", "devices"], lines)
     )
 
 
-def headline_snippet(throughput: list[dict], simulated: list[dict], accuracy: list[dict]) -> str:
+def headline_snippet(
+    throughput: list[dict], simulated: list[dict], accuracy: list[dict], micro: list[dict] | None = None
+) -> str:
     """The short table the README includes."""
-    ref = _subject()
+    ref = subject_name()
     lines = []
     for h in throughput:
         ts = h["subject"]
-        for base, row in h["bases"].items():
+        for other in h["groups"].values():
+            r = ratio(ts, other)
             lines.append(
                 [
                     h["title"],
-                    f"{ref} over {base}",
-                    "measured, CPU 2 stages",
-                    ts["samples_per_s"] / row["samples_per_s"],
+                    f"{ref} (M={ts['microbatches']}) over {other['schedule']} (M={other['microbatches']})",
+                    "measured, CPU 2 stages, best M each",
+                    r.text(),
                     f"results/{ts['_source']}",
                 ]
             )
     for h in simulated:
-        lines.append(
-            [
-                h["calibration"].removesuffix(".json"),
-                f"{ref} over {PAPER_BASELINE}, {h['stages']} stages",
-                f"simulated (paper: {h['paper']}x)",
-                h["simulated"],
-                f"results/{h['row']['_source']}",
-            ]
-        )
+        for label, other in h["groups"].items():
+            if other is None:
+                continue
+            lines.append(
+                [
+                    h["calibration"].removesuffix(".json"),
+                    f"{ref} over {other['schedule']}, {h['stages']} stages",
+                    f"simulated H200, {h['row']['cost_model']}, best config each",
+                    f"{h['ratios'][label]:.3g}",
+                    f"results/{h['row']['_source']}",
+                ]
+            )
     for h in accuracy:
         lines.append(
             [
                 h["title"],
                 f"{h['metric']} {ref} - synchronous ({h['seeds']} seeds)",
                 "measured, CPU",
-                100 * (h["tspipe"] - h["sync"]),
+                f"{100 * (h['tspipe'] - h['sync']):+.2f}",
                 "points",
+            ]
+        )
+    for h in micro or []:
+        lines.append(
+            [
+                "Engine",
+                "one-stage sequential step over a plain PyTorch loop",
+                "measured, CPU (make bench-micro)",
+                f"{100 * h['overhead']:+.1f}%",
+                "results/micro/benchmark.json",
             ]
         )
     if not lines:
@@ -493,24 +696,28 @@ def headline_snippet(throughput: list[dict], simulated: list[dict], accuracy: li
 
 
 def plot_speedups(throughput: list[dict], out: Path) -> Path | None:
-    """Bar chart: the subject's measured speedup over each headline baseline, per method."""
+    """Bar chart: the subject's measured speedup over the best of each kind, per method, with
+    the range of its rounds as error bars."""
     if not throughput:
         return None
-    bases = _baselines()
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    width = 0.8 / max(len(bases), 1)
-    for i, base in enumerate(bases):
-        xs, ys = [], []
+    labels = list(comparison_groups())
+    fig, ax = plt.subplots(figsize=(9, 4.4))
+    width = 0.8 / max(len(labels), 1)
+    for i, label in enumerate(labels):
+        xs, ys, lo, hi = [], [], [], []
         for j, h in enumerate(throughput):
-            if base in h["bases"]:
-                xs.append(j + (i - (len(bases) - 1) / 2) * width)
-                ys.append(h["subject"]["samples_per_s"] / h["bases"][base]["samples_per_s"])
-        bars = ax.bar(xs, ys, width, label=f"over {base}")
+            if label in h["groups"]:
+                r = ratio(h["subject"], h["groups"][label])
+                xs.append(j + (i - (len(labels) - 1) / 2) * width)
+                ys.append(r.value)
+                lo.append(r.value - (r.low if r.low is not None else r.value))
+                hi.append((r.high if r.high is not None else r.value) - r.value)
+        bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=f"over {label}")
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(throughput)), [h["title"] for h in throughput], fontsize=8)
-    ax.set_ylabel(f"{_subject()} speedup (measured)")
-    ax.set_title(f"{_subject()}'s measured speedup, CPU, 2 stages")
+    ax.set_ylabel(f"{subject_name()} speedup (measured)")
+    ax.set_title(f"{subject_name()} at its best M over the best of each kind, CPU, 2 stages (range: rounds)")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -533,24 +740,30 @@ def build(
     throughput, th_head = throughput_section(data, expected)
     simulated, sim_head = simulated_section(data)
     accuracy, acc_head = accuracy_section(data, results, expected)
+    micro, micro_head = micro_section(
+        results if (results / "micro").exists() or fallback is None else fallback
+    )
     speed_png = plot_speedups(th_head, results / "report_speedups.png")
+    snippet = headline_snippet(th_head, sim_head, acc_head, micro_head)
     parts = [
         "# TSPipe bench: report\n",
         "Generated by `make report` from the result rows under `results/` (nothing typed by hand; every "
         "table row names its source row as `file#line`). Simulated numbers are labelled simulated.\n",
-        "## Headline\n\n" + headline_snippet(th_head, sim_head, acc_head),
+        "## Headline\n\n" + snippet,
     ]
     if speed_png is not None:
-        parts.append(f"![tspipe speedups]({speed_png.name})\n")
+        parts.append(f"![{subject_name()} speedups]({speed_png.name})\n")
     parts += [
         throughput,
         simulated,
+        paper_section(data),
         gpu_section(data),
         accuracy,
+        micro,
         timeline_section(results, data, expected),
         environment_section(data, repo),
     ]
-    return "\n".join(parts), headline_snippet(th_head, sim_head, acc_head)
+    return "\n".join(parts), snippet
 
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"

@@ -12,21 +12,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analysis.bench import colour, subject_name  # noqa: E402
+from analysis import rows as R  # noqa: E402
+from analysis.bench import colour  # noqa: E402
+from analysis.compare import subject_name  # noqa: E402
+from analysis.report import calibration_check_section  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
-from core.metrics import read_rows  # noqa: E402
 from core.schedules import order_of, schedules  # noqa: E402
 
 COMMAND = "make simulate"
-# tspipe over inter-layer model parallelism as measured by Lim et al. (ICML 2022), by (method,
-# GPUs): MoCo-v3 with ViTs on 16 GPUs is the paper's headline; KD (ViT-L/16 -> ResNet-152) on 8.
-PAPER_SPEEDUP_OVER_MP = {("moco_v3", 16): 12.15, ("soft_target", 8): 4.68}
-PAPER_BASELINE = "mp"  # the paper's baseline, inter-layer model parallelism, is our mp
-
-
-def _index(rows: Sequence[dict]) -> dict[tuple, dict]:
-    return {(r["calibration"], r["link"], r["stages"], r["schedule"]): r for r in rows}
 
 
 def others(rows: Sequence[dict]) -> list[str]:
@@ -35,42 +29,46 @@ def others(rows: Sequence[dict]) -> list[str]:
 
 
 def speedup_table(rows: Sequence[dict]) -> str:
-    """One line per calibration file, link and stage count: the subject's efficiency, the
-    balance cap, and its simulated speedup over every other schedule."""
-    index = _index(rows)
+    """One line per calibration, cost model, link and stage count: the subject's samples/s,
+    configuration and efficiency, the balance cap, and its speedup over every other schedule
+    (each at the configuration the rows hold: its best, or the ablation's M = N)."""
+    df = R.frame(rows)
     ref = subject_name()
-    keys = sorted(
-        {(r["calibration"], r["link"], r["stages"]) for r in rows}, key=lambda k: (k[0], -ord(k[1][0]), k[2])
-    )
     compared = others(rows)
     lines = []
-    for cal, link, stages in keys:
-        ts = index.get((cal, link, stages, ref))
-        if ts is None:
+    keys = (
+        ["calibration", "cost_model", "link", "stages"]
+        if "cost_model" in df
+        else ["calibration", "link", "stages"]
+    )
+    for _key, block in df.groupby(keys, sort=True):
+        top = block[block["schedule"] == ref]
+        if top.empty:
             continue
-        ratio = {
-            s: ts["samples_per_s"] / index[(cal, link, stages, s)]["samples_per_s"]
-            for s in compared
-            if (cal, link, stages, s) in index
-        }
+        ts = top.iloc[0].to_dict()
+        speed = dict(zip(block["schedule"], block["samples_per_s"]))
         lines.append(
             [
-                cal.removesuffix(".json"),
+                ts["calibration"].removesuffix(".json"),
+                ts.get("cost_model"),
                 f"{ts['link_gbps']:g} GB/s",
-                stages,
+                ts["stages"],
                 ts["microbatches"],
+                ts.get("backward_pieces"),
                 ts["samples_per_s"],
                 ts["efficiency"],
-                ts["balance_cap"],
-                *[ratio.get(s) for s in compared],
-                ts["microbatch_penalty"],
+                ts.get("balance_cap"),
+                *[ts["samples_per_s"] / speed[s] if s in speed else None for s in compared],
+                ts.get("microbatch_penalty"),
             ]
         )
     headers = [
         "calibration",
+        "cost model",
         "link",
         "N",
         "M",
+        "pieces",
         f"{ref} samples/s",
         f"{ref} eff.",
         "balance cap",
@@ -80,56 +78,56 @@ def speedup_table(rows: Sequence[dict]) -> str:
     return markdown_table(headers, lines)
 
 
-def paper_table(rows: Sequence[dict]) -> str | None:
-    """Simulated tspipe / mp next to the paper's measured speedup, where the paper reports one."""
-    index = _index(rows)
+def config_table(rows: Sequence[dict]) -> str:
+    """Every schedule's best configuration (realistic model, 450 GB/s) per pair and N."""
+    df = R.frame(rows)
+    df = df[(df["link"] == "nvlink") & (df["cost_model"] != "linear")]
     lines = []
-    for cal, link, stages in sorted({(r["calibration"], r["link"], r["stages"]) for r in rows}):
-        ts, mp = (
-            index.get((cal, link, stages, subject_name())),
-            index.get((cal, link, stages, PAPER_BASELINE)),
-        )
-        paper = PAPER_SPEEDUP_OVER_MP.get((ts["method"], stages)) if ts else None
-        if paper is None or mp is None:
-            continue
-        ratio = ts["samples_per_s"] / mp["samples_per_s"]
-        lines.append(
-            [cal.removesuffix(".json"), f"{ts['link_gbps']:g} GB/s", stages, ts["cost_model"], ratio, paper]
-        )
-    if not lines:
-        return None
-    headers = ["calibration", "link", "N", "cost model", "tspipe / mp (simulated)", "paper (measured)"]
-    return markdown_table(headers, lines, digits=3)
+    for (cal, stages), block in df.groupby(["calibration", "stages"], sort=True):
+        block = block.assign(_o=block["schedule"].map(order_of)).sort_values("_o")
+        for r in R.records(block):
+            lines.append(
+                [
+                    cal.removesuffix(".json"),
+                    stages,
+                    r["schedule"],
+                    r["microbatches"],
+                    r.get("backward_pieces"),
+                    r["samples_per_s"],
+                    r["efficiency"],
+                    r.get("microbatch_penalty"),
+                ]
+            )
+    return markdown_table(
+        ["calibration", "N", "schedule", "best M", "pieces", "samples/s", "eff.", "M-batch penalty"], lines
+    )
 
 
 def plot_throughput(rows: Sequence[dict], out_dir: Path) -> list[Path]:
-    """Simulated samples/s against N per schedule, one PNG per calibration file."""
+    """Simulated samples/s against N per schedule (each at its best configuration, realistic
+    model), one PNG per calibration."""
     paths = []
-    for cal in sorted({r["calibration"] for r in rows}):
+    df = R.frame(rows)
+    df = df[df["cost_model"] != "linear"]
+    for cal in sorted(set(df["calibration"])):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for schedule in sorted({r["schedule"] for r in rows}, key=order_of):
+        for schedule in sorted(set(df["schedule"]), key=order_of):
             for link, style in (("nvlink", "-"), ("pcie", "--")):
-                pts = sorted(
-                    (r["stages"], r["samples_per_s"])
-                    for r in rows
-                    if (r["calibration"], r["schedule"], r["link"]) == (cal, schedule, link)
+                sel = df[(df["calibration"] == cal) & (df["schedule"] == schedule) & (df["link"] == link)]
+                if sel.empty:
+                    continue
+                pts = sorted(zip(sel["stages"], sel["samples_per_s"]))
+                gbps = sel["link_gbps"].iloc[0]
+                ax.plot(
+                    *zip(*pts), style, marker="o", color=colour(schedule), label=f"{schedule}, {gbps:g} GB/s"
                 )
-                if pts:
-                    gbps = next(r["link_gbps"] for r in rows if r["link"] == link)
-                    ax.plot(
-                        *zip(*pts),
-                        style,
-                        marker="o",
-                        color=colour(schedule),
-                        label=f"{schedule}, {gbps:g} GB/s",
-                    )
         ax.set_xscale("log", base=2)
-        stages = sorted({r["stages"] for r in rows if r["calibration"] == cal})
+        stages = sorted(set(df[df["calibration"] == cal]["stages"]))
         ax.set_xticks(stages, [str(n) for n in stages])
         ax.set_yscale("log")
         ax.set_xlabel("stages (GPUs)")
         ax.set_ylabel("samples/s (simulated)")
-        ax.set_title(f"{cal.removesuffix('.json')}: simulated throughput, M = N")
+        ax.set_title(f"{cal.removesuffix('.json')}: simulated, each schedule at its best M and pieces")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -147,10 +145,8 @@ def plot_gantts(timeline_dir: Path, out_dir: Path) -> list[Path]:
     groups: dict[str, list[tuple[str, Path]]] = {}
     for path in sorted(timeline_dir.glob("*.jsonl")):
         for name in kept:
-            marker = f"_{name}_N"
-            if marker in path.stem:
-                stem = path.stem.replace(f"_{name}_", "_", 1)
-                groups.setdefault(stem, []).append((name, path))
+            if f"_{name}_N" in path.stem:
+                groups.setdefault(path.stem.replace(f"_{name}_", "_", 1), []).append((name, path))
                 break
     paths = []
     for stem, members in sorted(groups.items()):
@@ -170,35 +166,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not rows_path.exists():
         print(f"error: {rows_path} not found; run `{COMMAND}` first", file=sys.stderr)
         return 2
-    rows = read_rows(rows_path)
-    table = speedup_table(rows)
+    df = R.read(rows_path, args.folder)
+    sims = R.records(df[df["kind"] == "sim"])
+    realistic = [r for r in sims if r["cost_model"] != "linear"]
+    linear = [r for r in sims if r["cost_model"] == "linear"]
     text = (
         "# Simulated throughput at paper scale (H200 calibration)\n\n"
         "**Every number here is simulated** by `core/simulate.py` from the per-block costs measured on one "
         "H200 (`experiments/calibration/h200/`), not measured on GPUs. Reproduce with `make simulate`.\n\n"
-        "Rules: M = N micro-batches for gpipe, 1f1b and tspipe (each of BYOL's and MoCo-v3's two views is "
-        "its own unit, so they move 2M units), M = 1 for mp; tspipe splits each backward in 2 pieces; "
-        "partitions are auto-balanced on teacher forward + student forward + backward. `linear` files scale "
-        "per-block costs linearly with micro-batch size (efficiency measures the schedule alone); `mbsweep` "
-        "files interpolate measured micro-batch sweeps and report the micro-batch penalty (work per sample "
-        "at the micro-batch size / at the full batch). `balance cap` = (total work / N) / busiest stage: the "
-        "best efficiency any schedule reaches with that partition. Links: 450 GB/s (NVLink-class) and "
-        "25 GB/s (PCIe-class), 10 us latency. Optimizer-step time is not in the calibration (0 here). "
-        "ddp is modelled, not simulated action by action: every GPU runs the whole teacher and student on "
-        "batch / N samples, and the ring all-reduce of the fp32 student gradients (2 (N-1)/N x parameter "
-        "bytes over the link) overlaps the backward completely (DDP's best case).\n\n" + table
+        + calibration_check_section(df)
+        + "\n## Each schedule at its best configuration (realistic model)\n\n"
+        "Micro-batches over the divisors of the batch up to 4N and backward pieces 1 or 2 (where a schedule may "
+        "split), whichever gives the most samples/s; each SSL view is its own unit; partitions auto-balanced on "
+        "the costs at the unit size. ddp is modelled, not simulated action by action: every GPU runs the whole "
+        "teacher and student on batch / N samples, and the ring all-reduce of the fp32 student gradients "
+        "(2 (N-1)/N x parameter bytes over the link) overlaps the backward completely (its best case). Links: "
+        "450 GB/s (NVLink-class) and 25 GB/s (PCIe-class), 10 us latency. `balance cap` = (total work / N) / "
+        "busiest stage.\n\n"
+        + speedup_table(realistic)
+        + "\n### Every schedule's best configuration (450 GB/s)\n\n"
+        + config_table(realistic)
+        + "\n## The schedules alone (linear model, ablation)\n\n"
+        "Per-block costs scaled linearly with the micro-batch, unscaled; M = N, 2 backward pieces for every "
+        "schedule that splits. An ablation of the schedules with equal work per sample, not a prediction.\n\n"
+        + speedup_table(linear)
     )
-    paper = paper_table(rows)
-    if paper:
-        text += (
-            "\n## Against the paper's headline\n\n"
-            "The paper measured tspipe at 12.15x inter-layer model parallelism (mp) for MoCo-v3 with ViTs on "
-            "16 GPUs and 4.68x for knowledge distillation on 8 GPUs. Beside them, the **simulated** ratio from "
-            "the H200 calibration (not a measurement; the calibrated KD pair is ResNet-152 -> ResNet-50, not the "
-            "paper's ViT-L teacher).\n\n" + paper
-        )
     (args.folder / "TABLE.md").write_text(text)
-    pngs = plot_throughput(rows, args.folder)
+    pngs = plot_throughput(sims, args.folder)
     pngs += plot_gantts(args.folder / "timelines", args.folder)
     print(f"wrote {args.folder / 'TABLE.md'} and {len(pngs)} PNGs", file=sys.stderr)
     return 0

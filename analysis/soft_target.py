@@ -20,10 +20,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from analysis import rows as R
 from analysis.accuracy import plot_by_epoch
-from analysis.bench import subject_name
+from analysis.compare import subject_name
 from analysis.tables import markdown_table
-from core.metrics import read_rows
 from core.schedules import order_of
 
 LABELS = ("teacher", "student-alone", "kd-sequential", "kd-tspipe")
@@ -99,7 +99,7 @@ def accuracy_table(rows: Sequence[dict]) -> str:
 
 def write_accuracy_report(folder: Path, title: str, command: str) -> Path:
     """``TABLE.md`` and ``top1_by_epoch.png`` for the rows in ``folder/rows.jsonl``."""
-    rows = read_rows(folder / "rows.jsonl")
+    rows = R.records(R.read(folder / "rows.jsonl"))
     runs = [r for r in rows if r.get("label") and r.get("evals")]
     first = runs[0] if runs else rows[0]
     setting = ""
@@ -170,7 +170,7 @@ def bench_section(rows: Sequence[dict]) -> str:
 
 def append_bench_section(folder: Path) -> Path:
     """Append (or replace) the KD section of ``folder/TABLE.md``."""
-    rows = read_rows(folder / "rows.jsonl")
+    rows = R.records(R.read(folder / "rows.jsonl"))
     table = folder / "TABLE.md"
     text = table.read_text() if table.exists() else ""
     if BENCH_MARK in text:

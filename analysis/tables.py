@@ -1,8 +1,10 @@
-"""Markdown tables from rows (no extra dependency)."""
+"""Markdown tables from pandas DataFrames (every table of the reports goes through here)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import pandas as pd
 
 
 def fmt(value: object, digits: int = 3) -> str:
@@ -18,14 +20,23 @@ def fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 3) -> str:
-    """Return a GitHub markdown table; numbers right-aligned."""
-    cells = [[fmt(v, digits) for v in row] for row in rows]
-    numeric = [
-        all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) if rows else False
-        for i in range(len(headers))
+def _is_number(value: object) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def markdown(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub markdown table of ``df`` (its columns as headers); numeric columns right-aligned."""
+    columns = list(df.columns)
+    values = [
+        [None if (isinstance(v, float) and v != v) else v for v in row] for row in df.itertuples(index=False)
     ]
+    numeric = [bool(values) and all(_is_number(row[i]) for row in values) for i in range(len(columns))]
     align = ["---:" if num else ":---" for num in numeric]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    lines = ["| " + " | ".join(str(c) for c in columns) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(fmt(v, digits) for v in row) + " |" for row in values]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 3) -> str:
+    """A markdown table of ``rows`` under ``headers`` (through a DataFrame)."""
+    return markdown(pd.DataFrame([list(r) for r in rows], columns=list(headers), dtype=object), digits)

@@ -1,10 +1,11 @@
-"""Throughput measurement: per-block cost profiles, timed runs on every rank, and predictions.
+"""Throughput measurement: timed runs on every rank, steady-state step times, the link probe,
+and predictions from profiled block costs (``core.profile``).
 
 A benchmark is a driver that launches one timed run per schedule (``core.launch``), each rank
-calling :func:`timed_run`; the driver then combines the ranks' step times into samples/s
-(median step after warm-up, all ranks finished), and compares them with the bubble-free bound
-and the simulator's prediction, both built from per-block costs profiled in the same run
-(:func:`profile_blocks`).
+calling :func:`timed_run`; the driver then combines the ranks' step times into samples/s (the
+median of the steady-state steps, all ranks finished: no warm-up, no last step) and compares
+them with the bubble-free bound and the simulator's prediction, both built from per-block
+costs profiled in the same run.
 """
 
 from __future__ import annotations
@@ -13,186 +14,19 @@ import json
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
+from core.calibration import fit_fixed_per_sample
 from core.config import PipelineConfig
-from core.momentum import ema_update_
 from core.partition import Partition
-from core.runtime import prepare_models
+from core.profile import BlockCosts
 from core.schedules import build_schedule, get_schedule
 from core.simulate import CostModel, Link, ddp_step, simulate, stage_cost_model
-from core.task import Structure, Task, detached_leaves, map_structure, scatter, tensors
-
-
-@dataclass
-class BlockCosts:
-    """Measured per-block costs of a task at one unit size (milliseconds per unit).
-
-    Attributes:
-        samples: samples in the unit the costs were measured at.
-        teacher_fwd, student_fwd, student_bwd: per block.
-        teacher_bytes, student_bytes: bytes of each block's output for one unit.
-        loss_ms: the loss over the whole mini-batch (every unit).
-        opt_ms: optimizer step plus teacher update per block, proportional to parameters.
-        param_bytes: bytes of each student block's parameters (what ddp all-reduces).
-    """
-
-    samples: int
-    teacher_fwd: list[float]
-    student_fwd: list[float]
-    student_bwd: list[float]
-    teacher_bytes: list[float]
-    student_bytes: list[float]
-    loss_ms: float
-    opt_ms: list[float]
-    param_bytes: list[float]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _nbytes(x: Structure) -> float:
-    return float(sum(t.numel() * t.element_size() for t in tensors(x)))
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def profile_blocks(
-    task: Task,
-    batch: Any,
-    microbatches: int,
-    optimizer_factory: Callable[[list[tuple[str, nn.Parameter]]], torch.optim.Optimizer],
-    device: torch.device,
-    repeats: int = 5,
-    amp_bf16: bool = False,
-) -> BlockCosts:
-    """Time each block of student and teacher on one unit of ``batch`` (first view, first
-    micro-batch): forward, and backward of the student from a random output gradient. Also the
-    loss over the whole batch, and the optimizer step and teacher update spread over blocks by
-    parameter count.
-
-    Returns:
-        :class:`BlockCosts` at the unit size of ``microbatches`` micro-batches.
-    """
-    student, teacher = prepare_models(task)
-    student = [b.to(device) for b in student]
-    teacher = [b.to(device) for b in teacher]
-    s_views, t_views = task.split_inputs(batch, 0)
-    to_dev = lambda x: map_structure(lambda t: t.to(device), x)  # noqa: E731
-    s_unit, t_unit = (
-        to_dev(scatter(s_views[0], microbatches)[0]),
-        to_dev(scatter(t_views[0], microbatches)[0]),
-    )
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_bf16)  # noqa: E731
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-
-    t_fwd, t_bytes, x = [], [], t_unit
-    for block in teacher:
-
-        def run_teacher(block=block, x=x):
-            with torch.no_grad(), autocast():
-                out = block(x)
-            sync()
-            return out
-
-        run_teacher()
-        t_fwd.append(_median_ms(run_teacher, repeats))
-        x = run_teacher()
-        t_bytes.append(_nbytes(x))
-
-    s_fwd, s_bwd, s_bytes, x = [], [], [], s_unit
-    outputs = []
-    for block in student:
-        inp = detached_leaves(x) if x is not s_unit else x
-
-        def forward(block=block, inp=inp):
-            with autocast():
-                out = block(inp)
-            sync()
-            return out
-
-        def forward_backward(block=block, inp=inp):
-            out = forward(block, inp)
-            outs = [t for t in tensors(out) if t.requires_grad]
-            torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
-            sync()
-
-        forward()
-        forward_backward()
-        fwd = _median_ms(forward, repeats)
-        both = _median_ms(forward_backward, repeats)
-        s_fwd.append(fwd)
-        s_bwd.append(max(both - fwd, 0.0))
-        with torch.no_grad():
-            x = forward()
-        s_bytes.append(_nbytes(x))
-        outputs.append(x)
-    for block in student:
-        block.zero_grad(set_to_none=True)
-
-    # loss over the whole mini-batch: each view's outputs are the profiled unit's, repeated
-    with torch.no_grad():
-        t_out = t_unit
-        for block in teacher:
-            t_out = block(t_out)
-    s_out = outputs[-1]
-    loss_ms = 0.0
-    if isinstance(s_out, torch.Tensor) and isinstance(t_out, torch.Tensor):
-
-        def loss_once():
-            s = [torch.cat([s_out] * microbatches).requires_grad_() for _ in range(task.views)]
-            t = [torch.cat([t_out] * microbatches) for _ in range(task.views)]
-            task.loss(s, t, task.loss_context(batch, 0))["loss"].backward()
-            sync()
-
-        try:
-            loss_ms = _median_ms(loss_once, repeats)
-        except (RuntimeError, ValueError, IndexError):  # uneven micro-batches: leave it out
-            loss_ms = 0.0
-
-    # optimizer step + EMA over the whole model, spread over blocks by parameter count
-    model = nn.Sequential(*student)
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    optimizer = optimizer_factory(list(model.named_parameters()))
-    teacher_model = nn.Sequential(*teacher)
-
-    def step():
-        optimizer.step()
-        if task.teacher_rule.kind == "ema":
-            ema_update_(teacher_model, model, 0.99)
-        sync()
-
-    step()
-    opt_total = _median_ms(step, repeats)
-    counts = [sum(p.numel() for p in b.parameters()) for b in student]
-    opt = [opt_total * c / max(sum(counts), 1) for c in counts]
-    param_bytes = [float(sum(p.numel() * p.element_size() for p in b.parameters())) for b in student]
-    return BlockCosts(
-        samples=tensors(s_unit)[0].shape[0],
-        teacher_fwd=t_fwd,
-        student_fwd=s_fwd,
-        student_bwd=s_bwd,
-        teacher_bytes=t_bytes,
-        student_bytes=s_bytes,
-        loss_ms=loss_ms,
-        opt_ms=opt,
-        param_bytes=param_bytes,
-    )
 
 
 def cost_model(
@@ -285,9 +119,15 @@ def predict(
 # ---- timed runs on every rank -------------------------------------------------------------------
 
 
-def probe_link(nbytes: int, repeats: int = 10) -> Link:
-    """Measure the link between ranks 0 and 1 with a ping-pong of ``nbytes`` (and of 8 bytes for
-    latency) over the default process group. Every rank must call it; ranks >= 2 just wait."""
+def probe_link(sizes: Sequence[int] = (8, 1 << 16, 1 << 20, 1 << 22), repeats: int = 9) -> Link:
+    """Measure the link between ranks 0 and 1 over the default process group: ping-pongs of
+    several message sizes, the median one-way time of each, and a ``latency + bytes /
+    bandwidth`` fit through them (non-negative terms; with no measurable growth the largest
+    message's time bounds the bandwidth). Every rank must call it; ranks >= 2 just wait.
+
+    Returns:
+        The :class:`Link`; its latency is also the CPU cost of one message (both ends).
+    """
     rank = dist.get_rank()
     device = (
         torch.device("cuda", torch.cuda.current_device())
@@ -310,12 +150,12 @@ def probe_link(nbytes: int, repeats: int = 10) -> Link:
             times.append((time.perf_counter() - start) / 2)
         return statistics.median(times)
 
-    small, big = pingpong(8), pingpong(nbytes)
-    stats = torch.tensor([small, big], dtype=torch.float64)
-    dist.broadcast(stats, 0)
-    small, big = float(stats[0]), float(stats[1])
-    gbps = nbytes / max(big - small, 1e-9) / 1e9
-    return Link(gbps=max(gbps, 1e-3), latency_us=small * 1e6)
+    measured = torch.tensor([pingpong(size) for size in sizes], dtype=torch.float64)
+    dist.broadcast(measured, 0)
+    latency, per_byte = fit_fixed_per_sample(list(sizes), [float(t) for t in measured])
+    if per_byte <= 0:
+        per_byte = float(measured[-1]) / sizes[-1]
+    return Link(gbps=1.0 / (per_byte * 1e9), latency_us=latency * 1e6, overhead_us=latency * 1e6)
 
 
 def _rss_gib() -> float:
@@ -381,13 +221,23 @@ def timed_run(
     return result
 
 
-def median_step_s(step_end_s: Sequence[float], warmup: int) -> float:
-    """Median time between consecutive step ends after ``warmup`` steps.
+def steady_steps(step_end_s: Sequence[float], warmup: int) -> list[float]:
+    """Durations of the steps that do a full step's work: after ``warmup`` steps, and without
+    the last step (a schedule that overlaps steps, like tspipe, has no next mini-batch to start
+    in its last one: counting it would favour it).
 
     Raises:
-        ValueError: if fewer than two steps follow the warm-up.
+        ValueError: if fewer than two such steps remain.
     """
     ends = list(step_end_s)
-    if len(ends) - warmup < 2:
-        raise ValueError(f"need at least 2 steps after {warmup} warm-up steps, have {len(ends)}")
-    return statistics.median(b - a for a, b in zip(ends[warmup:], ends[warmup + 1 :]))
+    durations = [b - a for a, b in zip(ends[warmup:-1], ends[warmup + 1 : -1])]
+    if len(durations) < 2:
+        raise ValueError(
+            f"need at least 2 steps between {warmup} warm-up steps and the last, have {len(ends)}"
+        )
+    return durations
+
+
+def median_step_s(step_end_s: Sequence[float], warmup: int) -> float:
+    """Median steady-state step (:func:`steady_steps`)."""
+    return statistics.median(steady_steps(step_end_s, warmup))

@@ -10,20 +10,68 @@ sizes.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.partition import Partition, plan_partition
-from core.schedules import Schedule, build_schedule
-from core.simulate import WINDOW_BATCHES, CostModel, Link, SimResult, ddp_step, simulate, stage_cost_model
+COST_MODELS = ("realistic", "linear")
+_FIT_POINTS = 3  # the largest sweep sizes a fixed + per-sample model is fitted to
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Whole-network costs a calibration measured at its full batch (one view), and one
+    sequential training step.
+
+    Attributes:
+        teacher_fwd_ms, student_fwd_ms, student_fwdbwd_ms: the whole teacher forward, student
+            forward, and student forward + backward.
+        seq_step_ms: one sequential teacher-student step (teacher forward, student forward and
+            backward, loss, optimiser, EMA) of one view.
+    """
+
+    teacher_fwd_ms: float
+    student_fwd_ms: float
+    student_fwdbwd_ms: float
+    seq_step_ms: float
+
+
+def fit_fixed_per_sample(sizes: Sequence[float], costs: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``cost = fixed + per_sample x size`` through the points, both terms kept
+    non-negative.
+
+    Returns:
+        ``(fixed, per_sample)``.
+    """
+    n = len(sizes)
+    mx, my = sum(sizes) / n, sum(costs) / n
+    var = sum((x - mx) ** 2 for x in sizes)
+    slope = sum((x - mx) * (y - my) for x, y in zip(sizes, costs)) / var if var > 0 else 0.0
+    slope = max(slope, 0.0)
+    fixed = max(my - slope * mx, 0.0)
+    if fixed == 0.0 and var > 0:  # refit through the origin
+        slope = sum(x * y for x, y in zip(sizes, costs)) / sum(x * x for x in sizes)
+    return fixed, slope
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Per-block costs of one teacher/student pair, read from a calibration JSON file.
+
+    Two cost models (``model``):
+
+    - ``realistic`` (the default for every paper-scale claim): per-block costs interpolated from
+      the pair's micro-batch sweep (a fixed + per-sample fit beyond its largest size), or scaled
+      linearly where the pair has no sweep (``sweep`` None: say so beside its numbers); then
+      scaled per kind (teacher forward, student forward, student backward) so that the blocks
+      at the full batch add up to the whole-network costs the calibration measured. A block
+      timed alone pays its own launch and sync; the whole network does not.
+    - ``linear``: the per-block costs at ``microbatch`` scaled linearly, unscaled otherwise:
+      every micro-batch size equally efficient, so efficiency measures the schedule alone (an
+      ablation, never a claim).
 
     Attributes:
         pair: the pair's name, e.g. ``"byol_resnet50"``.
@@ -35,8 +83,11 @@ class Calibration:
         teacher_fwd, student_fwd, student_bwd: ms per block at ``microbatch`` samples.
         teacher_out, student_out: elements per sample of each block's output.
         ema_ms: one EMA update of the whole teacher.
-        sweep: for a micro-batch sweep file, ``{samples: (teacher_fwd, student_fwd, student_bwd)}``.
+        sweep: the micro-batch sweep, ``{samples: (teacher_fwd, student_fwd, student_bwd)}``.
         source: file the costs came from.
+        student_params, teacher_params: parameter counts.
+        measured: the whole-network costs at the full batch (None: not in the file).
+        model: ``realistic`` or ``linear``.
     """
 
     pair: str
@@ -54,6 +105,13 @@ class Calibration:
     sweep: dict[int, tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]] | None
     source: str
     student_params: int = 0
+    teacher_params: int = 0
+    measured: Measured | None = None
+    model: str = "realistic"
+
+    def __post_init__(self) -> None:
+        if self.model not in COST_MODELS:
+            raise ValueError(f"cost model must be one of {COST_MODELS}, got {self.model!r}")
 
     @property
     def method(self) -> str:
@@ -63,44 +121,83 @@ class Calibration:
                 return method
         return "distilbert" if self.pair.startswith("distil") else self.pair
 
-    def block_costs(self, samples: float) -> tuple[list[float], list[float], list[float]]:
-        """Per-block (teacher forward, student forward, student backward) ms at ``samples``.
+    @property
+    def cost_model(self) -> str:
+        """``linear``, ``realistic`` (with a sweep) or ``realistic, no sweep``."""
+        if self.model == "linear":
+            return "linear"
+        return "realistic" if self.sweep else "realistic, no sweep"
 
-        Without a sweep, costs scale linearly from ``microbatch``. With a sweep they are
-        interpolated linearly between measured sizes, and scaled linearly beyond its ends.
-        """
-        if not self.sweep:
+    def _raw(self, samples: float) -> list[list[float]]:
+        """Per-block costs at ``samples`` before scaling."""
+        if self.model == "linear" or not self.sweep:
             scale = samples / self.microbatch
-            return (
-                [c * scale for c in self.teacher_fwd],
-                [c * scale for c in self.student_fwd],
-                [c * scale for c in self.student_bwd],
-            )
+            return [
+                [c * scale for c in kind] for kind in (self.teacher_fwd, self.student_fwd, self.student_bwd)
+            ]
         sizes = sorted(self.sweep)
-        if samples <= sizes[0]:
-            lo = hi = sizes[0]
-        elif samples >= sizes[-1]:
-            lo = hi = sizes[-1]
-        else:
-            hi = next(s for s in sizes if s >= samples)
-            lo = max(s for s in sizes if s <= samples)
-        out = []
-        for k in range(3):
-            a, b = self.sweep[lo][k], self.sweep[hi][k]
-            if lo == hi:
-                out.append([x * samples / lo for x in a])
-            else:
-                w = (samples - lo) / (hi - lo)
-                out.append([x + w * (y - x) for x, y in zip(a, b)])
-        return out[0], out[1], out[2]
+        if samples <= sizes[0]:  # launch-bound below the sweep: the smallest size's cost
+            return [list(kind) for kind in self.sweep[sizes[0]]]
+        if samples >= sizes[-1]:
+            fits = self.fits()
+            return [[a + b * samples for a, b in kind] for kind in fits]
+        hi = next(s for s in sizes if s >= samples)
+        lo = max(s for s in sizes if s <= samples)
+        w = (samples - lo) / (hi - lo) if hi > lo else 0.0
+        return [[x + w * (y - x) for x, y in zip(a, b)] for a, b in zip(self.sweep[lo], self.sweep[hi])]
+
+    @functools.cached_property
+    def _fits(self) -> list[list[tuple[float, float]]]:
+        sizes = sorted(self.sweep)[-_FIT_POINTS:]
+        return [
+            [
+                fit_fixed_per_sample(sizes, [self.sweep[s][k][i] for s in sizes])
+                for i in range(len(self.sweep[sizes[0]][k]))
+            ]
+            for k in range(3)
+        ]
+
+    def fits(self) -> list[list[tuple[float, float]]]:
+        """Per kind and block, the ``(fixed, per_sample)`` fit beyond the sweep (sweep only)."""
+        if not self.sweep:
+            raise ValueError(f"{self.source} has no micro-batch sweep to fit")
+        return self._fits
+
+    @functools.cached_property
+    def scales(self) -> tuple[float, float, float]:
+        """Factors on (teacher forward, student forward, student backward) block costs that make
+        the blocks at the full batch add up to the measured whole networks (1 in the linear
+        model, or without measurements)."""
+        if self.model == "linear" or self.measured is None:
+            return (1.0, 1.0, 1.0)
+        t, f, b = (sum(kind) for kind in self._raw(self.batch))
+        m = self.measured
+        return (m.teacher_fwd_ms / t, m.student_fwd_ms / f, (m.student_fwdbwd_ms - m.student_fwd_ms) / b)
+
+    def block_costs(self, samples: float) -> tuple[list[float], list[float], list[float]]:
+        """Per-block (teacher forward, student forward, student backward) ms at ``samples``
+        under the calibration's cost model."""
+        raw = self._raw(samples)
+        t, f, b = ([c * k for c in kind] for kind, k in zip(raw, self.scales))
+        return t, f, b
+
+    @property
+    def loss_ms(self) -> float:
+        """What the measured sequential step spends beyond the measured networks and the EMA
+        update (the loss and the optimiser), for the whole mini-batch (every view), charged to
+        the loss on the last stage; 0 in the linear model or without measurements."""
+        if self.model == "linear" or self.measured is None:
+            return 0.0
+        m = self.measured
+        return self.views * max(0.0, m.seq_step_ms - m.teacher_fwd_ms - m.student_fwdbwd_ms - self.ema_ms)
 
     def microbatch_penalty(self, samples: float) -> float | None:
-        """Work per sample at ``samples`` over work per sample at the full batch (sweep only).
+        """Work per sample at ``samples`` over work per sample at the full batch.
 
         Returns:
-            None without a sweep (linear scaling has no penalty by construction).
+            None in the linear model (no penalty by construction).
         """
-        if not self.sweep:
+        if self.model == "linear":
             return None
 
         def per_sample(n: float) -> float:
@@ -108,13 +205,29 @@ class Calibration:
 
         return per_sample(samples) / per_sample(self.batch)
 
+    def with_model(self, model: str) -> Calibration:
+        """The same pair under another cost model."""
+        return replace(self, model=model)
+
 
 def _elements(shape: Sequence[int]) -> int:
     return int(math.prod(shape[1:]))
 
 
-def load_calibration(path: str | Path) -> Calibration:
-    """Read a calibration file; a ``*_mbsweep_*`` file is read with its base file.
+def sweep_file(base: Path) -> Path:
+    """The micro-batch sweep file beside a base calibration file (``x_bf16.json`` ->
+    ``x_mbsweep_bf16.json``)."""
+    stem, _, dtype = base.stem.rpartition("_")
+    return base.with_name(f"{stem}_mbsweep_{dtype}.json")
+
+
+def load_calibration(path: str | Path, model: str = "realistic") -> Calibration:
+    """Read a calibration file with its micro-batch sweep (a base file finds its sweep beside it;
+    a ``*_mbsweep_*`` file is read with its base file).
+
+    Args:
+        path: a base or a sweep file.
+        model: ``realistic`` or ``linear`` (see :class:`Calibration`).
 
     Returns:
         The :class:`Calibration`.
@@ -125,21 +238,33 @@ def load_calibration(path: str | Path) -> Calibration:
     """
     path = Path(path)
     sweep = None
-    base_path = path
     if "_mbsweep_" in path.name:
-        data = json.loads(path.read_text())
+        sweep_path, base_path = path, path.with_name(path.name.replace("_mbsweep", ""))
+        if not base_path.exists():
+            raise FileNotFoundError(f"sweep file {path} needs its base file {base_path} beside it")
+    else:
+        sweep_path, base_path = sweep_file(path), path
+        if not base_path.exists():
+            raise FileNotFoundError(f"calibration file {path} not found")
+    if sweep_path.exists():
+        data = json.loads(sweep_path.read_text())
         sweep = {
             int(k): (tuple(v["teacher_fwd_ms"]), tuple(v["student_fwd_ms"]), tuple(v["student_bwd_ms"]))
             for k, v in data["sweep"].items()
         }
-        base_path = path.with_name(path.name.replace("_mbsweep", ""))
-        if not base_path.exists():
-            raise FileNotFoundError(f"sweep file {path} needs its base file {base_path} beside it")
     data = json.loads(base_path.read_text())
     try:
         tb, sb = data["teacher_blocks"], data["student_blocks"]
         pair = data["pair"]
         ssl = pair.startswith(("byol", "mocov3"))
+        measured = None
+        if all(k in data for k in ("teacher_fwd_ms", "student_fwd_ms", "student_fwdbwd_ms", "seq_step_ms")):
+            measured = Measured(
+                float(data["teacher_fwd_ms"]),
+                float(data["student_fwd_ms"]),
+                float(data["student_fwdbwd_ms"]),
+                float(data["seq_step_ms"]),
+            )
         cal = Calibration(
             pair=pair,
             batch=int(data["batch"]),
@@ -156,6 +281,9 @@ def load_calibration(path: str | Path) -> Calibration:
             sweep=sweep,
             source=path.name,
             student_params=int(float(data.get("student_params_M", 0.0)) * 1e6),
+            teacher_params=int(float(data.get("teacher_params_M", 0.0)) * 1e6),
+            measured=measured,
+            model=model,
         )
     except KeyError as err:
         raise ValueError(
@@ -164,127 +292,3 @@ def load_calibration(path: str | Path) -> Calibration:
     if sweep and any(len(v[0]) != len(cal.teacher_fwd) for v in sweep.values()):
         raise ValueError(f"{path}: sweep block counts differ from {base_path.name}")
     return cal
-
-
-def calibration_partition(cal: Calibration, stages: int, balance: Sequence[int] | None = None) -> Partition:
-    """Auto-balanced (or checked) partition of a calibration pair over ``stages``.
-
-    Raises:
-        ValueError: for more stages than blocks or a balance that does not fit.
-    """
-    t, f, b = cal.block_costs(cal.microbatch)
-    return plan_partition(stages, [x + y for x, y in zip(f, b)], t, cal.teacher, balance=balance)
-
-
-def calibration_costs(
-    cal: Calibration, partition: Partition, microbatches: int, link: Link | None = None
-) -> CostModel:
-    """Per-stage unit costs of a calibration pair: ``batch / microbatches`` samples per unit; the
-    EMA update (``ema_ms``) spread over the stages by teacher block count."""
-    samples = cal.batch / microbatches
-    t, f, b = cal.block_costs(samples)
-    dtype_bytes = 2 if cal.amp_bf16 else 4
-    ema = [cal.ema_ms / len(cal.teacher_fwd)] * len(cal.teacher_fwd)
-    return stage_cost_model(
-        teacher_fwd=t,
-        student_fwd=f,
-        student_bwd=b,
-        teacher_bytes=[n * samples * dtype_bytes for n in cal.teacher_out],
-        student_bytes=[n * samples * dtype_bytes for n in cal.student_out],
-        student_opt=[0.0] * len(f),
-        teacher_opt=ema,
-        partition=partition,
-        link=link or Link(),
-    )
-
-
-def simulate_calibration(
-    cal: Calibration,
-    schedule: str,
-    stages: int,
-    microbatches: int,
-    link: Link | None = None,
-    balance: Sequence[int] | None = None,
-    backward_pieces: int | None = None,
-) -> tuple[SimResult, Schedule, Partition]:
-    """Simulate one calibration pair under a named schedule.
-
-    Returns:
-        (result, built schedule, partition used).
-    """
-    partition = calibration_partition(cal, stages, balance)
-    costs = calibration_costs(cal, partition, microbatches, link)
-    built = build_schedule(
-        schedule, stages, microbatches, cal.teacher, WINDOW_BATCHES, backward_pieces, views=cal.views
-    )
-    return simulate(built, costs, cal.batch), built, partition
-
-
-def simulate_ddp(
-    cal: Calibration, stages: int, link: Link | None = None, grad_bytes: int = 4
-) -> dict[str, float]:
-    """Data parallelism over ``stages`` GPUs, modelled from the calibration (:func:`core.simulate.ddp_step`):
-    every GPU runs the whole teacher and student on ``batch / stages`` samples (per-block costs at
-    that size, so the micro-batch sweep's penalty applies), and the ring all-reduce of the
-    student's gradients overlaps the backward pass completely (the favourable case for DDP).
-
-    Returns:
-        ``step_ms``, ``samples_per_s``, ``allreduce_ms``, ``efficiency`` (against the same
-        bubble-free bound as the pipelines at M = N) and ``bound_samples_per_s``.
-
-    Raises:
-        ValueError: if the calibration lacks the student's parameter count.
-    """
-    if not cal.student_params:
-        raise ValueError(f"{cal.source} has no student_params_M; cannot model the all-reduce")
-    link = link or Link()
-    t, f, b = cal.block_costs(cal.batch / stages)
-    step, allreduce = ddp_step(
-        forward_ms=cal.views * (sum(t) + sum(f)),
-        backward_ms=cal.views * sum(b),
-        other_ms=cal.ema_ms,
-        grad_bytes=cal.student_params * grad_bytes,
-        replicas=stages,
-        link=link,
-        overlap=1.0,
-    )
-    # the pipelines' bound at M = N: N x batch / all work of one mini-batch at that unit size
-    work = cal.views * stages * (sum(t) + sum(f) + sum(b)) + cal.ema_ms
-    bound = stages * cal.batch / work * 1e3
-    samples = cal.batch / step * 1e3
-    return {
-        "step_ms": step,
-        "samples_per_s": samples,
-        "allreduce_ms": allreduce,
-        "efficiency": samples / bound,
-        "bound_samples_per_s": bound,
-    }
-
-
-def result_dict(
-    cal: Calibration, built: Schedule, partition: Partition, result: SimResult, link: Link
-) -> dict:
-    """The JSON summary of one simulation (the CLI's ``--format json``)."""
-    penalty = cal.microbatch_penalty(cal.batch / built.microbatches)
-    return {
-        "pair": cal.pair,
-        "calibration": cal.source,
-        "schedule": built.name,
-        "stages": built.stages,
-        "microbatches": built.microbatches,
-        "views": built.views,
-        "backward_pieces": built.backward_pieces,
-        "global_batch": cal.batch,
-        "link_gbps": link.gbps,
-        "latency_us": link.latency_us,
-        "balance": list(partition.student),
-        "teacher_balance": list(partition.teacher),
-        "step_ms": result.step_ms,
-        "samples_per_s": result.samples_per_s,
-        "efficiency": result.efficiency,
-        "bubble_fraction": result.bubble_fraction,
-        "bound_samples_per_s": result.bound_samples_per_s,
-        "balance_cap": result.balance_cap,
-        "microbatch_penalty": penalty,
-        "simulated": True,
-    }

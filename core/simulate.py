@@ -13,7 +13,8 @@ update (``ema_ms``, spread over stages by teacher block count) to each ``OPT`` a
 Command line::
 
     python -m core.simulate --calibration FILE --stages N --microbatches M --schedule NAME \\
-        [--link-gbps G] [--latency-us L] [--format json|table] [--timeline OUT.jsonl]
+        [--link-gbps G] [--latency-us L] [--cost-model realistic|linear] [--format json|table]
+        [--timeline OUT.jsonl]
 
 (``python -m analysis.timeline OUT.jsonl --out OUT.png`` draws the timeline.)
 """
@@ -45,15 +46,18 @@ class Link:
 
     Attributes:
         gbps: bandwidth in gigabytes (not bits) per second.
-        latency_us: fixed cost of one message in microseconds.
+        latency_us: fixed cost of one message in microseconds (in flight).
+        overhead_us: time a send or a receive occupies its stage (the CPU work of the transport:
+            0 for a GPU link driven by copy engines; on CPUs, what the link probe measures).
     """
 
     gbps: float = DEFAULT_LINK_GBPS
     latency_us: float = DEFAULT_LATENCY_US
+    overhead_us: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.gbps <= 0 or self.latency_us < 0:
-            raise ValueError(f"link needs gbps > 0 and latency_us >= 0, got {self}")
+        if self.gbps <= 0 or self.latency_us < 0 or self.overhead_us < 0:
+            raise ValueError(f"link needs gbps > 0, latency_us >= 0 and overhead_us >= 0, got {self}")
 
     def transfer_ms(self, nbytes: float) -> float:
         """Milliseconds to move ``nbytes`` over the link, latency included."""
@@ -115,7 +119,7 @@ class CostModel:
             return self.loss_ms if action.microbatch is None else self.loss_ms / units
         if action.op == Op.OPT:
             return self.opt_ms[s]
-        return 0.0
+        return self.link.overhead_us / 1e3  # a send or a receive
 
     def message_bytes(self, action: Action, pieces: int) -> float:
         if action.op == Op.SEND_TF:
@@ -314,7 +318,8 @@ def ddp_step(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core.calibration import load_calibration, result_dict, simulate_calibration
+    from core.calibration import load_calibration
+    from core.paper_scale import result_dict, simulate_calibration
 
     pipelines = [s.name for s in SCHEDULES.values() if s.is_pipeline]
     parser = argparse.ArgumentParser(
@@ -328,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-us", type=float, default=DEFAULT_LATENCY_US)
     parser.add_argument("--backward-pieces", type=int, default=None)
     parser.add_argument("--balance", default=None, help="comma-separated student blocks per stage")
+    parser.add_argument(
+        "--cost-model",
+        choices=("realistic", "linear"),
+        default="realistic",
+        help="realistic: the micro-batch sweep scaled to the measured networks (default); linear: the schedule alone",
+    )
     parser.add_argument("--format", choices=("json", "table"), default="table")
     parser.add_argument(
         "--timeline",
@@ -340,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(
                 f"{args.schedule!r} is not a simulated pipeline schedule; choose one of: {', '.join(pipelines)}"
             )
-        cal = load_calibration(args.calibration)
+        cal = load_calibration(args.calibration, args.cost_model)
         link = Link(args.link_gbps, args.latency_us)
         balance = [int(x) for x in args.balance.split(",")] if args.balance else None
         result, built, partition = simulate_calibration(

@@ -27,7 +27,8 @@ def dry_run(
 
     Args:
         lowered: per-stage lists from :func:`core.schedule.lower`.
-        duration: time of a compute action; default 1 (logical time).
+        duration: time an action occupies its stage; default 1 for compute, 0 for sends and
+            receives (logical time). A receive's time starts when its message has arrived.
         transfer: arrival time of a message; default: the moment it is sent.
         stage_to_rank: the rank of each stage (default: stage s on rank s, one list per rank).
 
@@ -39,7 +40,7 @@ def dry_run(
             mismatch), or if every unfinished stage waits on a receive (deadlock). The message
             shows the action grid with the offending action(s) marked.
     """
-    duration = duration or (lambda a: 1.0)
+    duration = duration or (lambda a: 1.0 if a.is_compute else 0.0)
     stages = len(lowered)  # ranks: one list each
 
     def rank(stage: int) -> int:
@@ -70,14 +71,15 @@ def dry_run(
                             f"stage {sent.stage} is {sent}: sends and receives of a channel must "
                             f"come in the same order.\n{grid}"
                         )
-                    end = max(start, arrival)
+                    end = max(start, arrival) + duration(a)
                 elif a.op in SEND_OPS:
                     dst = rank(peer_stage(a))
                     free = link_free.get((s, dst), 0.0)
-                    arrival = transfer(a, start, free) if transfer else start
+                    issued = start + duration(a)  # the send's own work, then the message leaves
+                    arrival = transfer(a, issued, free) if transfer else issued
                     link_free[(s, dst)] = max(free, arrival)
                     queues.setdefault((CHANNEL[a.op], s, dst), deque()).append((a, arrival))
-                    end = start
+                    end = issued
                 else:
                     end = start + duration(a)
                 records.append(TimelineRecord.of(a, start, end))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from core.metrics import write_rows
 from methods.registry import get_method
@@ -68,6 +69,13 @@ def run_matrix(
     pending = [r for r in runs if not (run_root / r.name / "row.json").exists()]
     active: list[tuple[AccuracyRun, subprocess.Popen, float]] = []
     failures = []
+    bar = tqdm(
+        total=len(runs),
+        initial=len(runs) - len(pending),
+        desc=f"accuracy {method}",
+        unit="run",
+        file=sys.stderr,
+    )
     while pending or active:
         while pending and len(active) < parallel:
             run = pending.pop(0)
@@ -95,7 +103,7 @@ def run_matrix(
                     time.monotonic(),
                 )
             )
-            print(f"[accuracy] started {run.name}", file=sys.stderr, flush=True)
+            bar.set_postfix_str(", ".join(r.name for r, _, _ in active))
         time.sleep(2.0)
         for item in list(active):
             run, proc, started = item
@@ -103,14 +111,13 @@ def run_matrix(
                 continue
             active.remove(item)
             minutes = (time.monotonic() - started) / 60
+            bar.update(1)
             if proc.returncode != 0:
                 failures.append(run.name)
-                print(
-                    f"[accuracy] {run.name} FAILED (see {run_root / run.name / 'stdout.log'})",
-                    file=sys.stderr,
-                )
+                bar.write(f"[accuracy] {run.name} FAILED (see {run_root / run.name / 'stdout.log'})")
             else:
-                print(f"[accuracy] {run.name} done in {minutes:.1f} min", file=sys.stderr, flush=True)
+                bar.write(f"[accuracy] {run.name} done in {minutes:.1f} min")
+    bar.close()
     if failures:
         raise RuntimeError(f"accuracy runs failed: {', '.join(failures)}")
     rows = [

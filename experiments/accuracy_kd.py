@@ -29,7 +29,7 @@ from core.overrides import ConfigError, apply_overrides
 from experiments.accuracy import ROOT, AccuracyRun, provenance, run_matrix
 from methods.soft_target import METHOD
 from methods.soft_target.models import load_teacher
-from methods.soft_target.teacher import teacher_command
+from methods.soft_target.presets import teacher_command
 
 PRESET = "accuracy"
 

@@ -1,15 +1,22 @@
 """The throughput benchmark every ``make bench-*`` target runs: one method (from the method
 registry), every schedule of the schedule registry, side by side.
 
-``python -m experiments.bench METHOD [--preset NAME] [--stages N] [--microbatches 2 4]
+``python -m experiments.bench METHOD [--preset NAME] [--stages N] [--microbatches 1 2 4]
 [--schedules ...] [--warmup W] [--steps S] [--rounds R] [--out DIR] [key=value ...]``
 
-The driver profiles per-block costs once (in this process), fixes the partition from them, then
-launches one group of timed runs per process count (``core.launch`` of this module's
-``worker``), every run on the same task, partition, data and thread budget, the runs of a group
-interleaved round by round so slow drifts of the machine hit every schedule alike. It writes
-result rows (JSON lines) with the simulator's prediction beside each, and the measured and
-simulated timelines; ``analysis.bench`` makes the tables and plots.
+The driver profiles per-block costs at every unit size the runs use (in this process), fixes
+the partition from them, then launches one group of timed runs per process count
+(``core.launch`` of this module's ``worker``), every run on the same task, partition, data and
+thread budget, the runs of a group interleaved round by round so slow drifts of the machine hit
+every schedule alike. A run's speed is the median of its rounds' medians over the steady-state
+steps (no warm-up, no last step); the rows keep every round's value and the spread.
+
+Predictions: per-block costs as ``fixed + per_sample x size`` fitted over the profiled sizes,
+scaled so that the one-process step is reproduced: measured alone for the one-process rows,
+and measured with the same one-process step running on every process at once for the others
+(a block runs slower when every core is busy); plus the link's measured per-message cost. The
+rows hold the simulator's prediction beside each measurement, and the measured and simulated
+timelines; ``analysis.bench`` makes the tables and plots.
 
 The preset (default: the method's benchmark preset for its device) fixes the workload: model,
 batch, device, threads, bf16 and the backward pieces of the pipelined schedules.
@@ -18,32 +25,26 @@ batch, device, threads, bf16 and the backward pieces of the pipelined schedules.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from core.bench import (
-    BlockCosts,
-    bound_samples_per_s,
-    median_step_s,
-    predict,
-    probe_link,
-    profile_blocks,
-    timed_run,
-)
+from core.bench import bound_samples_per_s, predict, probe_link, steady_steps, timed_run
 from core.config import Config, PipelineConfig
 from core.metrics import TimelineRecord, make_row, steady_state, write_rows
 from core.overrides import ConfigError, apply_overrides, from_dict, to_dict
 from core.partition import plan_partition
+from core.profile import BlockCosts, fitted_costs, profile_blocks
 from core.schedules import get_schedule, schedules
 from core.simulate import Link
 from methods.registry import get_method
@@ -52,6 +53,7 @@ from methods.spec import MethodSpec, Setup
 ROOT = Path(__file__).resolve().parent.parent
 # Link between processes when no probe ran (one process): not used by any prediction then.
 DEFAULT_LINK = Link(gbps=1.0, latency_us=100.0)
+PROGRESS = "[progress] "  # worker lines the driver turns into its progress bar
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,13 @@ class BenchSettings:
         preset: the method's preset that fixes the workload.
         overrides: ``key=value`` overrides of the preset.
         stages: processes of the pipelined runs.
-        microbatches: micro-batch counts swept for the schedules that pipeline micro-batches.
+        microbatches: micro-batch counts swept for the schedules that pipeline micro-batches
+            (each schedule's best is among them).
         schedules: schedules and runners to measure (empty: every registered one).
-        warmup: steps before timing starts.
-        steps: timed steps.
-        rounds: times every run is repeated (interleaved with the others); the median counts.
+        warmup: steps of each round before timing starts.
+        steps: steps timed in each round; the last of them is not counted (steady state only).
+        rounds: times every run is repeated, interleaved with the others; the median of the
+            rounds' medians counts, and their spread is kept.
         out: folder for rows and timelines.
         command: the command that made the rows (written into them).
     """
@@ -76,30 +80,44 @@ class BenchSettings:
     preset: str
     overrides: tuple[str, ...] = ()
     stages: int = 2
-    microbatches: tuple[int, ...] = (2, 4)
+    microbatches: tuple[int, ...] = (1, 2, 4)
     schedules: tuple[str, ...] = ()
-    warmup: int = 3
-    steps: int = 8
-    rounds: int = 2
+    warmup: int = 2
+    steps: int = 6
+    rounds: int = 5
     out: str = "results/bench"
     command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.warmup < 0 or self.steps < 3:
+            raise ValueError(
+                f"need rounds >= 1, warmup >= 0 and steps >= 3, got {self.rounds}, {self.warmup}, {self.steps}"
+            )
 
     def config(self) -> Config:
         """The workload: the preset with the overrides applied."""
         return apply_overrides(get_method(self.method).preset(self.preset), list(self.overrides))
 
 
+def reference_schedule() -> str:
+    """The one-process schedule every cost profile is calibrated against (the registry's)."""
+    return next(s.name for s in schedules("pipeline") if s.stages == 1)
+
+
 @dataclass(frozen=True)
 class BenchRun:
-    """One timed run: a schedule on a number of processes at a micro-batch count."""
+    """One timed run: a schedule on a number of processes at a micro-batch count. A ``busy``
+    run is the one-process reference run on every process at once, each alone: it measures the
+    per-block costs when every core is busy, as they are in a pipeline."""
 
     schedule: str
     procs: int
     microbatches: int
+    busy: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.schedule}_N{self.procs}_M{self.microbatches}"
+        return f"{self.schedule}_N{self.procs}_M{self.microbatches}{'_busy' if self.busy else ''}"
 
     @property
     def unit_microbatches(self) -> int:
@@ -109,14 +127,14 @@ class BenchRun:
     @property
     def pipelined(self) -> bool:
         """A pipeline over the benchmark's stages (it gets the profiled partition)."""
-        return get_schedule(self.schedule).runner != "ddp" and self.procs > 1
+        return get_schedule(self.schedule).runner != "ddp" and self.procs > 1 and not self.busy
 
 
 def plan_runs(settings: BenchSettings, views: int) -> list[BenchRun]:
     """Every run the settings ask for, from the registry: a schedule fixed to one process or one
     micro-batch runs once per fixed shape (one process: once per micro-batch count, to
-    calibrate the profiled costs), the others at every micro-batch count; shapes a schedule
-    refuses are skipped with a message."""
+    calibrate the profiled costs, and once more on every process at once), the others at every
+    micro-batch count; shapes a schedule refuses are skipped with a message."""
     names = settings.schedules or tuple(s.name for s in schedules())
     out = []
     for name in names:
@@ -130,6 +148,8 @@ def plan_runs(settings: BenchSettings, views: int) -> list[BenchRun]:
                 _progress(f"skipping {name} at N={procs}, M={micro}: {err}")
                 continue
             out.append(BenchRun(name, procs, micro))
+            if spec.stages == 1 and settings.stages > 1:
+                out.append(BenchRun(name, settings.stages, micro, busy=True))
     return out
 
 
@@ -141,19 +161,55 @@ def run_pipeline(
     config: Config, run: BenchRun, balances: tuple[list[int], list[int]] | None
 ) -> PipelineConfig:
     """The pipeline part of one run: the preset's, reshaped (backward pieces only for the
-    schedules that pipeline micro-batches; the profiled partition for pipelined runs)."""
+    schedules that pipeline micro-batches; the profiled partition for pipelined runs; a busy
+    run is the one-process schedule on each process)."""
     spec = get_schedule(run.schedule)
     pieces = config.pipeline.backward_pieces if spec.stages is None and spec.microbatches is None else None
     return replace(
         config.pipeline,
         schedule=run.schedule,
-        stages=run.procs,
+        stages=1 if run.busy else run.procs,
         microbatches=run.microbatches,
         backward_pieces=pieces if spec.splits_backward else None,
         balance=tuple(balances[0]) if balances and run.pipelined else None,
         teacher_balance=tuple(balances[1]) if balances and run.pipelined else None,
         record_timeline=True,
     )
+
+
+def _launch_group(spec_file: Path, procs: int, threads: int, bar: tqdm) -> None:
+    """Run one group of timed runs on ``procs`` processes, advancing ``bar`` as rank 0 reports.
+
+    Raises:
+        RuntimeError: if the group fails (the end of its output is shown).
+    """
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "core.launch",
+            "--nproc",
+            str(procs),
+            "experiments.bench",
+            "worker",
+            str(spec_file),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=80)
+    for line in proc.stderr:
+        if line.startswith(PROGRESS):
+            bar.update(1)
+            bar.set_postfix_str(line[len(PROGRESS) :].strip())
+        else:
+            tail.append(line)
+    if proc.wait() != 0:
+        raise RuntimeError(
+            f"runs on {procs} process(es) failed (exit {proc.returncode}):\n{''.join(tail)[-6000:]}"
+        )
 
 
 def run_benchmark(settings: BenchSettings) -> list[dict]:
@@ -169,24 +225,21 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
     config = settings.config()
     out = Path(settings.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(config.run.threads, 1))
+    threads = max(config.run.threads, 1)
+    torch.set_num_threads(threads)
     device = torch.device(config.run.device)
     work = spec.setup(config)
     first = next(iter(work.batches(0, 1)))
     plan = plan_runs(settings, work.task.views)
-    costs: dict[int, BlockCosts] = {}
+    profiles: dict[int, BlockCosts] = {}
     for run in plan:
         m = run.unit_microbatches
-        if m not in costs:
+        if m not in profiles:
             _progress(f"profiling blocks at {work.samples_per_step // m} samples per unit")
-            costs[m] = profile_blocks(
+            profiles[m] = profile_blocks(
                 work.task, first, m, work.optimizer, device, amp_bf16=config.pipeline.amp_bf16
             )
-    biggest = (
-        costs[max(settings.microbatches)]
-        if max(settings.microbatches) in costs
-        else next(iter(costs.values()))
-    )
+    biggest = profiles[max(profiles)]
     partition = plan_partition(
         settings.stages,
         [f + b for f, b in zip(biggest.student_fwd, biggest.student_bwd)],
@@ -199,70 +252,56 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
     for run in plan:
         groups.setdefault(run.procs, []).append(run)
     results: dict[BenchRun, dict] = {}
-    for procs, runs in groups.items():
+    total = len(plan) * settings.rounds
+    _progress(
+        f"{len(plan)} runs x {settings.rounds} rounds of {settings.warmup} warm-up + {settings.steps} timed steps"
+    )
+    with tqdm(total=total, desc=f"bench {spec.name}", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
+        for procs, runs in groups.items():
+            spec_file = out / "runs" / f"N{procs}.spec.json"
+            spec_file.write_text(
+                json.dumps(
+                    {
+                        "settings": asdict(settings),
+                        "config": to_dict(config),
+                        "runs": [
+                            {
+                                "name": r.name,
+                                "busy": r.busy,
+                                "pipeline": to_dict(run_pipeline(config, r, balances)),
+                            }
+                            for r in runs
+                        ],
+                        "folder": str(out / "runs"),
+                    }
+                )
+            )
+            _launch_group(spec_file, procs, threads, bar)
+            for run in runs:
+                rounds = [
+                    json.loads((out / "runs" / f"{run.name}.r{r}.json").read_text())
+                    for r in range(settings.rounds)
+                ]
+                results[run] = _combine(rounds, settings.warmup)
+    for run, result in results.items():
+        batch = work.samples_per_step
         _progress(
-            f"{len(runs)} run(s) on {procs} process(es), {settings.rounds} round(s) of "
-            f"{settings.warmup} warm-up + {settings.steps} timed steps each"
+            f"{run.name}: {batch / result['median_step_s']:.1f} samples/s (rounds: "
+            + ", ".join(f"{batch / s:.0f}" for s in result["round_steps_s"])
+            + ")"
         )
-        spec_file = out / "runs" / f"N{procs}.spec.json"
-        spec_file.write_text(
-            json.dumps(
-                {
-                    "settings": asdict(settings),
-                    "config": to_dict(config),
-                    "runs": [
-                        {"name": r.name, "pipeline": to_dict(run_pipeline(config, r, balances))} for r in runs
-                    ],
-                    "folder": str(out / "runs"),
-                }
-            )
-        )
-        started = time.monotonic()
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "core.launch",
-                "--nproc",
-                str(procs),
-                "experiments.bench",
-                "worker",
-                str(spec_file),
-            ],
-            cwd=ROOT,
-            env={**os.environ, "OMP_NUM_THREADS": str(max(config.run.threads, 1))},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"runs on {procs} process(es) failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}"
-            )
-        for run in runs:
-            rounds = [
-                json.loads((out / "runs" / f"{run.name}.r{r}.json").read_text())
-                for r in range(settings.rounds)
-            ]
-            results[run] = _combine(rounds, settings.warmup)
-            step = results[run]["median_step_s"]
-            batch = work.samples_per_step
-            _progress(
-                f"{run.name}: {batch / step:.1f} samples/s (rounds: "
-                + ", ".join(f"{batch / s:.0f}" for s in results[run]["round_steps_s"])
-                + ")"
-            )
-        _progress(f"{procs} process(es) done in {time.monotonic() - started:.0f} s")
-    scales = _calibration(work, results, costs)
+    scales = calibration_scales(work, results, profiles)
     rows = [
-        _row(settings, spec, config, work, run, result, _scaled(costs, scales, run), costs, out)
+        _row(settings, spec, config, work, run, result, run_costs(profiles, scales, run), profiles, out)
         for run, result in results.items()
+        if not run.busy
     ]
     write_rows(out / "rows.jsonl", rows)
     (out / "costs.json").write_text(
         json.dumps(
             {
-                "scales": {str(m): k for m, k in scales.items()},
-                **{str(m): c.to_dict() for m, c in costs.items()},
+                "scales": {kind: {str(m): k for m, k in by_m.items()} for kind, by_m in scales.items()},
+                **{str(m): c.to_dict() for m, c in profiles.items()},
             },
             indent=1,
         )
@@ -271,35 +310,47 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
 
 
 def _combine(rounds: list[dict], warmup: int) -> dict:
-    """One result from several rounds of a run: the median of the rounds' median steps, and the
-    last round's timeline."""
-    steps = [median_step_s(r["step_end_s"], warmup) for r in rounds]
-    return {**rounds[-1], "median_step_s": statistics.median(steps), "round_steps_s": steps}
+    """One result from several rounds of a run: the median of the rounds' steady-state medians,
+    every steady step, and the last round's timeline."""
+    steps = [steady_steps(r["step_end_s"], warmup) for r in rounds]
+    medians = [statistics.median(x) for x in steps]
+    return {
+        **rounds[-1],
+        "median_step_s": statistics.median(medians),
+        "round_steps_s": medians,
+        "steady_steps_s": [x for per_round in steps for x in per_round],
+    }
 
 
-def _calibration(
-    work: Setup, results: dict[BenchRun, dict], costs: dict[int, BlockCosts]
-) -> dict[int, float]:
-    """Measured over profiled time of the one-process run at each M: how much slower the blocks
-    run inside a training step (colder caches, allocation) than timed one by one."""
-    scales = {}
+def calibration_scales(
+    work: Setup, results: dict[BenchRun, dict], profiles: dict[int, BlockCosts]
+) -> dict[str, dict[int, float]]:
+    """Measured over predicted time of the one-process step at each M, alone (``alone``) and
+    with every process running it at once (``busy``): how much slower the blocks run inside a
+    training step, and with every core busy, than timed one by one."""
+    scales: dict[str, dict[int, float]] = {"alone": {}, "busy": {}}
+    batch, views = work.samples_per_step, work.task.views
     for run, result in results.items():
-        if run.procs == 1 and get_schedule(run.schedule).is_pipeline:
+        if get_schedule(run.schedule).stages == 1:
             m = run.microbatches
-            units = m * work.task.views
-            predicted = work.samples_per_step / bound_samples_per_s(costs[m], units, work.samples_per_step, 1)
-            scales[m] = result["median_step_s"] / predicted
+            costs = fitted_costs(list(profiles.values()), batch // m)
+            predicted = batch / bound_samples_per_s(costs, m * views, batch, 1)
+            scales["busy" if run.busy else "alone"][m] = result["median_step_s"] / predicted
     return scales
 
 
-def _scaled(costs: dict[int, BlockCosts], scales: dict[int, float], run: BenchRun) -> BlockCosts:
-    """The run's block costs, times the calibration of the one-process run nearest in unit size
-    (1 without one)."""
-    m = run.unit_microbatches
-    base = costs[m]
-    if not scales:
+def run_costs(
+    profiles: dict[int, BlockCosts], scales: dict[str, dict[int, float]], run: BenchRun
+) -> BlockCosts:
+    """The run's per-block costs: the fit at its unit size, times the calibration of the
+    one-process step nearest in unit size (measured alone for one process, busy for several;
+    1 without one)."""
+    base = fitted_costs(list(profiles.values()), profiles[run.unit_microbatches].samples)
+    by_m = scales["alone" if run.procs == 1 else "busy"] or scales["alone"]
+    if not by_m:
         return base
-    k = scales[min(scales, key=lambda s: abs(s - m))]
+    m = run.unit_microbatches
+    k = by_m[min(by_m, key=lambda s: abs(s - m))]
     return replace(
         base,
         teacher_fwd=[x * k for x in base.teacher_fwd],
@@ -316,6 +367,13 @@ def teacher_share(costs: BlockCosts) -> float:
     return teacher / (teacher + sum(costs.student_fwd) + sum(costs.student_bwd))
 
 
+def _quantiles(values: Sequence[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
 def _row(
     settings: BenchSettings,
     spec: MethodSpec,
@@ -324,7 +382,7 @@ def _row(
     run: BenchRun,
     result: dict,
     unit_costs: BlockCosts,
-    costs: dict[int, BlockCosts],
+    profiles: dict[int, BlockCosts],
     out: Path,
 ) -> dict:
     schedule = get_schedule(run.schedule)
@@ -377,6 +435,8 @@ def _row(
     device = f"{config.run.device} ({threads} thread{'s' if threads > 1 else ''}/process)"
     if config.run.device == "cuda":
         device = torch.cuda.get_device_name(0)
+    rounds = [batch / x for x in result["round_steps_s"]]
+    q1_step, q3_step = _quantiles(result["steady_steps_s"])
     return make_row(
         method=spec.name,
         method_title=spec.title,
@@ -395,6 +455,13 @@ def _row(
         peak_mem_gib=result["peak_gib"],
         seed=config.run.seed,
         simulated=False,
+        samples_per_s_min=min(rounds),
+        samples_per_s_max=max(rounds),
+        samples_per_s_q1=batch / q3_step,
+        samples_per_s_q3=batch / q1_step,
+        round_samples_per_s=rounds,
+        rounds=settings.rounds,
+        steady_steps=len(result["steady_steps_s"]),
         predicted_samples_per_s=predicted,
         prediction_error=(predicted - samples) / samples if predicted else None,
         backward_pieces=pipeline.pieces,
@@ -402,21 +469,23 @@ def _row(
         teacher_balance=result["extra"].get("teacher_balance"),
         link_gbps=link.gbps if "link" in result["extra"] else None,
         link_latency_us=link.latency_us if "link" in result["extra"] else None,
+        link_overhead_us=link.overhead_us if "link" in result["extra"] else None,
         synthetic_inputs=work.synthetic_data,
         amp_bf16=config.pipeline.amp_bf16,
         warmup_steps=settings.warmup,
         timed_steps=settings.steps,
-        rounds=settings.rounds,
-        round_samples_per_s=[batch / x for x in result["round_steps_s"]],
-        teacher_fwd_share=teacher_share(costs[run.unit_microbatches]),
+        teacher_fwd_share=teacher_share(profiles[run.unit_microbatches]),
         preset=settings.preset,
     )
 
 
 def worker(spec_file: Path) -> None:
-    """One rank of a group of timed runs (started by ``core.launch``): every run, in rounds."""
+    """One rank of a group of timed runs (started by ``core.launch``): every run, in rounds;
+    rank 0 reports each finished run on stderr for the driver's progress bar."""
+    import torch.distributed as dist
+
     from core.launch import init_distributed
-    from core.runtime import make_runner
+    from core.runtime import Solo, make_runner
 
     group = json.loads(spec_file.read_text())
     settings = from_dict(BenchSettings, group["settings"])
@@ -426,8 +495,8 @@ def worker(spec_file: Path) -> None:
     rank = init_distributed(config.run.device)
     link: dict[str, float] = {}
     if rank.world > 1:
-        measured = probe_link(1 << 20)
-        link = {"gbps": measured.gbps, "latency_us": measured.latency_us}
+        measured = probe_link()
+        link = {"gbps": measured.gbps, "latency_us": measured.latency_us, "overhead_us": measured.overhead_us}
     total = settings.warmup + settings.steps
     setups: dict[str, Setup] = {}  # a method's setup may depend on the runner kind, not on the shape
     for r in range(settings.rounds):
@@ -437,19 +506,24 @@ def worker(spec_file: Path) -> None:
             if kind not in setups:
                 setups[kind] = method.setup(replace(config, pipeline=pipeline))
             work = setups[kind]
-            runner = make_runner(work.task, pipeline, rank.device, work.optimizer, work.scheduler)
+            transport = Solo() if run["busy"] else None  # every rank alone, all at once
+            runner = make_runner(work.task, pipeline, rank.device, work.optimizer, work.scheduler, transport)
             extra: dict[str, Any] = {"backward_pieces": pipeline.backward_pieces}
             if link:
                 extra["link"] = link
-            if runner.balance is not None:  # pipelines; ddp holds whole models
+            if runner.balance is not None and not run["busy"]:  # pipelines; ddp holds whole models
                 extra["balance"], extra["teacher_balance"] = (
                     list(runner.balance),
                     list(runner.teacher_balance),
                 )
+            if rank.world > 1:
+                dist.barrier()  # every rank starts together (a busy run has no barrier of its own)
             out = Path(group["folder"]) / f"{run['name']}.r{r}.json"
             timed_run(runner, work.batches(0, total), total, out if rank.rank == 0 else None, extra)
             runner.close()
             del runner
+            if rank.rank == 0:
+                print(f"{PROGRESS}{run['name']} round {r + 1}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -468,11 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--stages", "--nproc", dest="stages", type=int, default=2, help="pipeline stages (processes)"
     )
-    parser.add_argument("--microbatches", type=int, nargs="+", default=None, help="default: 2 4 (cuda: N)")
+    parser.add_argument("--microbatches", type=int, nargs="+", default=None, help="default: 1 2 4 (cuda: N)")
     parser.add_argument("--schedules", nargs="+", default=(), help="schedules and runners (default: all)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=None, help="default: results/METHOD (results/METHOD-cuda on GPUs)")
     parser.add_argument("--command", default="", help="the make target to name in rows")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the preset")
@@ -485,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             preset=preset,
             overrides=tuple(args.overrides),
             stages=args.stages,
-            microbatches=tuple(args.microbatches or ((args.stages,) if args.device == "cuda" else (2, 4))),
+            microbatches=tuple(args.microbatches or ((args.stages,) if args.device == "cuda" else (1, 2, 4))),
             schedules=tuple(args.schedules),
             warmup=args.warmup,
             steps=args.steps,

@@ -1,4 +1,19 @@
-"""Paper-scale throughput sweep, simulated from the H200 calibration (rows + timelines)."""
+"""Paper-scale throughput, simulated from the H200 calibration: rows, timelines and checks.
+
+For every calibrated pair, link and stage count:
+
+- every pipeline schedule at its own best configuration (micro-batches over the divisors of the
+  batch, backward pieces 1 and 2 where it may split) under the **realistic** cost model (the
+  micro-batch sweep, scaled to the whole-network costs the calibration measured), and ddp under
+  the same model (``cost_model`` ``realistic``; ``realistic, no sweep`` for a pair without a
+  sweep): these are the figures claims are made from;
+- every pipeline schedule at M = N with 2 backward pieces each under the **linear** model
+  (``linear``): the schedules alone, at equal pieces, an ablation;
+- per pair, the check of the simulated one-device sequential step against the measured one and
+  the fixed + per-sample fit that extends the sweep (``kind: check``).
+
+``python -m experiments.simulate [--calibration-dir DIR] [--out DIR]``
+"""
 
 from __future__ import annotations
 
@@ -7,8 +22,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.calibration import Calibration, load_calibration, result_dict, simulate_calibration, simulate_ddp
+from tqdm import tqdm
+
+from core.calibration import Calibration, load_calibration
 from core.metrics import make_row, write_rows
+from core.paper_scale import (
+    best_configuration,
+    result_dict,
+    sequential_check,
+    simulate_calibration,
+    simulate_ddp,
+)
 from core.schedules import get_schedule, schedules
 from core.simulate import Link
 
@@ -18,30 +42,98 @@ SCHEDULES = tuple(s.name for s in schedules("pipeline") if s.stages is None)
 DDP = next(s.name for s in schedules("ddp"))
 STAGES = (2, 4, 8, 16)
 LINKS = {"nvlink": Link(450.0), "pcie": Link(25.0)}
-# Files swept: one per model pair and granularity (fp32 and whole-block ViT/BERT files add little).
+# One base file per model pair (its micro-batch sweep, where there is one, is read beside it).
 FILES = (
     "byol_resnet18_bf16.json",
     "byol_resnet50_bf16.json",
-    "byol_resnet50_mbsweep_bf16.json",
     "mocov3_vit_base_halfblocks_bf16.json",
-    "mocov3_vit_base_halfblocks_mbsweep_bf16.json",
     "mocov3_vit_large_halfblocks_bf16.json",
     "kd_resnet152_to_resnet50_bf16.json",
-    "kd_resnet152_to_resnet50_mbsweep_bf16.json",
     "distil_bertlarge_to_6l_halfblocks_bf16.json",
-    "distil_bertlarge_to_6l_halfblocks_mbsweep_bf16.json",
 )
-# Timelines kept for Gantt charts: (file, stages, link).
-GANTT = tuple((f, 4, "nvlink") for f in FILES if "mbsweep" not in f and "resnet18" not in f)
+GANTT_STAGES, GANTT_LINK = 4, "nvlink"  # timelines kept for Gantt charts
+LINEAR_PIECES = 2  # the linear ablation compares schedules at equal backward pieces
 
 
-def microbatches_for(schedule: str, stages: int) -> int:
-    """The micro-batch rule of the sweep: M = N, unless the schedule fixes M (``mp``: 1)."""
-    return get_schedule(schedule).microbatches or stages
+def _device(link: Link) -> str:
+    return f"simulated H200 calibration, {link.gbps:g} GB/s link"
 
 
-def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | None]]:
-    """Simulate every schedule at every stage count the pair's blocks allow.
+def check_row(cal: Calibration) -> dict:
+    """The calibration's consistency: simulated against measured sequential step, the scales
+    applied, and the fit that extends the sweep (whole-network sums at the largest size)."""
+    check = sequential_check(cal)
+    fit = {}
+    if cal.sweep:
+        largest = max(cal.sweep)
+        fixed = sum(a for kind in cal.fits() for a, _ in kind)
+        per_sample = sum(b for kind in cal.fits() for _, b in kind)
+        measured = sum(sum(kind) for kind in cal.sweep[largest])
+        fit = {
+            "fit_fixed_ms": fixed,
+            "fit_per_sample_ms": per_sample,
+            "fit_largest_size": largest,
+            "fit_error_at_largest": (fixed + per_sample * largest - measured) / measured,
+        }
+    return make_row(
+        method=cal.method,
+        schedule="sequential",
+        model=cal.pair,
+        stages=1,
+        microbatches=1,
+        global_batch=cal.batch,
+        device="simulated H200 calibration",
+        step_ms=check["simulated_ms"],
+        simulated=True,
+        kind="check",
+        calibration=cal.source,
+        cost_model=cal.cost_model,
+        measured_step_ms=check["measured_ms"],
+        check_error=check["error"],
+        scales=list(cal.scales),
+        loss_ms=cal.loss_ms,
+        sweep_sizes=sorted(cal.sweep) if cal.sweep else None,
+        **fit,
+    )
+
+
+def _sim_row(cal: Calibration, link_name: str, found: tuple, best_of: str) -> dict:
+    link = LINKS[link_name]
+    result, built, partition = found
+    summary = result_dict(cal, built, partition, result, link)
+    return make_row(
+        method=cal.method,
+        schedule=built.name,
+        model=cal.pair,
+        stages=built.stages,
+        microbatches=built.microbatches,
+        global_batch=cal.batch,
+        device=_device(link),
+        samples_per_s=result.samples_per_s,
+        step_ms=result.step_ms,
+        efficiency=result.efficiency,
+        bound_samples_per_s=result.bound_samples_per_s,
+        bubble_fraction=result.bubble_fraction,
+        simulated=True,
+        kind="sim",
+        best_of=best_of,
+        link=link_name,
+        link_gbps=link.gbps,
+        latency_us=link.latency_us,
+        cost_model=cal.cost_model,
+        calibration=cal.source,
+        views=built.views,
+        backward_pieces=built.backward_pieces,
+        balance=summary["balance"],
+        teacher_balance=summary["teacher_balance"],
+        balance_cap=result.balance_cap,
+        microbatch_penalty=summary["microbatch_penalty"],
+    )
+
+
+def sweep(cal: Calibration, link_name: str, bar: tqdm | None = None) -> list[tuple[dict, list[dict] | None]]:
+    """Every schedule at every stage count the pair's blocks allow: at its best configuration
+    under the calibration's model (and ddp), or at M = N with equal pieces under the linear one.
 
     Returns:
         (row, timeline records or None) per simulation.
@@ -51,85 +143,88 @@ def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | Non
     out = []
     for stages in (n for n in STAGES if n <= units):
         for schedule in SCHEDULES:
-            micro = microbatches_for(schedule, stages)
-            result, built, partition = simulate_calibration(cal, schedule, stages, micro, link)
-            summary = result_dict(cal, built, partition, result, link)
+            if cal.model == "linear":
+                spec = get_schedule(schedule)
+                pieces = LINEAR_PIECES if spec.splits_backward else None
+                found = simulate_calibration(
+                    cal, schedule, stages, spec.microbatches or stages, link, None, pieces
+                )
+                row = _sim_row(cal, link_name, found, "M = N, equal pieces")
+            else:
+                found = best_configuration(cal, schedule, stages, link)
+                row = _sim_row(cal, link_name, found, "its best M and pieces")
+            keep = cal.model != "linear" and (stages, link_name) == (GANTT_STAGES, GANTT_LINK)
+            records = [r.to_dict() for r in found[0].records if not r.op.startswith(("SEND", "RECV"))]
+            out.append((row, records if keep and get_schedule(schedule).gantt else None))
+            if bar is not None:
+                bar.update(1)
+        if cal.model != "linear":
+            ddp = simulate_ddp(cal, stages, link)
             row = make_row(
                 method=cal.method,
-                schedule=schedule,
+                schedule=DDP,
                 model=cal.pair,
                 stages=stages,
-                microbatches=micro,
+                microbatches=1,
                 global_batch=cal.batch,
-                device=f"simulated H200 calibration, {link.gbps:g} GB/s link",
-                samples_per_s=result.samples_per_s,
-                step_ms=result.step_ms,
-                efficiency=result.efficiency,
-                bound_samples_per_s=result.bound_samples_per_s,
-                bubble_fraction=result.bubble_fraction,
+                device=_device(link),
+                samples_per_s=ddp["samples_per_s"],
+                step_ms=ddp["step_ms"],
+                efficiency=ddp["efficiency"],
+                bound_samples_per_s=ddp["bound_samples_per_s"],
                 simulated=True,
+                kind="sim",
+                best_of="one replica per GPU",
                 link=link_name,
                 link_gbps=link.gbps,
                 latency_us=link.latency_us,
-                cost_model="mbsweep" if cal.sweep else "linear",
+                cost_model=cal.cost_model,
                 calibration=cal.source,
-                views=built.views,
-                backward_pieces=built.backward_pieces,
-                balance=summary["balance"],
-                teacher_balance=summary["teacher_balance"],
-                balance_cap=result.balance_cap,
-                microbatch_penalty=summary["microbatch_penalty"],
+                views=cal.views,
+                allreduce_ms=ddp["allreduce_ms"],
+                ddp_model="ring all-reduce of fp32 student gradients, fully overlapped with the backward",
+                microbatch_penalty=cal.microbatch_penalty(cal.batch / stages),
             )
-            keep = (cal.source, stages, link_name) in GANTT and get_schedule(schedule).gantt
-            compute = [r.to_dict() for r in result.records if not r.op.startswith(("SEND", "RECV"))]
-            out.append((row, compute if keep else None))
-        ddp = simulate_ddp(cal, stages, link)
-        row = make_row(
-            method=cal.method,
-            schedule=DDP,
-            model=cal.pair,
-            stages=stages,
-            microbatches=1,
-            global_batch=cal.batch,
-            device=f"simulated H200 calibration, {link.gbps:g} GB/s link",
-            samples_per_s=ddp["samples_per_s"],
-            step_ms=ddp["step_ms"],
-            efficiency=ddp["efficiency"],
-            bound_samples_per_s=ddp["bound_samples_per_s"],
-            simulated=True,
-            link=link_name,
-            link_gbps=link.gbps,
-            latency_us=link.latency_us,
-            cost_model="mbsweep" if cal.sweep else "linear",
-            calibration=cal.source,
-            views=cal.views,
-            allreduce_ms=ddp["allreduce_ms"],
-            ddp_model="ring all-reduce of fp32 student gradients, fully overlapped with the backward",
-            microbatch_penalty=cal.microbatch_penalty(cal.batch / stages),
-        )
-        out.append((row, None))
+            out.append((row, None))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.simulate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.simulate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--calibration-dir", type=Path, default=Path("experiments/calibration/h200"))
     parser.add_argument("--out", type=Path, default=Path("results/simulated"))
+    parser.add_argument(
+        "--files", nargs="+", default=list(FILES), help="base calibration files (default: every pair)"
+    )
     args = parser.parse_args(argv)
-    rows: list[dict] = []
-    for name in FILES:
+    cals = []
+    for name in args.files:
         path = args.calibration_dir / name
         if not path.exists():
             print(f"error: calibration file {path} not found; pass --calibration-dir", file=sys.stderr)
             return 2
-        cal = load_calibration(path)
-        for link_name in LINKS:
-            for row, records in sweep(cal, link_name):
-                rows.append(row)
-                if records is not None:
-                    stem = f"{Path(name).stem}_{row['schedule']}_N{row['stages']}_{link_name}"
-                    write_rows(args.out / "timelines" / f"{stem}.jsonl", records)
-        print(f"simulated {name}", file=sys.stderr)
+        cals += [load_calibration(path, model) for model in ("realistic", "linear")]
+    total = sum(
+        len(LINKS)
+        * len(SCHEDULES)
+        * sum(1 for n in STAGES if n <= min(len(c.teacher_fwd), len(c.student_fwd)))
+        for c in cals
+    )
+    rows: list[dict] = []
+    with tqdm(total=total, desc="simulate", unit="sim", file=sys.stderr, dynamic_ncols=True) as bar:
+        for cal in cals:
+            if cal.model != "linear":
+                rows.append(check_row(cal))
+            for link_name in LINKS:
+                for row, records in sweep(cal, link_name, bar):
+                    rows.append(row)
+                    if records is not None:
+                        stem = f"{Path(cal.source).stem}_{row['schedule']}_N{row['stages']}_{link_name}"
+                        write_rows(args.out / "timelines" / f"{stem}.jsonl", records)
     write_rows(args.out / "rows.jsonl", rows)
     print(f"wrote {len(rows)} rows to {args.out / 'rows.jsonl'}", file=sys.stderr)
     return 0

@@ -39,7 +39,7 @@ PRESETS: dict[str, Config] = {
     ),
     # make bench-byol: the CPU default at batch 64, backwards whole (CPU: no split)
     "bench": CPU.derive(method=dict(batch=64), pipeline=dict(backward_pieces=1)),
-    # paper throughput (Lim et al. 2022): ResNet-18/50, 224x224, batch 256, BYOL's 4096/256 heads
+    # paper throughput (Lim et al. 2022): ResNet-18/50/101/152, 224x224, batch 256, BYOL's 4096/256 heads
     **{
         f"resnet{depth}-224-{gpus}gpu": CPU.derive(
             method=dict(
@@ -58,7 +58,7 @@ PRESETS: dict[str, Config] = {
             pipeline=dict(schedule="tspipe", stages=gpus, microbatches=gpus, amp_bf16=True),
             run=dict(steps=50, device="cuda", threads=0),
         )
-        for depth in (18, 50)
+        for depth in (18, 50, 101, 152)
         for gpus in (4, 8)
     },
 }

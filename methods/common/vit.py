@@ -18,6 +18,7 @@ VIT_MODELS = {
     "vit_small": "vit_small_patch16_224",
     "vit_base": "vit_base_patch16_224",
     "vit_large": "vit_large_patch16_224",
+    "vit_huge": "vit_huge_patch14_224",
 }
 
 

@@ -10,6 +10,13 @@ from methods.distilbert.config import DistilConfig, TeacherConfig
 
 # BERT-large (Devlin et al. 2019): 24 layers, hidden 1024, 16 heads, feed-forward 4096.
 _BERT_LARGE = dict(teacher="random", teacher_layers=24, hidden=1024, heads=16, intermediate=4096)
+# The paper's larger teachers are given by parameter count only (BERT-xlarge 1.3B into 480M,
+# BERT-xxlarge 3.9B into 1.2B). Shapes with those counts: 24 layers of width 2048 (1.2B + the
+# embeddings) into 9 of its layers (0.48B), and 24 layers of width 3584 (3.9B) into 8 (1.3B).
+_PAPER_BERTS = {
+    "bertxlarge": (dict(teacher="random", teacher_layers=24, hidden=2048, heads=32, intermediate=8192), 9),
+    "bertxxlarge": (dict(teacher="random", teacher_layers=24, hidden=3584, heads=28, intermediate=14336), 8),
+}
 
 # CPU default: the fine-tuned MiniLM (6 x 384) into a 3-layer student on Shakespeare + KJV,
 # 128-token blocks; global gradient-norm clipping at 5 (DistilBERT's).
@@ -89,6 +96,16 @@ PRESETS: dict[str, Config] = {
         )
         for seq in (128, 512)
         for gpus in (4, 8)
+    },
+    **{
+        f"{name}-128-8gpu": CPU.derive(
+            method=dict(
+                **shape, student_layers=layers, corpus="synthetic", seq_len=128, batch=64, warmup_steps=10
+            ),
+            pipeline=dict(schedule="tspipe", stages=8, microbatches=8, amp_bf16=True),
+            run=dict(steps=50, device="cuda", threads=0),
+        )
+        for name, (shape, layers) in _PAPER_BERTS.items()
     },
 }
 

@@ -55,14 +55,14 @@ PRESETS: dict[str, Config] = {
     ),
     # make bench-mocov3: the CPU default at batch 64, backwards whole
     "bench": CPU.derive(method=dict(batch=64), pipeline=dict(backward_pieces=1)),
-    # paper throughput (Lim et al. 2022): ViT-S/B/L with 16x16 patches at 224x224, synthetic
-    # images, bf16, batch 256, M = N micro-batches; every block split into its attention and MLP
-    # halves so 16 stages balance (ViT-S and ViT-B: 26 units, ViT-L: 50).
+    # paper throughput (Lim et al. 2022): ViT-S/B/L with 16x16 patches (ViT-H: 14x14) at 224x224,
+    # synthetic images, bf16, batch 256, M = N micro-batches; every block split into its attention
+    # and MLP halves so 16 stages balance (ViT-S and ViT-B: 26 units, ViT-L: 50, ViT-H: 66).
     **{
         f"{size}-224-{gpus}gpu": CPU.derive(
             method=dict(
                 vit=size,
-                patch=16,
+                patch=14 if size == "vit_huge" else 16,
                 embed_dim=0,
                 depth=0,
                 heads=0,
@@ -79,7 +79,7 @@ PRESETS: dict[str, Config] = {
             pipeline=dict(schedule="tspipe", stages=gpus, microbatches=gpus, amp_bf16=True),
             run=dict(steps=50, device="cuda", threads=0),
         )
-        for size in ("vit_small", "vit_base", "vit_large")
+        for size in ("vit_small", "vit_base", "vit_large", "vit_huge")
         for gpus in (4, 8, 16)
     },
 }

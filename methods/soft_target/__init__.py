@@ -13,9 +13,8 @@ from methods.common.data import BatchOrder, check_dataset, load_images
 from methods.common.optim import optimizer_factory, warmup_cosine
 from methods.soft_target.config import SoftTargetConfig
 from methods.soft_target.kd import SoftTargetTask
-from methods.soft_target.models import load_teacher
-from methods.soft_target.presets import PRESETS
-from methods.soft_target.teacher import teacher_command, top1
+from methods.soft_target.models import load_teacher, top1
+from methods.soft_target.presets import PRESETS, teacher_command
 from methods.spec import MethodSpec, Setup
 
 

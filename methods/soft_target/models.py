@@ -36,6 +36,7 @@ VIT_TIMM = {
     "vit_small": "vit_small_patch16_224",
     "vit_base": "vit_base_patch16_224",
     "vit_large": "vit_large_patch16_224",
+    "vit_huge": "vit_huge_patch14_224",
 }
 
 
@@ -129,7 +130,8 @@ def classifier_blocks(arch: Arch) -> list[nn.Module]:
         return [*blocks, Head(features, arch.classes)]
     from methods.common.vit import vit_blocks  # imports timm
 
-    patch = 16 if arch.image >= 64 else max(2, arch.image // 8)  # small images: 8x8 patches
+    # the model's patch on large images (ViT-H: 14), 8x8 patches on small ones
+    patch = (14 if arch.model == "vit_huge" else 16) if arch.image >= 64 else max(2, arch.image // 8)
     units, dim = vit_blocks(
         VIT_TIMM[arch.model],
         img_size=arch.image,
@@ -338,3 +340,15 @@ def _state_mismatch(arch: Arch, state: dict) -> str | None:
 def load_state(blocks: Sequence[nn.Module], state: dict[str, torch.Tensor]) -> None:
     """Copy a teacher state dict (checked by :func:`load_teacher`) into its blocks."""
     nn.Sequential(*blocks).load_state_dict(state)
+
+
+@torch.no_grad()
+def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
+    """Top-1 accuracy of a classifier in eval mode over prepared images (on the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(images), batch):
+        logits = model(images[start : start + batch].to(device))
+        correct += int((logits.argmax(dim=1).cpu() == labels[start : start + batch]).sum())
+    return correct / len(images)

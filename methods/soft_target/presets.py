@@ -4,9 +4,11 @@ benchmark and the paper-scale throughput settings, each derived from a base."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from core.config import Config, RunConfig
 from methods.soft_target.config import SoftTargetConfig, TeacherConfig
+from methods.soft_target.models import Arch, default_teacher_path
 
 # `python -m methods.soft_target.teacher --preset NAME`: the teacher a KD preset loads.
 # make teacher-kd: a ResNet-18 of width 32 (2.8M parameters) with a CIFAR stem on all 60,000
@@ -76,13 +78,14 @@ PRESETS: dict[str, Config] = {
         pipeline=dict(amp_bf16=True),
         run=dict(steps=30, device="cuda", threads=0),
     ),
-    # paper throughput (Lim et al. 2022): timm ViT-L/16 teacher, ResNet-152 student, 224x224,
-    # batch 256, random weights and synthetic images; teacher_checkpoint=PATH takes real weights.
+    # paper throughput (Lim et al. 2022): timm ViT-L/16 or ViT-H/14 teacher, ResNet-101 or -152
+    # student, 224x224, batch 256, random weights and synthetic images; teacher_checkpoint=PATH
+    # takes real weights.
     **{
-        f"vitl16-to-resnet152-224-{gpus}gpu": CPU.derive(
+        f"{short}-to-resnet{depth}-224-{gpus}gpu": CPU.derive(
             method=dict(
-                teacher="vit_large",
-                student="resnet152",
+                teacher=teacher,
+                student=f"resnet{depth}",
                 cifar_stem=False,
                 image=224,
                 in_channels=3,
@@ -96,6 +99,26 @@ PRESETS: dict[str, Config] = {
             pipeline=dict(schedule="tspipe", stages=gpus, microbatches=gpus, amp_bf16=True),
             run=dict(steps=50, device="cuda", threads=0),
         )
+        for short, teacher in (("vitl16", "vit_large"), ("vith14", "vit_huge"))
+        for depth in (101, 152)
         for gpus in (4, 8)
     },
 }
+
+
+def teacher_command(arch: Arch, dataset: str, path: Path) -> str:
+    """The command that makes a teacher checkpoint of ``arch`` on ``dataset`` at ``path``:
+    ``make teacher-kd`` for the default teacher, else the teacher script with overrides."""
+    cpu = TEACHER_PRESETS["cpu"]
+    if arch == cpu.arch() and dataset == cpu.dataset and Path(path) == cpu.path():
+        return "make teacher-kd"
+    preset = "tiny" if dataset == "digits" else "cpu"
+    base = TEACHER_PRESETS[preset]
+    overrides = []
+    for key, value in arch.to_dict().items():
+        field = "teacher" if key == "model" else key
+        if getattr(base, field) != value:
+            overrides.append(f"{field}={value}")
+    if Path(path) != default_teacher_path(arch, dataset):
+        overrides.append(f"out={path}")
+    return " ".join(["python -m methods.soft_target.teacher --preset", preset, *overrides])

@@ -28,43 +28,12 @@ from methods.common.optim import optimizer_factory, warmup_cosine
 from methods.soft_target.config import TeacherConfig
 from methods.soft_target.models import (
     ROOT,
-    Arch,
     channels,
     classifier_blocks,
-    default_teacher_path,
     save_teacher,
+    top1,
 )
 from methods.soft_target.presets import TEACHER_PRESETS
-
-
-def teacher_command(arch: Arch, dataset: str, path: Path) -> str:
-    """The command that makes a teacher checkpoint of ``arch`` on ``dataset`` at ``path``:
-    ``make teacher-kd`` for the default teacher, else the teacher script with overrides."""
-    cpu = TEACHER_PRESETS["cpu"]
-    if arch == cpu.arch() and dataset == cpu.dataset and Path(path) == cpu.path():
-        return "make teacher-kd"
-    preset = "tiny" if dataset == "digits" else "cpu"
-    base = TEACHER_PRESETS[preset]
-    overrides = []
-    for key, value in arch.to_dict().items():
-        field = "teacher" if key == "model" else key
-        if getattr(base, field) != value:
-            overrides.append(f"{field}={value}")
-    if Path(path) != default_teacher_path(arch, dataset):
-        overrides.append(f"out={path}")
-    return " ".join(["python -m methods.soft_target.teacher --preset", preset, *overrides])
-
-
-@torch.no_grad()
-def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
-    """Top-1 accuracy of a classifier in eval mode over prepared images (on the model's device)."""
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    for start in range(0, len(images), batch):
-        logits = model(images[start : start + batch].to(device))
-        correct += int((logits.argmax(dim=1).cpu() == labels[start : start + batch]).sum())
-    return correct / len(images)
 
 
 def train_teacher(config: TeacherConfig, progress: bool = True) -> dict:

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from core.calibration import load_calibration, simulate_calibration
+from core.calibration import load_calibration
+from core.paper_scale import simulate_calibration
 from core.schedules import build_schedule
 from core.simulate import (
     CostModel,

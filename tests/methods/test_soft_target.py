@@ -24,9 +24,9 @@ from core.runtime import resolve_balances
 from core.schedules import get_schedule
 from methods.soft_target import METHOD, check, models, setup
 from methods.soft_target.kd import SoftTargetTask, soft_target_loss
-from methods.soft_target.models import Arch, block_macs, classifier_blocks, load_teacher, save_teacher
-from methods.soft_target.presets import TEACHER_PRESETS
-from methods.soft_target.teacher import teacher_command, top1, train_teacher
+from methods.soft_target.models import Arch, block_macs, classifier_blocks, load_teacher, save_teacher, top1
+from methods.soft_target.presets import TEACHER_PRESETS, teacher_command
+from methods.soft_target.teacher import train_teacher
 from tests.conftest import launch_module
 from tests.core.test_runtime_dist import relative_difference
 from tests.core.toy import reference

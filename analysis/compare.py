@@ -1,0 +1,103 @@
+"""Comparisons of schedules from rows, as pandas operations: each schedule at its best
+configuration, the groups a subject is compared with, and ratios with their spread.
+
+A ratio of two measured rows carries an interval from their rounds (the subject's slowest
+round over the other's fastest, and the reverse); when the two rows' rounds overlap, the
+difference is not clear and is reported as "no clear difference", never as a speed-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from core.schedules import SCHEDULES, order_of, schedules, subject
+
+
+def subject_name() -> str:
+    """The schedule under study (the registry's subject)."""
+    spec = subject()
+    return spec.name if spec else ""
+
+
+def comparison_groups() -> dict[str, list[str]]:
+    """Who the subject is compared with, by kind, from the registry: inter-layer model
+    parallelism (a pipeline fixed to one micro-batch), the other pipelines of micro-batches
+    (best of), the torch peer (best of), data parallelism."""
+    groups: dict[str, list[str]] = {}
+    for spec in schedules():
+        if spec.subject or spec.stages == 1:
+            continue
+        if spec.runner == "ddp":
+            key = "ddp"
+        elif spec.runner == "torch":
+            key = "torch"
+        elif spec.microbatches:
+            key = "mp"
+        else:
+            key = "pipelines"
+        groups.setdefault(key, []).append(spec.name)
+    return {"/".join(members): members for members in groups.values()}
+
+
+def best_per_schedule(
+    df: pd.DataFrame, value: str = "samples_per_s", by: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """For every schedule (within each ``by`` group), its row with the highest ``value``."""
+    keys = [*by, "schedule"]
+    if df.empty:
+        return df
+    index = df.astype({value: float}).groupby(keys, sort=False)[value].idxmax()
+    out = df.loc[index.values]
+    return out.sort_values(by=[*by, "schedule"], key=lambda c: c.map(order_of) if c.name == "schedule" else c)
+
+
+def best_of(df: pd.DataFrame, members: list[str], value: str = "samples_per_s") -> dict | None:
+    """The best row of any of ``members`` (a group), or None."""
+    group = df[df["schedule"].isin(members)]
+    if group.empty:
+        return None
+    return group.loc[group[value].astype(float).idxmax()].to_dict()
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A speed ratio of two rows and, for measured rows, its interval over their rounds.
+
+    Attributes:
+        value: median over median.
+        low, high: the ratio's range over the rounds (None for simulated rows).
+    """
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def clear(self) -> bool:
+        """The rounds do not overlap (always true for simulated rows)."""
+        return self.low is None or self.low > 1.0 or self.high < 1.0
+
+    def text(self) -> str:
+        """``1.28`` or ``1.28 (1.21-1.33)``, or ``no clear difference (0.97-1.04)``."""
+        if self.low is None:
+            return f"{self.value:.3g}" if self.value < 100 else f"{self.value:,.0f}"
+        spread = f"({self.low:.2f}-{self.high:.2f})"
+        return f"{self.value:.2f} {spread}" if self.clear else f"no clear difference {spread}"
+
+
+def ratio(a: dict, b: dict) -> Ratio:
+    """``a``'s samples/s over ``b``'s, with the spread of their rounds where they have one."""
+    value = a["samples_per_s"] / b["samples_per_s"]
+    if a.get("samples_per_s_min") is None or b.get("samples_per_s_min") is None:
+        return Ratio(value)
+    return Ratio(
+        value,
+        a["samples_per_s_min"] / b["samples_per_s_max"],
+        a["samples_per_s_max"] / b["samples_per_s_min"],
+    )
+
+
+def registered(name: str) -> bool:
+    return name in SCHEDULES

@@ -1,0 +1,219 @@
+"""Paper-scale predictions from a calibration: one configuration of a schedule, each schedule at
+its best configuration, data parallelism, and the check of the one-device sequential step
+against the measured one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from core.calibration import Calibration
+from core.partition import Partition, plan_partition
+from core.schedules import Schedule, build_schedule, get_schedule
+from core.simulate import WINDOW_BATCHES, CostModel, Link, SimResult, ddp_step, simulate, stage_cost_model
+
+
+def calibration_partition(
+    cal: Calibration, stages: int, balance: Sequence[int] | None = None, samples: float | None = None
+) -> Partition:
+    """Auto-balanced (or checked) partition of a calibration pair over ``stages``, by the costs
+    at ``samples`` per unit (default: the calibration's micro-batch).
+
+    Raises:
+        ValueError: for more stages than blocks or a balance that does not fit.
+    """
+    t, f, b = cal.block_costs(samples or cal.microbatch)
+    return plan_partition(stages, [x + y for x, y in zip(f, b)], t, cal.teacher, balance=balance)
+
+
+def calibration_costs(
+    cal: Calibration, partition: Partition, microbatches: int, link: Link | None = None
+) -> CostModel:
+    """Per-stage unit costs of a calibration pair: ``batch / microbatches`` samples per unit; the
+    EMA update (``ema_ms``) spread over the stages by teacher block count."""
+    samples = cal.batch / microbatches
+    t, f, b = cal.block_costs(samples)
+    dtype_bytes = 2 if cal.amp_bf16 else 4
+    ema = [cal.ema_ms / len(cal.teacher_fwd)] * len(cal.teacher_fwd)
+    return stage_cost_model(
+        teacher_fwd=t,
+        student_fwd=f,
+        student_bwd=b,
+        teacher_bytes=[n * samples * dtype_bytes for n in cal.teacher_out],
+        student_bytes=[n * samples * dtype_bytes for n in cal.student_out],
+        student_opt=[0.0] * len(f),
+        teacher_opt=ema,
+        partition=partition,
+        link=link or Link(),
+        loss_ms=cal.loss_ms,
+    )
+
+
+def simulate_calibration(
+    cal: Calibration,
+    schedule: str,
+    stages: int,
+    microbatches: int,
+    link: Link | None = None,
+    balance: Sequence[int] | None = None,
+    backward_pieces: int | None = None,
+) -> tuple[SimResult, Schedule, Partition]:
+    """Simulate one calibration pair under a named schedule.
+
+    Returns:
+        (result, built schedule, partition used).
+    """
+    partition = calibration_partition(cal, stages, balance, cal.batch / microbatches)
+    costs = calibration_costs(cal, partition, microbatches, link)
+    built = build_schedule(
+        schedule, stages, microbatches, cal.teacher, WINDOW_BATCHES, backward_pieces, views=cal.views
+    )
+    return simulate(built, costs, cal.batch), built, partition
+
+
+def simulate_ddp(
+    cal: Calibration, stages: int, link: Link | None = None, grad_bytes: int = 4
+) -> dict[str, float]:
+    """Data parallelism over ``stages`` GPUs, modelled from the calibration (:func:`core.simulate.ddp_step`):
+    every GPU runs the whole teacher and student on ``batch / stages`` samples (per-block costs at
+    that size, so the micro-batch sweep's penalty applies), and the ring all-reduce of the
+    student's gradients overlaps the backward pass completely (the favourable case for DDP).
+
+    Returns:
+        ``step_ms``, ``samples_per_s``, ``allreduce_ms``, ``efficiency`` (against the same
+        bubble-free bound as the pipelines at M = N) and ``bound_samples_per_s``.
+
+    Raises:
+        ValueError: if the calibration lacks the student's parameter count.
+    """
+    if not cal.student_params:
+        raise ValueError(f"{cal.source} has no student_params_M; cannot model the all-reduce")
+    link = link or Link()
+    t, f, b = cal.block_costs(cal.batch / stages)
+    step, allreduce = ddp_step(
+        forward_ms=cal.views * (sum(t) + sum(f)),
+        backward_ms=cal.views * sum(b),
+        other_ms=cal.ema_ms,
+        grad_bytes=cal.student_params * grad_bytes,
+        replicas=stages,
+        link=link,
+        overlap=1.0,
+    )
+    # the pipelines' bound at M = N: N x batch / all work of one mini-batch at that unit size
+    work = cal.views * stages * (sum(t) + sum(f) + sum(b)) + cal.ema_ms
+    bound = stages * cal.batch / work * 1e3
+    samples = cal.batch / step * 1e3
+    return {
+        "step_ms": step,
+        "samples_per_s": samples,
+        "allreduce_ms": allreduce,
+        "efficiency": samples / bound,
+        "bound_samples_per_s": bound,
+    }
+
+
+def result_dict(
+    cal: Calibration, built: Schedule, partition: Partition, result: SimResult, link: Link
+) -> dict:
+    """The JSON summary of one simulation (the CLI's ``--format json``)."""
+    penalty = cal.microbatch_penalty(cal.batch / built.microbatches)
+    return {
+        "pair": cal.pair,
+        "calibration": cal.source,
+        "schedule": built.name,
+        "stages": built.stages,
+        "microbatches": built.microbatches,
+        "views": built.views,
+        "backward_pieces": built.backward_pieces,
+        "global_batch": cal.batch,
+        "link_gbps": link.gbps,
+        "latency_us": link.latency_us,
+        "balance": list(partition.student),
+        "teacher_balance": list(partition.teacher),
+        "step_ms": result.step_ms,
+        "samples_per_s": result.samples_per_s,
+        "efficiency": result.efficiency,
+        "bubble_fraction": result.bubble_fraction,
+        "bound_samples_per_s": result.bound_samples_per_s,
+        "balance_cap": result.balance_cap,
+        "microbatch_penalty": penalty,
+        "cost_model": cal.cost_model,
+        "simulated": True,
+    }
+
+
+def sequential_check(cal: Calibration) -> dict[str, float | None]:
+    """The simulated one-device sequential step against the measured one (``views x
+    seq_step_ms``: the calibration timed one view).
+
+    Returns:
+        ``measured_ms``, ``simulated_ms`` and ``error`` ((simulated - measured) / measured);
+        None where the file has no measured step.
+    """
+    result, _, _ = simulate_calibration(cal, "sequential", 1, 1)
+    measured = cal.views * cal.measured.seq_step_ms if cal.measured else None
+    return {
+        "measured_ms": measured,
+        "simulated_ms": result.step_ms,
+        "error": (result.step_ms - measured) / measured if measured else None,
+    }
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n``, ascending."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def configurations(
+    cal: Calibration, schedule: str, stages: int, max_per_stage: int = 4
+) -> Iterator[tuple[int, int | None]]:
+    """``(micro-batches, backward pieces)`` a schedule may run a pair with on ``stages`` stages,
+    M ascending: the divisors of the batch up to ``max_per_stage x stages`` (the schedule's own
+    M if it fixes one), and pieces 1 and 2 for the schedules that pipeline micro-batches and may
+    split their backward (every piece keeps at least one sample)."""
+    spec = get_schedule(schedule)
+    micros = (
+        [spec.microbatches]
+        if spec.microbatches
+        else [m for m in divisors(cal.batch) if m <= max_per_stage * stages]
+    )
+    split = spec.splits_backward and spec.microbatches is None and spec.stages is None
+    for m in micros:
+        for pieces in (1, 2) if split else (None,):
+            try:
+                spec.check(stages, m, pieces, cal.views)
+            except ValueError:
+                continue
+            if cal.batch // m >= (pieces or 1):
+                yield m, pieces
+
+
+def best_configuration(
+    cal: Calibration, schedule: str, stages: int, link: Link | None = None, pieces: int | None = None
+) -> tuple[SimResult, Schedule, Partition]:
+    """A schedule at its best configuration for a pair (highest simulated samples/s over
+    :func:`configurations`; ``pieces`` fixes the backward pieces, for comparisons of schedules
+    alone at equal pieces).
+
+    Returns:
+        (result, built schedule, partition) of the best configuration.
+
+    Raises:
+        ValueError: if no configuration fits.
+    """
+    by_m: dict[int, list[int | None]] = {}
+    for m, p in configurations(cal, schedule, stages):
+        if pieces is None or p is None or p == pieces:
+            by_m.setdefault(m, []).append(p)
+    best, misses = None, 0
+    for m, options in by_m.items():  # ascending M
+        results = [simulate_calibration(cal, schedule, stages, m, link, backward_pieces=p) for p in options]
+        top = max(results, key=lambda found: found[0].samples_per_s)
+        if best is None or top[0].samples_per_s > best[0].samples_per_s:
+            best, misses = top, 0
+        else:
+            misses += 1
+            if misses == 2:  # two larger M did no better: smaller micro-batches only cost more
+                break
+    if best is None:
+        raise ValueError(f"{schedule} has no configuration for {cal.pair} on {stages} stages")
+    return best

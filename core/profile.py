@@ -1,0 +1,222 @@
+"""Per-block costs of a task measured on this machine: each teacher and student block timed
+alone at a unit size, the loss, and the optimizer step with the teacher update; and a fixed +
+per-sample fit over several unit sizes."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.calibration import fit_fixed_per_sample
+from core.momentum import ema_update_
+from core.runtime import prepare_models
+from core.task import Structure, Task, detached_leaves, map_structure, scatter, tensors
+
+
+@dataclass
+class BlockCosts:
+    """Measured per-block costs of a task at one unit size (milliseconds per unit).
+
+    Attributes:
+        samples: samples in the unit the costs were measured at.
+        teacher_fwd, student_fwd, student_bwd: per block.
+        teacher_bytes, student_bytes: bytes of each block's output for one unit.
+        loss_ms: the loss over the whole mini-batch (every unit).
+        opt_ms: optimizer step plus teacher update per block, proportional to parameters.
+        param_bytes: bytes of each student block's parameters (what ddp all-reduces).
+    """
+
+    samples: int
+    teacher_fwd: list[float]
+    student_fwd: list[float]
+    student_bwd: list[float]
+    teacher_bytes: list[float]
+    student_bytes: list[float]
+    loss_ms: float
+    opt_ms: list[float]
+    param_bytes: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _nbytes(x: Structure) -> float:
+    return float(sum(t.numel() * t.element_size() for t in tensors(x)))
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def profile_blocks(
+    task: Task,
+    batch: Any,
+    microbatches: int,
+    optimizer_factory: Callable[[list[tuple[str, nn.Parameter]]], torch.optim.Optimizer],
+    device: torch.device,
+    repeats: int = 5,
+    amp_bf16: bool = False,
+) -> BlockCosts:
+    """Time each block of student and teacher on one unit of ``batch`` (first view, first
+    micro-batch): forward, and backward of the student from a random output gradient. Also the
+    loss over the whole batch, and the optimizer step and teacher update spread over blocks by
+    parameter count.
+
+    Returns:
+        :class:`BlockCosts` at the unit size of ``microbatches`` micro-batches.
+    """
+    student, teacher = prepare_models(task)
+    student = [b.to(device) for b in student]
+    teacher = [b.to(device) for b in teacher]
+    s_views, t_views = task.split_inputs(batch, 0)
+    to_dev = lambda x: map_structure(lambda t: t.to(device), x)  # noqa: E731
+    s_unit, t_unit = (
+        to_dev(scatter(s_views[0], microbatches)[0]),
+        to_dev(scatter(t_views[0], microbatches)[0]),
+    )
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_bf16)  # noqa: E731
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    t_fwd, t_bytes, x = [], [], t_unit
+    for block in teacher:
+
+        def run_teacher(block=block, x=x):
+            with torch.no_grad(), autocast():
+                out = block(x)
+            sync()
+            return out
+
+        run_teacher()
+        t_fwd.append(_median_ms(run_teacher, repeats))
+        x = run_teacher()
+        t_bytes.append(_nbytes(x))
+
+    s_fwd, s_bwd, s_bytes, x = [], [], [], s_unit
+    outputs = []
+    for block in student:
+        inp = detached_leaves(x) if x is not s_unit else x
+
+        def forward(block=block, inp=inp):
+            with autocast():
+                out = block(inp)
+            sync()
+            return out
+
+        def forward_backward(block=block, inp=inp):
+            out = forward(block, inp)
+            outs = [t for t in tensors(out) if t.requires_grad]
+            torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
+            sync()
+
+        forward()
+        forward_backward()
+        fwd = _median_ms(forward, repeats)
+        both = _median_ms(forward_backward, repeats)
+        s_fwd.append(fwd)
+        s_bwd.append(max(both - fwd, 0.0))
+        with torch.no_grad():
+            x = forward()
+        s_bytes.append(_nbytes(x))
+        outputs.append(x)
+    for block in student:
+        block.zero_grad(set_to_none=True)
+
+    # loss over the whole mini-batch: each view's outputs are the profiled unit's, repeated
+    with torch.no_grad():
+        t_out = t_unit
+        for block in teacher:
+            t_out = block(t_out)
+    s_out = outputs[-1]
+    loss_ms = 0.0
+    if isinstance(s_out, torch.Tensor) and isinstance(t_out, torch.Tensor):
+
+        def loss_once():
+            s = [torch.cat([s_out] * microbatches).requires_grad_() for _ in range(task.views)]
+            t = [torch.cat([t_out] * microbatches) for _ in range(task.views)]
+            task.loss(s, t, task.loss_context(batch, 0))["loss"].backward()
+            sync()
+
+        try:
+            loss_ms = _median_ms(loss_once, repeats)
+        except (RuntimeError, ValueError, IndexError):  # uneven micro-batches: leave it out
+            loss_ms = 0.0
+
+    # optimizer step + EMA over the whole model, spread over blocks by parameter count
+    model = nn.Sequential(*student)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer = optimizer_factory(list(model.named_parameters()))
+    teacher_model = nn.Sequential(*teacher)
+
+    def step():
+        optimizer.step()
+        if task.teacher_rule.kind == "ema":
+            ema_update_(teacher_model, model, 0.99)
+        sync()
+
+    step()
+    opt_total = _median_ms(step, repeats)
+    counts = [sum(p.numel() for p in b.parameters()) for b in student]
+    opt = [opt_total * c / max(sum(counts), 1) for c in counts]
+    param_bytes = [float(sum(p.numel() * p.element_size() for p in b.parameters())) for b in student]
+    return BlockCosts(
+        samples=tensors(s_unit)[0].shape[0],
+        teacher_fwd=t_fwd,
+        student_fwd=s_fwd,
+        student_bwd=s_bwd,
+        teacher_bytes=t_bytes,
+        student_bytes=s_bytes,
+        loss_ms=loss_ms,
+        opt_ms=opt,
+        param_bytes=param_bytes,
+    )
+
+
+def fitted_costs(profiles: Sequence[BlockCosts], samples: int) -> BlockCosts:
+    """Per-block costs at ``samples`` per unit from profiles at several unit sizes: every block's
+    forward, backward and the loss as ``fixed + per_sample x size`` (least squares over the
+    profiled sizes), which also smooths their noise; with one profile, that profile scaled
+    linearly. Bytes scale linearly; the optimizer step does not depend on the unit size.
+
+    Raises:
+        ValueError: without profiles.
+    """
+    if not profiles:
+        raise ValueError("no profiles to fit")
+    ordered = sorted(profiles, key=lambda c: c.samples)
+    sizes = [c.samples for c in ordered]
+    base = min(ordered, key=lambda c: abs(c.samples - samples))
+
+    def fit(values: Sequence[float]) -> float:
+        if len(set(sizes)) < 2:
+            return values[0] * samples / sizes[0]
+        fixed, per_sample = fit_fixed_per_sample(sizes, values)
+        return fixed + per_sample * samples
+
+    def per_block(field: str) -> list[float]:
+        columns = [getattr(c, field) for c in ordered]
+        return [fit([col[i] for col in columns]) for i in range(len(columns[0]))]
+
+    ratio = samples / base.samples
+    return BlockCosts(
+        samples=samples,
+        teacher_fwd=per_block("teacher_fwd"),
+        student_fwd=per_block("student_fwd"),
+        student_bwd=per_block("student_bwd"),
+        teacher_bytes=[b * ratio for b in base.teacher_bytes],
+        student_bytes=[b * ratio for b in base.student_bytes],
+        loss_ms=fit([c.loss_ms for c in ordered]),
+        opt_ms=list(base.opt_ms),
+        param_bytes=list(base.param_bytes),
+    )

@@ -1,0 +1,39 @@
+"""Steady-state timing: only steps that do a full step's work count (no warm-up, no last step),
+so a schedule whose last step does less (tspipe: no next mini-batch's teacher forwards) gains
+nothing from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.action import Op
+from core.bench import median_step_s, steady_steps
+from core.schedules import Program, schedules
+
+
+def test_steady_steps_leave_out_the_warm_up_and_the_last_step():
+    ends = [0.0, 5.0, 6.0, 7.0, 8.0, 8.2]  # step 0 slow (warm-up), the last one short
+    assert steady_steps(ends, warmup=1) == pytest.approx([1.0, 1.0, 1.0])
+    assert median_step_s(ends, warmup=1) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="need at least 2 steps"):
+        steady_steps([0.0, 1.0, 2.0], warmup=1)
+
+
+def test_tspipes_last_step_does_less_and_is_not_counted():
+    program = Program.build("tspipe", 2, 2, "ema", steps=6, views=2)
+    for rank in range(2):
+        compute = [[a for a in program.segment(rank, b) if a.op == Op.TF] for b in program.batches()]
+        middle = len(compute[2])
+        assert len(compute[-1]) < middle  # the epilogue: no next mini-batch to start
+        assert all(len(c) == middle for c in compute[1:-1])
+    # what counts: the durations of steps 2 .. 4 of 0 .. 5 with warm-up 1, never step 5
+    ends = [float(b) for b in program.batches()]
+    assert len(steady_steps(ends, warmup=1)) == 3
+
+
+@pytest.mark.parametrize("spec", [s for s in schedules("pipeline") if s.stages is None], ids=lambda s: s.name)
+def test_every_schedules_middle_steps_repeat(spec):
+    program = Program.build(spec.name, 3, spec.microbatches or 2, "ema", steps=6, views=2)
+    for rank in range(3):
+        sizes = [len(program.segment(rank, b)) for b in program.batches()]
+        assert len(set(sizes[1:-1])) == 1

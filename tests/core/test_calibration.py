@@ -1,0 +1,59 @@
+"""Calibration consistency: the realistic model reproduces each pair's measured sequential step,
+extends its micro-batch sweep with a fixed + per-sample fit, and finds each schedule's best
+configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.calibration import fit_fixed_per_sample, load_calibration, sweep_file
+from core.paper_scale import best_configuration, configurations, sequential_check
+from core.simulate import Link
+from experiments.simulate import FILES
+
+
+def test_the_fit_recovers_a_line_and_keeps_its_terms_non_negative():
+    assert fit_fixed_per_sample([8, 16, 32], [3.0 + 0.5 * n for n in (8, 16, 32)]) == pytest.approx(
+        (3.0, 0.5)
+    )
+    fixed, per_sample = fit_fixed_per_sample([8, 16, 32], [5.0, 4.0, 3.0])  # falling: no negative slope
+    assert per_sample == 0.0 and fixed == pytest.approx(4.0)
+    fixed, per_sample = fit_fixed_per_sample([1, 2, 3], [0.0, 1.0, 3.0])  # negative intercept: through 0
+    assert fixed == 0.0 and per_sample > 0
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_realistic_model_reproduces_the_measured_sequential_step(calibration_dir, name):
+    cal = load_calibration(calibration_dir / name)
+    check = sequential_check(cal)
+    assert check["measured_ms"] is not None
+    assert abs(check["error"]) <= 0.05, check
+    linear = sequential_check(cal.with_model("linear"))
+    assert linear["error"] > 0.5  # timed one block at a time and scaled linearly: far too slow
+
+
+def test_beyond_the_sweep_costs_follow_the_fit_not_a_linear_scale(calibration_dir):
+    cal = load_calibration(calibration_dir / "byol_resnet50_bf16.json")
+    assert cal.sweep is not None and sweep_file(calibration_dir / "byol_resnet50_bf16.json").exists()
+    largest = max(cal.sweep)
+    t, f, b = cal.with_model("realistic")._raw(2 * largest)
+    fixed, per_sample = cal.fits()[1][5]
+    assert f[5] == pytest.approx(fixed + per_sample * 2 * largest)
+    # the per-sample cost falls with size (launch-bound small micro-batches)
+    assert cal.microbatch_penalty(8) > cal.microbatch_penalty(64) > 1.0
+
+
+def test_configurations_and_the_best_one(calibration_dir):
+    cal = load_calibration(calibration_dir / "byol_resnet50_bf16.json")
+    configs = list(configurations(cal, "gpipe", 4))
+    assert (1, 1) in configs and (16, 2) in configs and all(m <= 16 for m, _ in configs)
+    assert list(configurations(cal, "mp", 4)) == [(1, None)]
+    # linear model, fast links: nothing is lost by small micro-batches, so gpipe takes the most
+    linear = cal.with_model("linear")
+    result, built, _ = best_configuration(linear, "gpipe", 4, Link(450.0, 0.0))
+    assert built.microbatches == 16
+    for m, p in configurations(linear, "gpipe", 4):
+        from core.paper_scale import simulate_calibration
+
+        other, _, _ = simulate_calibration(linear, "gpipe", 4, m, Link(450.0, 0.0), backward_pieces=p)
+        assert other.samples_per_s <= result.samples_per_s + 1e-9
