@@ -1,5 +1,6 @@
-"""Calibration files: per-block costs of a teacher/student pair measured on a GPU, read into a
-:class:`Calibration`, partitioned, turned into a cost model and simulated.
+"""Calibration files: per-block costs of a teacher/student pair measured on a GPU (with a
+micro-batch sweep, the whole networks and one sequential step), read into a
+:class:`Calibration` under one of two cost models (``core.paper_scale`` simulates them).
 
 Field names (``experiments/calibration/h200/README.md``): ``teacher_fwd_ms``, ``student_fwd_ms``,
 ``student_fwdbwd_ms``, ``ema_ms`` at the full ``batch``; ``seq_step_ms`` one sequential step;

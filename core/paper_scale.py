@@ -56,17 +56,16 @@ def simulate_calibration(
     link: Link | None = None,
     balance: Sequence[int] | None = None,
     backward_pieces: int | None = None,
+    batches: int = WINDOW_BATCHES,
 ) -> tuple[SimResult, Schedule, Partition]:
-    """Simulate one calibration pair under a named schedule.
+    """Simulate one calibration pair under a named schedule over ``batches`` mini-batches.
 
     Returns:
         (result, built schedule, partition used).
     """
     partition = calibration_partition(cal, stages, balance, cal.batch / microbatches)
     costs = calibration_costs(cal, partition, microbatches, link)
-    built = build_schedule(
-        schedule, stages, microbatches, cal.teacher, WINDOW_BATCHES, backward_pieces, views=cal.views
-    )
+    built = build_schedule(schedule, stages, microbatches, cal.teacher, batches, backward_pieces, views=cal.views)
     return simulate(built, costs, cal.batch), built, partition
 
 
@@ -158,6 +157,9 @@ def sequential_check(cal: Calibration) -> dict[str, float | None]:
     }
 
 
+SEARCH_BATCHES = 6  # the best-configuration search's window (steady state over batches 2..4)
+
+
 def divisors(n: int) -> list[int]:
     """The divisors of ``n``, ascending."""
     return [d for d in range(1, n + 1) if n % d == 0]
@@ -205,10 +207,13 @@ def best_configuration(
         if pieces is None or p is None or p == pieces:
             by_m.setdefault(m, []).append(p)
     best, misses = None, 0
-    for m, options in by_m.items():  # ascending M
-        results = [simulate_calibration(cal, schedule, stages, m, link, backward_pieces=p) for p in options]
-        top = max(results, key=lambda found: found[0].samples_per_s)
-        if best is None or top[0].samples_per_s > best[0].samples_per_s:
+    for m, options in by_m.items():  # ascending M; the search simulates a shorter window
+        results = [
+            (simulate_calibration(cal, schedule, stages, m, link, backward_pieces=p, batches=SEARCH_BATCHES), m, p)
+            for p in options
+        ]
+        top = max(results, key=lambda found: found[0][0].samples_per_s)
+        if best is None or top[0][0].samples_per_s > best[0][0].samples_per_s:
             best, misses = top, 0
         else:
             misses += 1
@@ -216,4 +221,5 @@ def best_configuration(
                 break
     if best is None:
         raise ValueError(f"{schedule} has no configuration for {cal.pair} on {stages} stages")
-    return best
+    _, m, p = best
+    return simulate_calibration(cal, schedule, stages, m, link, backward_pieces=p)

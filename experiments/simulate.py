@@ -18,8 +18,10 @@ For every calibrated pair, link and stage count:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -131,7 +133,7 @@ def _sim_row(cal: Calibration, link_name: str, found: tuple, best_of: str) -> di
     )
 
 
-def sweep(cal: Calibration, link_name: str, bar: tqdm | None = None) -> list[tuple[dict, list[dict] | None]]:
+def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | None]]:
     """Every schedule at every stage count the pair's blocks allow: at its best configuration
     under the calibration's model (and ddp), or at M = N with equal pieces under the linear one.
 
@@ -156,8 +158,6 @@ def sweep(cal: Calibration, link_name: str, bar: tqdm | None = None) -> list[tup
             keep = cal.model != "linear" and (stages, link_name) == (GANTT_STAGES, GANTT_LINK)
             records = [r.to_dict() for r in found[0].records if not r.op.startswith(("SEND", "RECV"))]
             out.append((row, records if keep and get_schedule(schedule).gantt else None))
-            if bar is not None:
-                bar.update(1)
         if cal.model != "linear":
             ddp = simulate_ddp(cal, stages, link)
             row = make_row(
@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--files", nargs="+", default=list(FILES), help="base calibration files (default: every pair)"
     )
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes simulating at once")
     args = parser.parse_args(argv)
     cals = []
     for name in args.files:
@@ -215,12 +216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for c in cals
     )
     rows: list[dict] = []
-    with tqdm(total=total, desc="simulate", unit="sim", file=sys.stderr, dynamic_ncols=True) as bar:
-        for cal in cals:
+    jobs = [(cal, link_name) for cal in cals for link_name in LINKS]  # cal-major, as read below
+    with (
+        tqdm(total=total, desc="simulate", unit="sim", file=sys.stderr, dynamic_ncols=True) as bar,
+        ProcessPoolExecutor(max_workers=min(args.jobs, len(jobs))) as pool,
+    ):
+        done = [pool.submit(sweep, *job) for job in jobs]
+        for i, cal in enumerate(cals):
             if cal.model != "linear":
                 rows.append(check_row(cal))
-            for link_name in LINKS:
-                for row, records in sweep(cal, link_name, bar):
+            for j, link_name in enumerate(LINKS):
+                found = done[i * len(LINKS) + j].result()
+                bar.update(sum(1 for row, _ in found if row["schedule"] in SCHEDULES))
+                for row, records in found:
                     rows.append(row)
                     if records is not None:
                         stem = f"{Path(cal.source).stem}_{row['schedule']}_N{row['stages']}_{link_name}"

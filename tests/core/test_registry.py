@@ -67,7 +67,7 @@ def test_the_runtime_runs_it_and_equals_the_reference(toy):
 
 def test_the_benchmark_plans_it(toy):
     plan = plan_runs(BenchSettings("synthetic", "tiny"), views=2)
-    assert {(r.procs, r.microbatches) for r in plan if r.schedule == "toy"} == {(2, 2), (2, 4)}
+    assert {(r.procs, r.microbatches) for r in plan if r.schedule == "toy"} == {(2, 1), (2, 2), (2, 4)}
     only = plan_runs(BenchSettings("synthetic", "tiny", schedules=("toy",), microbatches=(3,)), views=2)
     assert [(r.schedule, r.procs, r.microbatches) for r in only] == [("toy", 2, 3)]
 
@@ -90,7 +90,7 @@ def test_the_analysis_tables_show_it_in_registry_order(toy):
     table = bench_table([row("toy", 2, 100.0), row("tspipe", 2, 150.0), row("gpipe", 2, 120.0)])
     lines = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert lines == ["gpipe", "tspipe", "toy"]  # order 2, 4, 50
-    assert "| toy | 2 | 2 | 100 | 1.500 |" in table
+    assert "| toy | 2 | 2 | 100 | — | 1.500 |" in table
     assert colour("toy") == "#17becf"
     sim = [
         row(

@@ -102,7 +102,8 @@ def test_text_timeline_draws_idle():
 
 @pytest.fixture
 def byol50(calibration_dir):
-    return load_calibration(calibration_dir / "byol_resnet50_bf16.json")
+    """The schedule alone: the linear model (the realistic one adds the micro-batch penalty)."""
+    return load_calibration(calibration_dir / "byol_resnet50_bf16.json", "linear")
 
 
 def test_calibration_is_read_as_it_is(byol50):
@@ -131,10 +132,12 @@ def test_sweep_file_reports_a_microbatch_penalty(calibration_dir):
     sweep = load_calibration(calibration_dir / "byol_resnet50_mbsweep_bf16.json")
     assert sweep.microbatch_penalty(8) > sweep.microbatch_penalty(32) > 1.0
     assert sweep.microbatch_penalty(256) == pytest.approx(1.0)
+    k = sweep.scales[0]  # scaled so the whole teacher at the full batch is the measured one
     t8, _, _ = sweep.block_costs(8)
-    assert t8 == list(sweep.sweep[8][0])
+    assert t8 == pytest.approx([x * k for x in sweep.sweep[8][0]])
     t24, _, _ = sweep.block_costs(24)  # halfway between the 16 and 32 points
-    assert t24[0] == pytest.approx((sweep.sweep[16][0][0] + sweep.sweep[32][0][0]) / 2)
+    assert t24[0] == pytest.approx(k * (sweep.sweep[16][0][0] + sweep.sweep[32][0][0]) / 2)
+    assert sweep.with_model("linear").microbatch_penalty(8) is None
 
 
 def test_cli_json(calibration_dir, capsys):
