@@ -68,10 +68,11 @@ def predict(
     """Simulated samples/s of a run and its timeline records (``costs`` profiled at the run's
     unit size).
 
-    Pipeline schedules are simulated directly. The torch pipelining peer is a forward-only
-    teacher pass followed by a student pass, so it is predicted as the sum of two simulations
-    (teacher alone, then the student alone, with the matching torch schedule). ``ddp`` is one
-    replica's work on its share of the batch plus a ring all-reduce of the gradients.
+    Pipeline schedules are simulated directly. The torch pipelining peer runs a forward-only
+    teacher pass and then the student's schedule; a stage starts the student pass as soon as
+    its own teacher forwards are done, which is the action list of our schedule of the same
+    name (teacher forwards first), so that is what is simulated. ``ddp`` is one replica's work
+    on its share of the batch plus a ring all-reduce of the gradients.
 
     Returns:
         (samples/s, records); (None, []) for runs no model covers.
@@ -84,23 +85,11 @@ def predict(
         result = simulate(built, model, batch)
         return result.samples_per_s, [r.to_dict() for r in result.records]
     if spec.runner == "torch":
-        zero = tuple(0.0 for _ in range(stages))
-        teacher_only = CostModel(model.teacher_fwd, zero, zero, model.teacher_bytes, zero, zero, 0.0, link)
-        student_only = CostModel(
-            zero,
-            model.student_fwd,
-            model.student_bwd,
-            zero,
-            model.student_bytes,
-            model.opt_ms,
-            model.loss_ms,
-            link,
-        )
-        t_run = simulate(build_schedule("gpipe", stages, micro, teacher, 8, 1, views), teacher_only, batch)
-        s_run = simulate(
-            build_schedule(spec.student_schedule, stages, micro, teacher, 8, 1, views), student_only, batch
-        )
-        return batch / (t_run.step_ms + s_run.step_ms) * 1e3, []
+        # a forward-only teacher pass, then the student schedule, without a flush between them:
+        # the actions of our own schedule of the same name (teacher forwards first), unsplit
+        built = build_schedule(spec.student_schedule, stages, micro, teacher, 8, 1, views)
+        result = simulate(built, model, batch)
+        return result.samples_per_s, [r.to_dict() for r in result.records]
     if spec.runner == "ddp":
         # costs profiled at one replica's share (batch / stages samples per view)
         step, _ = ddp_step(
@@ -150,12 +139,36 @@ def probe_link(sizes: Sequence[int] = (8, 1 << 16, 1 << 20, 1 << 22), repeats: i
             times.append((time.perf_counter() - start) / 2)
         return statistics.median(times)
 
-    measured = torch.tensor([pingpong(size) for size in sizes], dtype=torch.float64)
-    dist.broadcast(measured, 0)
-    latency, per_byte = fit_fixed_per_sample(list(sizes), [float(t) for t in measured])
+    def handling(count: int = 32) -> float:
+        """A small message's cost to its two ends' CPUs: issuing a send, and taking a message
+        that has already arrived (the time not spent waiting for the wire)."""
+        buf = torch.zeros(2, dtype=torch.float32, device=device)
+        works = [dist.irecv(torch.zeros_like(buf), 0) for _ in range(count)] if rank == 1 else []
+        dist.barrier()  # the receives are posted
+        cost = 0.0
+        if rank == 0:
+            start = time.perf_counter()
+            sends = [dist.isend(buf, 1) for _ in range(count)]
+            cost = (time.perf_counter() - start) / count
+            for w in sends:
+                w.wait()  # delivered into the posted receives
+        dist.barrier()
+        if rank == 1:
+            start = time.perf_counter()
+            for w in works:
+                w.wait()
+            cost = (time.perf_counter() - start) / count
+        return cost
+
+    mine = [pingpong(size) for size in sizes] + [handling()]
+    measured = torch.tensor(mine if rank < 2 else [0.0] * len(mine), dtype=torch.float64)
+    dist.all_reduce(measured)  # ranks 0 and 1 timed the same ping-pongs, and each its end's handling
+    pings = [float(t) / 2 for t in measured[:-1]]
+    latency, per_byte = fit_fixed_per_sample(list(sizes), pings)
     if per_byte <= 0:
-        per_byte = float(measured[-1]) / sizes[-1]
-    return Link(gbps=1.0 / (per_byte * 1e9), latency_us=latency * 1e6, overhead_us=latency * 1e6)
+        per_byte = pings[-1] / sizes[-1]
+    overhead = float(measured[-1])  # issue on one end + take on the other
+    return Link(gbps=1.0 / (per_byte * 1e9), latency_us=latency * 1e6, overhead_us=overhead * 1e6)
 
 
 def _rss_gib() -> float:
