@@ -59,7 +59,7 @@ endef
 
 # Every schedule on a synthetic CNN pair (methods/synthetic), 2 processes, CPU.
 bench-engine: $(STAMP)
-	$(call bench,synthetic,--steps 10)
+	$(call bench,synthetic,)
 
 # BYOL: ResNet-18 of width 16 on Fashion-MNIST 32x32, batch 64 (CPU, about 6 min).
 bench-byol: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)

@@ -65,7 +65,9 @@ def simulate_calibration(
     """
     partition = calibration_partition(cal, stages, balance, cal.batch / microbatches)
     costs = calibration_costs(cal, partition, microbatches, link)
-    built = build_schedule(schedule, stages, microbatches, cal.teacher, batches, backward_pieces, views=cal.views)
+    built = build_schedule(
+        schedule, stages, microbatches, cal.teacher, batches, backward_pieces, views=cal.views
+    )
     return simulate(built, costs, cal.batch), built, partition
 
 
@@ -209,7 +211,13 @@ def best_configuration(
     best, misses = None, 0
     for m, options in by_m.items():  # ascending M; the search simulates a shorter window
         results = [
-            (simulate_calibration(cal, schedule, stages, m, link, backward_pieces=p, batches=SEARCH_BATCHES), m, p)
+            (
+                simulate_calibration(
+                    cal, schedule, stages, m, link, backward_pieces=p, batches=SEARCH_BATCHES
+                ),
+                m,
+                p,
+            )
             for p in options
         ]
         top = max(results, key=lambda found: found[0][0].samples_per_s)

@@ -545,7 +545,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--microbatches", type=int, nargs="+", default=None, help="default: 1 2 4 (cuda: N)")
     parser.add_argument("--schedules", nargs="+", default=(), help="schedules and runners (default: all)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=6,
+        help="timed steps after the warm-up (at least 4: the last is not counted)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=None, help="default: results/METHOD (results/METHOD-cuda on GPUs)")
     parser.add_argument("--command", default="", help="the make target to name in rows")
@@ -568,6 +573,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             command=args.command
             or (spec.bench_command if args.device == "cpu" and args.preset is None else ""),
         )
+        if args.steps < 4 or args.rounds < 1 or args.warmup < 0:
+            raise ValueError(
+                f"need --steps >= 4 (the first and last are not steady), --rounds >= 1 and --warmup >= 0; "
+                f"got {args.steps}, {args.rounds}, {args.warmup}"
+            )
         for name in settings.schedules:
             get_schedule(name)
         config = settings.config()

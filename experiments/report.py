@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     py = sys.executable
     if args.quick:
         quick = results / "quick"
-        for method, steps in (("synthetic", "4"), ("byol", "3")):
+        for method, steps in (("synthetic", "4"), ("byol", "4")):
             run(
                 [
                     py,
