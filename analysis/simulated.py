@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from analysis import rows as R  # noqa: E402
 from analysis.bench import colour  # noqa: E402
 from analysis.compare import subject_name  # noqa: E402
-from analysis.report import calibration_check_section  # noqa: E402
+from analysis.paper_scale import calibration_check_section  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
 from core.schedules import order_of, schedules  # noqa: E402

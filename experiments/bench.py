@@ -69,7 +69,8 @@ class BenchSettings:
             (each schedule's best is among them).
         schedules: schedules and runners to measure (empty: every registered one).
         warmup: steps of each round before timing starts.
-        steps: steps timed in each round; the last of them is not counted (steady state only).
+        steps: steps run after the warm-up in each round; the first of them (measured from the
+            end of the warm-up) and the last are not counted (steady state only).
         rounds: times every run is repeated, interleaved with the others; the median of the
             rounds' medians counts, and their spread is kept.
         out: folder for rows and timelines.
@@ -89,9 +90,10 @@ class BenchSettings:
     command: str = ""
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.warmup < 0 or self.steps < 3:
+        if self.steps < 4 or self.rounds < 1 or self.warmup < 0:
             raise ValueError(
-                f"need rounds >= 1, warmup >= 0 and steps >= 3, got {self.rounds}, {self.warmup}, {self.steps}"
+                "need steps >= 4 (the first timed step and the last are not steady), rounds >= 1 and "
+                f"warmup >= 0; got steps={self.steps}, rounds={self.rounds}, warmup={self.warmup}"
             )
 
     def config(self) -> Config:
@@ -573,11 +575,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             command=args.command
             or (spec.bench_command if args.device == "cpu" and args.preset is None else ""),
         )
-        if args.steps < 4 or args.rounds < 1 or args.warmup < 0:
-            raise ValueError(
-                f"need --steps >= 4 (the first and last are not steady), --rounds >= 1 and --warmup >= 0; "
-                f"got {args.steps}, {args.rounds}, {args.warmup}"
-            )
         for name in settings.schedules:
             get_schedule(name)
         config = settings.config()

@@ -153,7 +153,7 @@ def test_fixture_rows_have_the_schema():
 
 
 def test_accuracy_rows_follow_their_methods_numerics_fingerprint(results):
-    from analysis.report import golden_digests
+    from analysis.provenance import golden_digests
 
     digest = golden_digests()["byol"]
     path = results / "byol" / "accuracy" / "rows.jsonl"

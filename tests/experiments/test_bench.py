@@ -32,7 +32,7 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
         microbatches=(2,),
         schedules=("sequential", "gpipe", "tspipe", "ddp", "torch-gpipe"),
         warmup=1,
-        steps=3,
+        steps=4,
         rounds=1,
         out=str(tmp_path),
         command="pytest",

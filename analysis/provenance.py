@@ -1,0 +1,76 @@
+"""Where result rows come from and whether they still hold: the code each source depends on,
+and the state of each ``git_sha`` against the current tree (accuracy rows follow their
+method's numerics fingerprint in ``tests/golden`` instead)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden" / "fingerprints.json"
+# code whose change makes a throughput source's rows stale (accuracy rows follow the method's
+# numerics fingerprint instead, see ``staleness``)
+_METHOD_CODE = ["core", "methods/common", "methods/spec.py", "methods/registry.py"]
+SIMULATED_CODE = ["core", "experiments/simulate.py", "experiments/calibration"]
+
+
+def code_paths(key: str, rows: pd.DataFrame) -> list[str]:
+    """The code a source's rows depend on: the engine, the method's folder and the driver."""
+    if key == "simulated":
+        return SIMULATED_CODE
+    methods = sorted({str(m) for m in rows["method"]})
+    driver = [
+        "training",
+        "experiments/accuracy.py",
+        "experiments/accuracy_kd.py",
+        "experiments/accuracy_distilbert.py",
+    ]
+    if not key.endswith("/accuracy"):
+        driver = ["experiments/bench.py"]
+    return [*_METHOD_CODE, *(f"methods/{m}" for m in methods), *driver]
+
+
+def golden_digests(path: Path = GOLDEN) -> dict[str, str]:
+    """Each method's current numerics fingerprint (``tests/golden``), or {} without the file."""
+    return json.loads(path.read_text())["methods"] if path.exists() else {}
+
+
+def _git(*args: str, repo: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+
+
+def staleness(
+    rows: pd.DataFrame, paths: Sequence[str], repo: Path, digests: dict[str, str] | None = None
+) -> dict[str, str]:
+    """For each distinct ``git_sha`` of ``rows``: ``current``, ``stale`` (the code in ``paths``
+    changed since), ``made from uncommitted code`` or ``unknown``. Rows that carry their
+    method's numerics ``fingerprint`` (accuracy rows) are judged by it instead: ``current``
+    while it equals the method's digest in ``digests``, ``stale: numerics changed`` otherwise."""
+    out = {}
+    shas = rows["git_sha"].map(str)
+    for sha in sorted(set(shas)):
+        group = rows[shas == sha]
+        printed = (
+            group["fingerprint"].notna() if "fingerprint" in group else pd.Series(False, index=group.index)
+        )
+        if digests is not None and len(group) and printed.all():
+            changed = any(digests.get(str(m)) != f for m, f in zip(group["method"], group["fingerprint"]))
+            out[sha] = "stale: numerics changed" if changed else "current (numerics fingerprint)"
+            continue
+        base = sha.removesuffix("+dirty")
+        if sha == "None" or _git("cat-file", "-e", f"{base}^{{commit}}", repo=repo).returncode != 0:
+            out[sha] = "unknown commit"
+            continue
+        changed = _git("diff", "--quiet", base, "HEAD", "--", *paths, repo=repo).returncode != 0
+        if changed:
+            out[sha] = "stale: code changed since"
+        elif sha.endswith("+dirty"):
+            out[sha] = "made from uncommitted code"
+        else:
+            out[sha] = "current"
+    return out
