@@ -15,7 +15,7 @@ $(DISTILBERT_TEACHER): | $(STAMP)
 # no fine-tuned teacher). On GPUs: make bench-distilbert DEVICE=cuda NPROC=4 (BERT-large, seq 128;
 # PRESET=bertlarge-512-4gpu for the long sequences).
 bench-distilbert: $(STAMP)
-	$(call bench,distilbert,--warmup 2 --steps 6)
+	$(call bench,distilbert,)
 
 # Distillation under sequential and tspipe (they must match) and MLM alone: held-out masked-token
 # accuracy and perplexity (CPU, about 35 min; makes the teacher first when it is missing).

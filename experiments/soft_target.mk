@@ -16,7 +16,7 @@ $(KD_TEACHER): | $(STAMP) data
 #   make bench-kd DEVICE=cuda NPROC=4   (ResNet-152 -> ResNet-50; PRESET=vitl16-to-resnet152-224-4gpu)
 # synthetic 224x224, bf16, random teacher unless OVERRIDES=teacher_checkpoint=PATH.
 bench-kd: $(STAMP) $(if $(filter cpu,$(DEVICE)),data $(KD_TEACHER))
-	$(call bench,soft_target,--steps 10)
+	$(call bench,soft_target,)
 	$(PY) -m analysis.soft_target bench $(call BENCH_OUT,soft_target)
 
 # Teacher top-1, student alone, KD under sequential and under tspipe (2 processes), same seed
