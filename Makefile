@@ -57,11 +57,11 @@ define bench
 	$(PY) -m analysis.bench $(call BENCH_OUT,$(1))
 endef
 
-# Every schedule on a synthetic CNN pair (methods/synthetic), 2 processes, CPU.
+# Every schedule on a synthetic CNN pair (methods/synthetic), 2 processes, CPU (about 8 min).
 bench-engine: $(STAMP)
 	$(call bench,synthetic,)
 
-# BYOL: ResNet-18 of width 16 on Fashion-MNIST 32x32, batch 64 (CPU, about 6 min).
+# BYOL: ResNet-18 of width 16 on Fashion-MNIST 32x32, batch 64 (CPU, about 20 min for 5 rounds).
 bench-byol: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)
 	$(call bench,byol,)
 
@@ -71,7 +71,7 @@ accuracy-byol: $(STAMP) data
 	$(PY) -m analysis.accuracy results/byol/accuracy --command "make accuracy-byol" --title "BYOL accuracy parity"
 
 # The engine's own costs with pytest-benchmark: its one-stage step against a plain PyTorch loop,
-# a message's round trip through the transport by size, building a 16-stage schedule (about 2 min).
+# a message's round trip through the transport by size, building a 16-stage schedule (about 1.5 min).
 bench-micro: $(STAMP)
 	@mkdir -p results/micro
 	$(PY) -m pytest benchmarks -q --benchmark-json results/micro/benchmark.json --benchmark-columns=median,iqr,rounds

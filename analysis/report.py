@@ -353,7 +353,12 @@ def headline_snippet(
                 [
                     h["calibration"].removesuffix(".json"),
                     f"{ref} over {other['schedule']}, {h['stages']} stages",
-                    f"simulated H200, {h['row']['cost_model']}, best config each",
+                    f"simulated H200, {h['row']['cost_model']}, best config each"
+                    + (
+                        " (smaller micro-batches modelled as free: an upper bound)"
+                        if "no sweep" in str(h["row"]["cost_model"])
+                        else ""
+                    ),
                     f"{h['ratios'][label]:.3g}",
                     f"results/{h['row']['_source']}",
                 ]

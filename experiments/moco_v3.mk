@@ -4,7 +4,7 @@
 .PHONY: bench-mocov3 accuracy-mocov3
 
 # Every schedule at 2 stages, sequential, ddp and the torch pipelining peer on the small CPU ViT
-# (Fashion-MNIST 32x32, batch 64; about 5 min on 2 idle cores). On a GPU node:
+# (Fashion-MNIST 32x32, batch 64; about 15 min on 2 idle cores). On a GPU node:
 # make bench-mocov3 DEVICE=cuda NPROC=4 (ViT-B/16 at 224x224, batch 256, synthetic, bf16,
 # half-block units; PRESET=vit_large-224-4gpu for ViT-L).
 bench-mocov3: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)

@@ -12,7 +12,7 @@ $(KD_TEACHER): | $(STAMP) data
 	$(PY) -m methods.soft_target.teacher --preset cpu
 
 # Every schedule at 2 stages, sequential, ddp and the torch pipelining peer (CPU default: about
-# 3 min on 2 idle cores, plus the teacher if it is missing). On a GPU node:
+# 6 min on 2 idle cores, plus the teacher if it is missing). On a GPU node:
 #   make bench-kd DEVICE=cuda NPROC=4   (ResNet-152 -> ResNet-50; PRESET=vitl16-to-resnet152-224-4gpu)
 # synthetic 224x224, bf16, random teacher unless OVERRIDES=teacher_checkpoint=PATH.
 bench-kd: $(STAMP) $(if $(filter cpu,$(DEVICE)),data $(KD_TEACHER))
