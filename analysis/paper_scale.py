@@ -229,6 +229,8 @@ def paper_section(data: dict[str, pd.DataFrame], paper_dir: Path = PAPER_DIR) ->
                 t["_source"],
             ]
         note = "not calibrated" if ts.empty else cal.removesuffix(".json")
+        if not ts.empty and "no sweep" in str(ts.iloc[0]["cost_model"]):
+            note += " (no sweep: upper bound)"
         lines.append(
             [
                 p["method"],
@@ -247,7 +249,8 @@ def paper_section(data: dict[str, pd.DataFrame], paper_dir: Path = PAPER_DIR) ->
         "(`experiments/paper/`). Beside each row: our **simulated** H200 figures for the same models at 8 stages "
         "(realistic model, 450 GB/s, every schedule at its best configuration), where a calibration of those "
         "models exists; `not calibrated` where none does (no figure from another pair stands in). The paper's "
-        "16-GPU 12.15x (MoCo-v3, ViT-Huge) has no per-model row; section 2 shows our 16-stage figures.\n\n"
+        "16-GPU 12.15x (MoCo-v3, ViT-Huge) has no per-model row; section 2 shows our 16-stage figures. A calibration without a micro-batch sweep "
+        "(`no sweep`) charges small micro-batches nothing extra, so its ratios are upper bounds.\n\n"
         + markdown_table(
             [
                 "method",
