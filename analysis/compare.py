@@ -24,7 +24,8 @@ def subject_name() -> str:
 def comparison_groups() -> dict[str, list[str]]:
     """Who the subject is compared with, by kind, from the registry: inter-layer model
     parallelism (a pipeline fixed to one micro-batch), the other pipelines of micro-batches
-    (best of), the torch peer (best of), data parallelism."""
+    (best of), each schedule with split backwards on its own, the torch peer (best of), data
+    parallelism."""
     groups: dict[str, list[str]] = {}
     for spec in schedules():
         if spec.subject or spec.stages == 1:
@@ -35,6 +36,8 @@ def comparison_groups() -> dict[str, list[str]]:
             key = "torch"
         elif spec.microbatches:
             key = "mp"
+        elif spec.split_backward:
+            key = spec.name
         else:
             key = "pipelines"
         groups.setdefault(key, []).append(spec.name)

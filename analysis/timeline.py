@@ -25,6 +25,7 @@ _COLOURS: dict[str, tuple[str, str]] = {
     "TF": ("#59a14f", "#2f6b2a"),
     "SF": ("#4e79a7", "#2a4d73"),
     "SB": ("#f28e2b", "#b35f0f"),
+    "SW": ("#edc948", "#b0901a"),
     "LOSS": ("#e15759", "#a02c2e"),
     "OPT": ("#b07aa1", "#7a4a6e"),
 }

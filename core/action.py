@@ -8,11 +8,13 @@ from enum import Enum
 
 
 class Op(str, Enum):
-    """What an action does. The first five are compute; the rest are added by lowering."""
+    """What an action does. The first six are compute; the rest are added by lowering."""
 
     TF = "TF"  # teacher forward of one micro-batch, no grad
     SF = "SF"  # student forward of one micro-batch, keeps activations
-    SB = "SB"  # student backward of one micro-batch, or of one piece of it
+    SB = "SB"  # student backward of one micro-batch, or of one piece of it (a split backward:
+    # the gradient of the stage input only)
+    SW = "SW"  # split backward: the gradient of the stage's weights, after its SB
     LOSS = "LOSS"  # last stage: loss of the mini-batch (or of one micro-batch)
     OPT = "OPT"  # optimizer step of the stage's student, then its teacher update
     SEND_TF = "SEND_TF"  # teacher activations to the next stage
@@ -23,7 +25,7 @@ class Op(str, Enum):
     RECV_SB = "RECV_SB"  # student output gradients from the next stage
 
 
-COMPUTE_OPS = frozenset({Op.TF, Op.SF, Op.SB, Op.LOSS, Op.OPT})
+COMPUTE_OPS = frozenset({Op.TF, Op.SF, Op.SB, Op.SW, Op.LOSS, Op.OPT})
 SEND_OPS = frozenset({Op.SEND_TF, Op.SEND_SF, Op.SEND_SB})
 RECV_OPS = frozenset({Op.RECV_TF, Op.RECV_SF, Op.RECV_SB})
 
@@ -50,6 +52,7 @@ OPS: dict[Op, OpInfo] = {
     Op.TF: OpInfo("T", "teacher forward", "down", "TF"),
     Op.SF: OpInfo("F", "student forward", "down", "SF"),
     Op.SB: OpInfo("B", "student backward", "up", "SB"),
+    Op.SW: OpInfo("W", "student weight gradient"),
     Op.LOSS: OpInfo("L", "loss"),
     Op.OPT: OpInfo("O", "optimizer + teacher update"),
     Op.SEND_TF: OpInfo(flow="down", channel="TF"),
@@ -95,7 +98,7 @@ class Action:
         batch: mini-batch index inside the schedule window, 0-based. Mini-batch ``b`` is the
             ``t = b + 1``-th of ARCHITECTURE.md's version rule: its student reads version ``b``.
         microbatch: micro-batch index, ``None`` for whole-batch ops (``OPT``, whole-batch ``LOSS``).
-        part: piece of a split backward (``SB`` and its gradient messages), else ``None``.
+        part: piece of a split backward (``SB``, ``SW`` and the gradient messages), else ``None``.
 
     The string form is ``{stage}{op}{microbatch}[.{part}][@{batch}]`` with ``@0`` left out, e.g.
     ``"2TF3"`` (stage 2, teacher forward of micro-batch 3 of batch 0), ``"1SB0.1@4"`` or

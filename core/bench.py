@@ -44,6 +44,7 @@ def cost_model(
         Partition(tuple(balance), tuple(teacher_balance), tied=False),
         link,
         costs.loss_ms,
+        costs.student_bwd_input or None,
     )
 
 

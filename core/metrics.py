@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from core.action import COMPUTE_OPS, Action, Op
+from core.action import COMPUTE_OPS, LETTERS, Action, Op
 
 # ARCHITECTURE.md "Results": every row has these keys (None where not applicable).
 ROW_KEYS: tuple[str, ...] = (
@@ -190,3 +190,24 @@ def read_rows(path: Path) -> list[dict]:
     """Read JSON-lines rows from ``path``."""
     with path.open() as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def text_timeline(records: Sequence[TimelineRecord], stages: int, per_char: float = 0.5) -> str:
+    """Render compute records as text, one row per stage, one character per ``per_char`` ms.
+
+    Letters: ``T`` teacher forward, ``F`` student forward, ``B`` backward, ``L`` loss, ``O`` step,
+    upper case for even mini-batches and lower case for odd ones; a forward or a whole backward
+    shows its micro-batch after the letter where it has room; ``.`` is idle.
+    """
+    letters = LETTERS
+    end = max(r.end_ms for r in records)
+    rows = [["."] * round(end / per_char) for _ in range(stages)]
+    for r in records:
+        if r.op not in letters:
+            continue
+        letter = letters[r.op] if r.batch % 2 == 0 else letters[r.op].lower()
+        first, last = round(r.start_ms / per_char), round(r.end_ms / per_char)
+        label = letter + (str(r.microbatch % 10) if r.microbatch is not None and r.part is None else "")
+        for k in range(first, last):
+            rows[r.stage][k] = label[(k - first) % len(label)] if last - first >= len(label) else letter
+    return "\n".join(f"stage {s}: " + "".join(row) for s, row in enumerate(rows))

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from core.calibration import Calibration
-from core.partition import Partition, plan_partition
+from core.memory import StagePeak, stage_peaks
+from core.partition import Partition, plan_partition, stage_slices
 from core.schedules import Schedule, build_schedule, get_schedule
 from core.simulate import WINDOW_BATCHES, CostModel, Link, SimResult, ddp_step, simulate, stage_cost_model
 
@@ -112,11 +113,41 @@ def simulate_ddp(
     }
 
 
+STUDENT_STATE_BYTES = 16  # per student parameter: fp32 weight, gradient, two optimizer moments
+TEACHER_STATE_BYTES = 4  # per teacher parameter: fp32 weight
+
+
+def calibration_memory(cal: Calibration, built: Schedule, partition: Partition) -> list[StagePeak]:
+    """Each stage's peak memory for a pair under a built schedule (:mod:`core.memory`).
+
+    Stored activations of one unit: the outputs of the stage's student blocks (from the
+    calibration's output shapes, 2 bytes under bf16, else 4), which is a lower bound of what
+    autograd keeps (a block also saves its inner activations); on the last stage the teacher's
+    outputs held for the loss. Static: ``16 x`` student and ``4 x`` teacher parameters, spread
+    over the stages by block count (calibration files carry only the totals).
+    """
+    samples = cal.batch / built.microbatches
+    dtype_bytes = 2 if cal.amp_bf16 else 4
+    act = [
+        sum(cal.student_out[i] for i in blocks) * samples * dtype_bytes
+        for blocks in stage_slices(partition.student)
+    ]
+    teacher = cal.teacher_out[-1] * samples * dtype_bytes
+    s_blocks, t_blocks = len(cal.student_fwd), len(cal.teacher_fwd)
+    static = [
+        STUDENT_STATE_BYTES * cal.student_params * ns / s_blocks
+        + TEACHER_STATE_BYTES * cal.teacher_params * nt / t_blocks
+        for ns, nt in zip(partition.student, partition.teacher)
+    ]
+    return stage_peaks(built, act, teacher, static)
+
+
 def result_dict(
     cal: Calibration, built: Schedule, partition: Partition, result: SimResult, link: Link
 ) -> dict:
     """The JSON summary of one simulation (the CLI's ``--format json``)."""
     penalty = cal.microbatch_penalty(cal.batch / built.microbatches)
+    memory = [p.bytes / 2**30 for p in calibration_memory(cal, built, partition)]
     return {
         "pair": cal.pair,
         "calibration": cal.source,
@@ -137,6 +168,8 @@ def result_dict(
         "bound_samples_per_s": result.bound_samples_per_s,
         "balance_cap": result.balance_cap,
         "microbatch_penalty": penalty,
+        "peak_mem_gib": max(memory),
+        "stage_mem_gib": memory,
         "cost_model": cal.cost_model,
         "simulated": True,
     }

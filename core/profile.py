@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +30,9 @@ class BlockCosts:
         loss_ms: the loss over the whole mini-batch (every unit).
         opt_ms: optimizer step plus teacher update per block, proportional to parameters.
         param_bytes: bytes of each student block's parameters (what ddp all-reduces).
+        student_bwd_input: the input-gradient half of each student block's backward (a split
+            backward's ``SB``; the rest is its weight half); the whole backward for the first
+            block, whose input needs no gradient; empty when not measured.
     """
 
     samples: int
@@ -41,6 +44,7 @@ class BlockCosts:
     loss_ms: float
     opt_ms: list[float]
     param_bytes: list[float]
+    student_bwd_input: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +106,7 @@ def profile_blocks(
         x = run_teacher()
         t_bytes.append(_nbytes(x))
 
-    s_fwd, s_bwd, s_bytes, x = [], [], [], s_unit
+    s_fwd, s_bwd, s_bwd_input, s_bytes, x = [], [], [], [], s_unit
     outputs = []
     for block in student:
         inp = detached_leaves(x) if x is not s_unit else x
@@ -119,12 +123,24 @@ def profile_blocks(
             torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
             sync()
 
+        def forward_input_backward(block=block, inp=inp):
+            out = forward(block, inp)
+            outs = [t for t in tensors(out) if t.requires_grad]
+            wrt = [t for t in tensors(inp) if t.requires_grad]
+            torch.autograd.grad(outs, wrt, [torch.ones_like(t) for t in outs], allow_unused=True)
+            sync()
+
         forward()
         forward_backward()
         fwd = _median_ms(forward, repeats)
         both = _median_ms(forward_backward, repeats)
         s_fwd.append(fwd)
         s_bwd.append(max(both - fwd, 0.0))
+        if any(t.requires_grad for t in tensors(inp)):
+            forward_input_backward()
+            s_bwd_input.append(min(max(_median_ms(forward_input_backward, repeats) - fwd, 0.0), s_bwd[-1]))
+        else:  # the first block: its input half is the whole backward
+            s_bwd_input.append(s_bwd[-1])
         with torch.no_grad():
             x = forward()
         s_bytes.append(_nbytes(x))
@@ -180,6 +196,7 @@ def profile_blocks(
         loss_ms=loss_ms,
         opt_ms=opt,
         param_bytes=param_bytes,
+        student_bwd_input=s_bwd_input,
     )
 
 
@@ -187,7 +204,8 @@ def fitted_costs(profiles: Sequence[BlockCosts], samples: int) -> BlockCosts:
     """Per-block costs at ``samples`` per unit from profiles at several unit sizes: every block's
     forward, backward and the loss as ``fixed + per_sample x size`` (least squares over the
     profiled sizes), which also smooths their noise; with one profile, that profile scaled
-    linearly. Bytes scale linearly; the optimizer step does not depend on the unit size.
+    linearly (the input halves of the backward too, when every profile has them). Bytes scale
+    linearly; the optimizer step does not depend on the unit size.
 
     Raises:
         ValueError: without profiles.
@@ -219,4 +237,5 @@ def fitted_costs(profiles: Sequence[BlockCosts], samples: int) -> BlockCosts:
         loss_ms=fit([c.loss_ms for c in ordered]),
         opt_ms=list(base.opt_ms),
         param_bytes=list(base.param_bytes),
+        student_bwd_input=per_block("student_bwd_input") if all(c.student_bwd_input for c in ordered) else [],
     )

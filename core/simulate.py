@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.action import LETTERS, Action, Op
+from core.action import Action, Op
 from core.metrics import TimelineRecord, busy_and_span, steady_state
 from core.partition import Partition, stage_costs, stage_slices
 from core.schedules import SCHEDULES, Schedule
@@ -77,6 +77,10 @@ class CostModel:
         opt_ms: optimizer step plus teacher update per stage, once per mini-batch.
         loss_ms: the loss of the whole mini-batch on the last stage.
         link: the link between neighbouring stages.
+        weight_share: the share of ``student_bwd`` a split backward's weight half (``SW``) costs,
+            the rest going to its input half (``SB``): one for every stage, or one per stage; on
+            stage 0, which sends no input gradient, ``SB`` is the whole backward and ``SW`` is
+            empty (as in the runtime). 0.5 when not measured.
     """
 
     teacher_fwd: tuple[float, ...]
@@ -87,9 +91,15 @@ class CostModel:
     opt_ms: tuple[float, ...]
     loss_ms: float = 0.0
     link: Link = field(default_factory=Link)
+    weight_share: float | tuple[float, ...] = 0.5
 
     def __post_init__(self) -> None:
         n = len(self.teacher_fwd)
+        shares = self.weight_share if isinstance(self.weight_share, tuple) else (self.weight_share,)
+        if not all(0.0 <= x <= 1.0 for x in shares) or len(shares) not in (1, n):
+            raise ValueError(
+                f"cost model: weight_share must lie in [0, 1], one or one per stage, got {shares}"
+            )
         for name in ("student_fwd", "student_bwd", "teacher_bytes", "student_bytes", "opt_ms"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"cost model: {name} has {len(getattr(self, name))} stages, expected {n}")
@@ -107,14 +117,22 @@ class CostModel:
         work[-1] += self.loss_ms
         return work
 
-    def duration(self, action: Action, units: int, pieces: int) -> float:
+    def share(self, stage: int) -> float:
+        """The weight half's share of stage ``stage``'s backward."""
+        return self.weight_share[stage] if isinstance(self.weight_share, tuple) else self.weight_share
+
+    def duration(self, action: Action, units: int, pieces: int, split: bool = False) -> float:
+        """Milliseconds ``action`` occupies its stage (``split``: the schedule splits backwards)."""
         s = action.stage
         if action.op == Op.TF:
             return self.teacher_fwd[s]
         if action.op == Op.SF:
             return self.student_fwd[s]
         if action.op == Op.SB:
-            return self.student_bwd[s] / pieces
+            share = self.share(s) if split and s > 0 else 0.0
+            return self.student_bwd[s] * (1.0 - share) / pieces
+        if action.op == Op.SW:
+            return self.student_bwd[s] * self.share(s) / pieces if s > 0 else 0.0
         if action.op == Op.LOSS:
             return self.loss_ms if action.microbatch is None else self.loss_ms / units
         if action.op == Op.OPT:
@@ -174,7 +192,7 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimRes
     units, pieces, link = schedule.units, schedule.backward_pieces, costs.link
 
     def duration(a: Action) -> float:
-        return costs.duration(a, units, pieces)
+        return costs.duration(a, units, pieces, schedule.split_backward)
 
     def transfer(a: Action, sent: float, free: float) -> float:
         return max(sent, free) + link.transfer_ms(costs.message_bytes(a, pieces))
@@ -218,27 +236,6 @@ def unit_costs(stages: int, pieces_loss_opt: float = 0.5) -> CostModel:
     )
 
 
-def text_timeline(records: Sequence[TimelineRecord], stages: int, per_char: float = 0.5) -> str:
-    """Render compute records as text, one row per stage, one character per ``per_char`` ms.
-
-    Letters: ``T`` teacher forward, ``F`` student forward, ``B`` backward, ``L`` loss, ``O`` step,
-    upper case for even mini-batches and lower case for odd ones; a forward or a whole backward
-    shows its micro-batch after the letter where it has room; ``.`` is idle.
-    """
-    letters = LETTERS
-    end = max(r.end_ms for r in records)
-    rows = [["."] * round(end / per_char) for _ in range(stages)]
-    for r in records:
-        if r.op not in letters:
-            continue
-        letter = letters[r.op] if r.batch % 2 == 0 else letters[r.op].lower()
-        first, last = round(r.start_ms / per_char), round(r.end_ms / per_char)
-        label = letter + (str(r.microbatch % 10) if r.microbatch is not None and r.part is None else "")
-        for k in range(first, last):
-            rows[r.stage][k] = label[(k - first) % len(label)] if last - first >= len(label) else letter
-    return "\n".join(f"stage {s}: " + "".join(row) for s, row in enumerate(rows))
-
-
 def stage_cost_model(
     teacher_fwd: Sequence[float],
     student_fwd: Sequence[float],
@@ -250,6 +247,7 @@ def stage_cost_model(
     partition: Partition,
     link: Link,
     loss_ms: float = 0.0,
+    student_bwd_input: Sequence[float] | None = None,
 ) -> CostModel:
     """Per-stage costs from per-block ones (the one way both calibrations and the bench's
     profiles become a :class:`CostModel`).
@@ -262,7 +260,14 @@ def stage_cost_model(
         partition: the stage boundaries.
         link: the link between neighbouring stages.
         loss_ms: the loss of the whole mini-batch on the last stage.
+        student_bwd_input: the input-gradient half of each block's backward, which sets each
+            stage's ``weight_share``; None: half of each backward.
     """
+    share: float | tuple[float, ...] = 0.5
+    if student_bwd_input:
+        whole = stage_costs(student_bwd, partition.student)
+        inputs = stage_costs(student_bwd_input, partition.student)
+        share = tuple(min(max(1.0 - i / w, 0.0), 1.0) if w > 0 else 0.5 for i, w in zip(inputs, whole))
     t_last = [r[-1] for r in stage_slices(partition.teacher)]
     s_last = [r[-1] for r in stage_slices(partition.student)]
     opt = [
@@ -280,6 +285,7 @@ def stage_cost_model(
         opt_ms=tuple(opt),
         loss_ms=loss_ms,
         link=link,
+        weight_share=share,
     )
 
 

@@ -133,6 +133,8 @@ def _check_exactly_once(schedule: Schedule) -> None:
             for u in range(schedule.units):
                 expected |= {Action(s, Op.TF, b, u), Action(s, Op.SF, b, u)}
                 expected |= {Action(s, Op.SB, b, u, p) for p in parts}
+                if schedule.split_backward:
+                    expected |= {Action(s, Op.SW, b, u, p) for p in parts}
             expected.add(Action(s, Op.OPT, b))
         losses = {a for a in seen if a.op == Op.LOSS}
         if s != last and losses:
@@ -160,6 +162,8 @@ def _check_stage_order(schedule: Schedule) -> None:
         teacher_done: dict[int, int] = {}
         student_done: dict[int, int] = {}
         backward_done: dict[int, int] = {}
+        weights_done: dict[int, int] = {}
+        inputs_done: set[tuple[int, int | None, int | None]] = set()
         losses: dict[int, set[int | None]] = {}
         for a in actions:
             if a.op == Op.TF:
@@ -195,12 +199,21 @@ def _check_stage_order(schedule: Schedule) -> None:
                     if None not in done and a.microbatch not in done:
                         _fail(schedule, f"{a} runs before the loss of its micro-batch")
                 backward_done[a.batch] = backward_done.get(a.batch, 0) + 1
+                inputs_done.add((a.batch, a.microbatch, a.part))
+            elif a.op == Op.SW:
+                if (a.batch, a.microbatch, a.part) not in inputs_done:
+                    _fail(schedule, f"{a} runs before the input-gradient backward of its piece")
+                if steps_done != a.batch:
+                    _fail(schedule, f"{a} runs after the optimizer step of its batch")
+                weights_done[a.batch] = weights_done.get(a.batch, 0) + 1
             elif a.op == Op.OPT:
                 if a.batch != steps_done:
                     _fail(schedule, f"{a} is out of order: {steps_done} steps done before it")
                 per_batch = schedule.units * schedule.backward_pieces
                 if backward_done.get(a.batch, 0) != per_batch:
                     _fail(schedule, f"{a} runs before every backward of batch {a.batch}")
+                if schedule.split_backward and weights_done.get(a.batch, 0) != per_batch:
+                    _fail(schedule, f"{a} runs before every weight-gradient backward of batch {a.batch}")
                 steps_done += 1
 
 
@@ -225,7 +238,8 @@ def validate(schedule: Schedule) -> list[TimelineRecord]:
     Checks: each compute action exactly once; student forward and backward of batch b on
     student version b, backward before the step; the loss after every teacher and student forward
     it needs; the step after all backwards of its batch; each teacher forward of an EMA teacher
-    on version ``max(0, b - staleness)``; forwards in stage order and backwards in reverse stage
+    on version ``max(0, b - staleness)``; a split backward's weight half after its input half and
+    before the step; forwards in stage order and backwards in reverse stage
     order; and the lowered lists run to the end without deadlock or mismatched messages.
 
     Returns:

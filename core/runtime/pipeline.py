@@ -148,6 +148,7 @@ class PipelineRunner(_state.RunnerState):
             Op.SF: self.stage.student_forward,
             Op.LOSS: self.stage.loss,
             Op.SB: self.stage.backward,
+            Op.SW: self.stage.weight_backward,
             Op.OPT: self._step,
         }
         interpreter = Interpreter(

@@ -4,8 +4,9 @@ store of activations keyed by action, and the forward, loss and backward of one 
 Store kinds, each keyed by ``(batch, unit, piece)``: ``in:TF`` / ``in:SF`` (activations
 received from the previous stage), ``out:TF`` / ``out:SF`` / ``out:SB`` (results waiting for
 their send), ``saved`` (a piece's input and output, kept for its backward), ``grad`` (the
-gradient of a piece's output: received, or split from the loss on the last stage), and on the
-last stage ``student`` / ``teacher`` (unit outputs gathered for the loss) and ``sizes``.
+gradient of a piece's output: received, or split from the loss on the last stage), and on
+the last stage ``student`` / ``teacher`` (unit outputs gathered for the loss) and ``sizes``;
+with a split backward, ``weights`` (what a piece's weight half needs, from its input half).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 
 from core.action import Action
 from core.config import PipelineConfig
+from core.schedules import get_schedule
 from core.task import (
     Structure,
     Task,
@@ -59,6 +62,8 @@ class Stage:
         self.views = task.views
         self.units = config.microbatches * task.views
         self.pieces = config.pieces
+        # stage 0 sends no input gradient: its SB is the whole backward and its SW is empty
+        self.split = get_schedule(config.schedule).split_backward and not self.first
         self.store: dict[tuple, Any] = {}
         self.losses: dict[int, dict[str, float]] = {}
 
@@ -208,7 +213,9 @@ class Stage:
 
     def backward(self, a: Action) -> None:
         """Backward of one piece from its output gradient; stages after the first keep the
-        gradient of their input for the send."""
+        gradient of their input for the send. With a split backward (stages after the first)
+        only the input's gradient: the graph is kept, with the gradients the weight half will
+        start from (``torch.distributed.pipelining``'s ``stage_backward_input``)."""
         key = (a.batch, a.microbatch, a.part)
         piece, out = self.store.pop(("saved", *key))
         grad = self.store.pop(("grad", *key))
@@ -217,9 +224,22 @@ class Stage:
             grads = [grad[k] for k in sorted(grad)]
         else:
             outs, grads = [out], [grad]
-        torch.autograd.backward(outs, grads)
+        if self.split:
+            inputs = [piece[k] for k in sorted(piece)] if isinstance(piece, dict) else [piece]
+            _, groups = stage_backward_input(outs, grads, inputs, self.student.parameters())
+            self.store[("weights", *key)] = groups
+        else:
+            torch.autograd.backward(outs, grads)
         if not self.first:
             if isinstance(piece, dict):
                 self.store[("out:SB", *key)] = {k: v.grad for k, v in piece.items() if v.grad is not None}
             else:
                 self.store[("out:SB", *key)] = piece.grad
+
+    def weight_backward(self, a: Action) -> None:
+        """Weight half of a split backward: the weights' gradients of one piece, accumulated
+        into ``.grad`` from what its input half kept; nothing on stage 0, whose input half was
+        the whole backward."""
+        groups = self.store.pop(("weights", a.batch, a.microbatch, a.part), None)
+        if groups is not None:
+            stage_backward_weight(self.student.parameters(), groups)

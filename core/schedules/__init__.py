@@ -3,7 +3,8 @@ of specs, lowering and unrolling.
 
 ``from core.schedules import build_schedule, get_schedule, SCHEDULES`` is all most code needs.
 One module per schedule family registers its specs on import (``flush``: sequential, mp,
-gpipe; ``pipedream``: 1f1b; ``teacher_fill``: tspipe; ``runners``: ddp and the torch peer).
+gpipe; ``pipedream``: 1f1b; ``teacher_fill``: tspipe; ``zero_bubble``: zb and tspipe-zb, whose
+backwards are split into input and weight halves; ``runners``: ddp and the torch peer).
 """
 
 from core.schedules import runners  # noqa: F401  (registers ddp and the torch peer)
@@ -23,6 +24,7 @@ from core.schedules.spec import (
     subject,
 )
 from core.schedules.teacher_fill import tspipe, tspipe_early_teacher_forwards
+from core.schedules.zero_bubble import tspipe_zb, zero_bubble
 
 __all__ = [
     "SCHEDULES",
@@ -45,4 +47,6 @@ __all__ = [
     "subject",
     "tspipe",
     "tspipe_early_teacher_forwards",
+    "tspipe_zb",
+    "zero_bubble",
 ]

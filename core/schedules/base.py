@@ -5,9 +5,10 @@ two views, so ``U = 2 M``), numbered micro-batch-major: unit ``u`` is view ``u %
 micro-batch ``u // views``. ``Action.microbatch`` holds the unit index.
 
 Timelines in the schedules' docstrings are simulated with unit costs (teacher forward = student
-forward = 1, student backward = 2, split backward pieces = 2 / pieces, instant links), one
-character per half unit of time. Letters: ``T`` teacher forward, ``F`` student forward, ``B``
-student backward, ``L`` loss, ``O`` optimizer step; the digit after a letter is the micro-batch,
+forward = 1, student backward = 2, split backward pieces = 2 / pieces, a split backward's input and weight
+halves 1 each, instant links), one character per half unit of time. Letters: ``T`` teacher
+forward, ``F`` student forward, ``B`` student backward (its input half when split), ``W`` its
+weight half, ``L`` loss, ``O`` optimizer step; the digit after a letter is the micro-batch,
 lower case marks the next mini-batch, ``.`` is idle.
 """
 
@@ -60,6 +61,11 @@ def sf(stage: int, batch: int, units: range | list[int]) -> list[Action]:
 def sb(stage: int, batch: int, units: range | list[int], pieces: int) -> list[Action]:
     """Student backwards of ``units``, each in ``pieces`` pieces."""
     return [Action(stage, Op.SB, batch, u, p) for u in units for p in parts(pieces)]
+
+
+def sw(stage: int, batch: int, units: range | list[int], pieces: int) -> list[Action]:
+    """Weight-gradient halves of split backwards of ``units``, each in ``pieces`` pieces."""
+    return [Action(stage, Op.SW, batch, u, p) for u in units for p in parts(pieces)]
 
 
 def interleave(backward: list[Action], late: list[Action]) -> list[Action]:

@@ -23,6 +23,8 @@ class Schedule:
         batches: mini-batches in the window.
         backward_pieces: pieces each student backward is split into.
         staleness: teacher versions behind the synchronous rule.
+        split_backward: each backward runs as ``SB`` (input gradient) and ``SW`` (weight
+            gradient) actions.
         compute: per-rank compute actions.
         lowered: per-rank actions with sends and receives added.
         stage_to_rank: the rank each stage runs on.
@@ -36,6 +38,7 @@ class Schedule:
     batches: int
     backward_pieces: int
     staleness: int
+    split_backward: bool
     compute: tuple[tuple[Action, ...], ...]
     lowered: tuple[tuple[Action, ...], ...]
     stage_to_rank: tuple[int, ...] = ()
@@ -91,6 +94,7 @@ def build_schedule(
         batches=batches,
         backward_pieces=pieces,
         staleness=spec.staleness(teacher),
+        split_backward=spec.split_backward,
         compute=tuple(tuple(a) for a in compute),
         lowered=tuple(tuple(a) for a in lower(compute, spec.hoist_receives, stages)),
         stage_to_rank=identity_placement(stages),

@@ -32,7 +32,7 @@ def test_each_schedule_at_its_best():
 def test_the_kinds_come_from_the_registry():
     groups = comparison_groups()
     assert groups["gpipe/1f1b"] == ["gpipe", "1f1b"]
-    assert {"mp", "ddp", "torch-gpipe/torch-1f1b"} <= set(groups)
+    assert {"mp", "ddp", "torch-gpipe/torch-1f1b", "zb", "tspipe-zb"} <= set(groups)
     assert not any("tspipe" in members or "sequential" in members for members in groups.values())
 
 

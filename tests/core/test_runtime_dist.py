@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from core.schedules import get_schedule
 from tests.conftest import launch_module
 from tests.core.toy import ToyTask, make_batches, reference
 
@@ -23,6 +24,10 @@ PIPELINE = [
     ("1f1b", 3, None),
     ("tspipe", 2, None),
     ("tspipe", 3, 1),
+    ("zb", 3, None),
+    ("zb", 2, 2),
+    ("tspipe-zb", 2, None),
+    ("tspipe-zb", 3, 1),
 ]
 
 
@@ -40,6 +45,7 @@ def cases(world: int) -> list[dict]:
             out.append(dict(schedule="torch-1f1b", teacher=teacher, microbatches=world, dtype=dtype))
         # global gradient clipping, small enough to bite at every step
         out.append(dict(schedule="tspipe", teacher="ema", microbatches=2, max_grad_norm=0.05, dtype=dtype))
+        out.append(dict(schedule="tspipe-zb", teacher="ema", microbatches=2, max_grad_norm=0.05, dtype=dtype))
         out.append(dict(schedule="gpipe", teacher="frozen", microbatches=2, max_grad_norm=0.05, dtype=dtype))
     out.append(dict(schedule="tspipe", teacher="ema", microbatches=2, bn=False, dtype="float32"))
     amp = [
@@ -98,9 +104,10 @@ def expected(case: dict) -> dict:
     torch.set_default_dtype(dtype)
     try:
         task = ToyTask(case["teacher"], case.get("bn", True), case["steps"])
-        pieces = case.get("pieces") or (2 if case["schedule"] == "tspipe" else 1)
+        spec = get_schedule(case["schedule"])
+        pieces = spec.pieces(case.get("pieces"))
         micro = case["microbatches"] * (case["world"] if case["schedule"] == "ddp" else 1)
-        stale = 1 if (case["schedule"], case["teacher"]) == ("tspipe", "ema") else 0
+        stale = spec.staleness(case["teacher"])
         return reference(task, make_batches(case["steps"]), micro, pieces, stale, case.get("max_grad_norm"))
     finally:
         torch.set_default_dtype(previous)

@@ -62,6 +62,35 @@ def test_tspipe_pinned():
     ]
 
 
+def test_zb_pinned():
+    # 1F1B's order, each input half followed by its weight half
+    assert lists("zb", 2, 2) == [
+        "0TF0 0TF1 0SF0 0SF1 0SB0 0SW0 0SB1 0SW1 0OPT",
+        "1TF0 1TF1 1SF0 1LOSS0 1SB0 1SW0 1SF1 1LOSS1 1SB1 1SW1 1OPT",
+    ]
+
+
+def test_tspipe_zb_pinned():
+    # tspipe's order; past stage 0 every input half, then the weight halves, then late teacher work
+    assert lists("tspipe-zb", 2, 2, batches=2) == [
+        "0TF0 0TF1 0SF0 0SF1 0TF0@1 0TF1@1 0SB0.0 0SW0.0 0SB0.1 0SW0.1 0SB1.0 0SW1.0 0SB1.1 0SW1.1 0OPT "
+        "0SF0@1 0SF1@1 0SB0.0@1 0SW0.0@1 0SB0.1@1 0SW0.1@1 0SB1.0@1 0SW1.0@1 0SB1.1@1 0SW1.1@1 0OPT@1",
+        "1TF0 1TF1 1SF0 1SF1 1LOSS 1SB0.0 1SB0.1 1SB1.0 1SB1.1 1SW0.0 1SW0.1 1SW1.0 1SW1.1 1TF0@1 1TF1@1 "
+        "1OPT 1SF0@1 1SF1@1 1LOSS@1 1SB0.0@1 1SB0.1@1 1SB1.0@1 1SB1.1@1 1SW0.0@1 1SW0.1@1 1SW1.0@1 "
+        "1SW1.1@1 1OPT@1",
+    ]
+    # the late teacher forwards follow the weight halves
+    late = lists("tspipe-zb", 3, 4, batches=2)[1].split()
+    assert late.index("1TF3@1") > late.index("1SW3.1")
+
+
+def test_split_backward_lowering_sends_the_gradient_after_the_input_half():
+    built = build_schedule("zb", 2, 1, "frozen")
+    assert " ".join(map(str, built.lowered[1])) == (
+        "1RECV_TF0 1TF0 1RECV_SF0 1SF0 1LOSS0 1SB0 1SEND_SB0 1SW0 1OPT"
+    )
+
+
 def test_tspipe_spreads_late_teacher_forwards_on_stage_zero():
     # N = 2, U = 4: stage 0 runs 2 teacher forwards of batch 1 early, 2 between backward pieces
     first = build_schedule("tspipe", 2, 4, "ema", 2).compute[0]
@@ -103,19 +132,22 @@ def test_invariants_hold_for_every_shape():
 
 @pytest.mark.parametrize("pieces", [1, 2, 3])
 def test_backward_pieces_are_a_parameter_of_every_schedule(pieces):
-    for name in ("gpipe", "1f1b", "tspipe"):
+    for name in ("gpipe", "1f1b", "tspipe", "zb", "tspipe-zb"):
         built = build_schedule(name, 3, 2, "ema", 2, backward_pieces=pieces)
         validate(built)
         sb = [a for a in built.compute[0] if a.op == Op.SB]
         assert len(sb) == 2 * 2 * pieces
+        sw = [a for a in built.compute[1] if a.op == Op.SW]
+        assert len(sw) == (2 * 2 * pieces if built.split_backward else 0)
 
 
-def test_staleness_is_one_only_for_tspipe_with_ema_teacher():
+def test_staleness_is_one_only_for_the_tspipe_family_with_ema_teacher():
     for spec in schedules("pipeline"):
         for teacher in ("frozen", "ema"):
             name = spec.name
             built = build_schedule(name, spec.stages or 2, spec.microbatches or 2, teacher, 3)
-            assert built.staleness == (1 if (name, teacher) == ("tspipe", "ema") else 0)
+            stale = name in ("tspipe", "tspipe-zb") and teacher == "ema"
+            assert built.staleness == (1 if stale else 0)
 
 
 def test_tspipe_teacher_reads_version_b_minus_one():
@@ -184,6 +216,30 @@ def test_validator_catches_loss_before_forwards():
 
     with pytest.raises(ValueError, match="LOSS"):
         validate(broken("gpipe", move))
+
+
+def test_validator_catches_a_weight_half_before_its_input_half():
+    def swap(c):
+        i, j = c[1].index(parse_action("1SB1")), c[1].index(parse_action("1SW1"))
+        c[1][i], c[1][j] = c[1][j], c[1][i]
+
+    with pytest.raises(ValueError, match="before the input-gradient backward"):
+        validate(broken("zb", swap))
+
+
+def test_validator_catches_a_weight_half_after_the_step():
+    def move(c):
+        w = parse_action("1SW1")
+        c[1].remove(w)
+        c[1].insert(c[1].index(parse_action("1OPT")) + 1, w)
+
+    with pytest.raises(ValueError, match="before every weight-gradient backward"):
+        validate(broken("zb", move))
+
+
+def test_validator_catches_a_missing_weight_half():
+    with pytest.raises(ValueError, match="never runs 1SW0"):
+        validate(broken("tspipe-zb", lambda c: c[1].remove(parse_action("1SW0.0"))))
 
 
 def test_dry_run_reports_a_deadlock_with_the_grid():

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from core.calibration import load_calibration
+from core.metrics import text_timeline
 from core.paper_scale import simulate_calibration
 from core.schedules import build_schedule
 from core.simulate import (
@@ -12,7 +13,6 @@ from core.simulate import (
     Link,
     main,
     simulate,
-    text_timeline,
     unit_costs,
 )
 
@@ -70,6 +70,42 @@ def test_tspipe_with_too_few_microbatches_leaves_the_remaining_gap():
 def test_tspipe_beats_gpipe_on_unit_costs():
     for stages in (2, 4, 8):
         assert run("tspipe", stages, stages).step_ms < run("gpipe", stages, stages).step_ms
+
+
+@pytest.mark.parametrize("stages, units", [(2, 2), (4, 4), (4, 8), (8, 3)])
+def test_a_split_backward_shortens_the_drain_by_the_weight_halves(stages, units):
+    # only the input half (1 of 2) crosses back; stage 0 runs whole backwards
+    assert run("zb", stages, units).step_ms == pytest.approx(
+        run("1f1b", stages, units).step_ms - (stages - 1)
+    )
+
+
+@pytest.mark.parametrize("stages, units", [(2, 2), (4, 4), (4, 8), (8, 3), (8, 8), (8, 14)])
+def test_tspipe_zb_is_never_slower_than_tspipe_and_faster_with_few_units(stages, units):
+    tspipe, zb = run("tspipe", stages, units).step_ms, run("tspipe-zb", stages, units).step_ms
+    assert zb <= tspipe + 1e-9
+    if units < 2 * (stages - 1):  # tspipe's teacher work does not cover its bubble
+        assert zb < tspipe
+
+
+def test_split_costs_follow_the_weight_share():
+    built = build_schedule("zb", 2, 1, "frozen", 1)
+    costs = CostModel(
+        teacher_fwd=(1.0, 1.0),
+        student_fwd=(1.0, 1.0),
+        student_bwd=(4.0, 4.0),
+        teacher_bytes=(0.0, 0.0),
+        student_bytes=(0.0, 0.0),
+        opt_ms=(0.0, 0.0),
+        link=Link(gbps=1.0, latency_us=0.0),
+        weight_share=0.25,
+    )
+    durations = {r.action: r.end_ms - r.start_ms for r in simulate(built, costs, 1).records}
+    assert durations["1SB0"] == pytest.approx(3.0) and durations["1SW0"] == pytest.approx(1.0)
+    # stage 0 sends no input gradient: its input half is the whole backward
+    assert durations["0SB0"] == pytest.approx(4.0) and durations["0SW0"] == 0.0
+    with pytest.raises(ValueError, match="weight_share"):
+        CostModel(**{**costs.__dict__, "weight_share": 1.5})
 
 
 def test_transfers_add_latency_and_bandwidth_time():

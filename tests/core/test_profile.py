@@ -1,0 +1,47 @@
+"""Per-block profiles: the input half of each backward is measured beside the whole, and sets
+the weight share of a split backward in the cost model."""
+
+import torch
+
+from core.partition import Partition
+from core.profile import fitted_costs, profile_blocks
+from core.simulate import Link, stage_cost_model
+from tests.core.toy import ToyTask, make_batches, sgd
+
+
+def test_the_input_half_of_each_backward_is_measured_and_fitted():
+    task = ToyTask("frozen", True, 1)
+    batch = make_batches(1)[0]
+    costs = [profile_blocks(task, batch, m, sgd, torch.device("cpu"), repeats=3) for m in (1, 2)]
+    for c in costs:
+        blocks = len(c.student_bwd)
+        assert len(c.student_bwd_input) == blocks
+        assert c.student_bwd_input[0] == c.student_bwd[0]  # the first block's input needs no gradient
+        assert all(0.0 <= i <= w for i, w in zip(c.student_bwd_input, c.student_bwd))
+    fitted = fitted_costs(costs, 3)
+    assert len(fitted.student_bwd_input) == len(fitted.student_bwd)
+    costs[0].student_bwd_input = []  # one profile without it: the fit leaves it out
+    assert fitted_costs(costs, 3).student_bwd_input == []
+
+
+def test_the_weight_share_of_each_stage_comes_from_its_blocks():
+    zeros = [0.0] * 4
+    model = stage_cost_model(
+        zeros,
+        zeros,
+        [4.0, 4.0, 2.0, 6.0],
+        zeros,
+        zeros,
+        zeros,
+        zeros,
+        Partition((2, 2), (2, 2), tied=False),
+        Link(),
+        student_bwd_input=[4.0, 1.0, 1.0, 3.0],
+    )
+    assert model.weight_share == (1 - 5 / 8, 1 - 4 / 8)
+    assert (
+        stage_cost_model(
+            zeros, zeros, [1.0] * 4, zeros, zeros, zeros, zeros, Partition((2, 2), (2, 2), tied=False), Link()
+        ).weight_share
+        == 0.5
+    )
