@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from core.action import Action, Op
 from core.schedules.base import check_shape, sb, sf, tf
 from core.schedules.spec import ScheduleSpec, register
@@ -33,6 +35,14 @@ def one_f_one_b(
         stage 3: ......T0T1T2T3F0B0B0F1B1B1F2LB2B2F3B3B3O..................t0t1t2t3f0b0b0f1b1b1f2
     """
     units = check_shape(stages, microbatches, teacher, batches, backward_pieces, views)
+    return one_f_one_b_order(stages, units, batches, lambda s, b, u: sb(s, b, [u], backward_pieces))
+
+
+def one_f_one_b_order(
+    stages: int, units: int, batches: int, backward: Callable[[int, int, int], list[Action]]
+) -> list[list[Action]]:
+    """1F1B's order, ``backward(stage, batch, unit)`` giving the actions of one unit's backward
+    (shared with ``zb``, whose backwards are split)."""
     lists: list[list[Action]] = []
     last = stages - 1
     for s in range(stages):
@@ -46,8 +56,9 @@ def one_f_one_b(
                 actions += sf(s, b, [u])
                 if s == last:
                     actions.append(Action(s, Op.LOSS, b, u))
-                actions += sb(s, b, [i], backward_pieces)
-            actions += sb(s, b, range(units - warmup, units), backward_pieces)
+                actions += backward(s, b, i)
+            for u in range(units - warmup, units):
+                actions += backward(s, b, u)
             actions.append(Action(s, Op.OPT, b))
         lists.append(actions)
     return lists

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from core.action import Action, Op
 from core.schedules.base import check_shape, interleave, sb, sf, tf
@@ -64,11 +65,29 @@ def tspipe(
     anyone; on the other stages they follow the backward.
     """
     n_units = check_shape(stages, microbatches, teacher, batches, backward_pieces, views)
+
+    def tail(s: int, b: int, late: list[Action]) -> list[Action]:
+        backward = sb(s, b, range(n_units), backward_pieces)
+        return interleave(backward, late) if s == 0 else backward + late
+
+    return tspipe_order(stages, n_units, batches, backward_pieces, tail)
+
+
+def tspipe_order(
+    stages: int,
+    n_units: int,
+    batches: int,
+    pieces: int,
+    tail: Callable[[int, int, list[Action]], list[Action]],
+) -> list[list[Action]]:
+    """tspipe's order, ``tail(stage, batch, late)`` giving what runs between the early teacher
+    forwards of the next batch and the step: the backward of ``batch`` with the ``late`` teacher
+    forwards of the next one (shared with ``tspipe-zb``, whose backwards are split)."""
     last = stages - 1
     units = range(n_units)
     lists: list[list[Action]] = []
     for s in range(stages):
-        early = tspipe_early_teacher_forwards(s, stages, n_units, backward_pieces)
+        early = tspipe_early_teacher_forwards(s, stages, n_units, pieces)
         actions = tf(s, 0, units)
         for b in range(batches):
             nxt = b + 1 < batches
@@ -77,12 +96,7 @@ def tspipe(
                 actions.append(Action(s, Op.LOSS, b))
             if nxt:
                 actions += tf(s, b + 1, range(early))
-            backward = sb(s, b, units, backward_pieces)
-            late = tf(s, b + 1, range(early, n_units)) if nxt else []
-            if s == 0:
-                actions += interleave(backward, late)
-            else:
-                actions += backward + late
+            actions += tail(s, b, tf(s, b + 1, range(early, n_units)) if nxt else [])
             actions.append(Action(s, Op.OPT, b))
         lists.append(actions)
     return lists

@@ -12,9 +12,10 @@ without the split; what that costs is that weight halves cannot be deferred past
 from __future__ import annotations
 
 from core.action import Action, Op
-from core.schedules.base import check_shape, interleave, parts, sb, sf, sw, tf
+from core.schedules.base import check_shape, interleave, parts, sb, sw
+from core.schedules.pipedream import one_f_one_b_order
 from core.schedules.spec import ScheduleSpec, register
-from core.schedules.teacher_fill import tspipe_early_teacher_forwards
+from core.schedules.teacher_fill import tspipe_order
 
 
 def zero_bubble(
@@ -44,26 +45,7 @@ def zero_bubble(
         stage 3: ......T0T1T2T3F0B0W0F1B1W1F2LB2W2F3B3W3O............t0t1t2t3f0b0w0f1b1w1f2lb2w2f3
     """
     units = check_shape(stages, microbatches, teacher, batches, backward_pieces, views)
-    last = stages - 1
-    lists: list[list[Action]] = []
-
-    for s in range(stages):
-        actions: list[Action] = []
-        for b in range(batches):
-            actions += tf(s, b, range(units))
-            warmup = min(last - s, units)
-            actions += sf(s, b, range(warmup))
-            for i in range(units - warmup):
-                u = warmup + i
-                actions += sf(s, b, [u])
-                if s == last:
-                    actions.append(Action(s, Op.LOSS, b, u))
-                actions += _split(s, b, i, backward_pieces)
-            for u in range(units - warmup, units):
-                actions += _split(s, b, u, backward_pieces)
-            actions.append(Action(s, Op.OPT, b))
-        lists.append(actions)
-    return lists
+    return one_f_one_b_order(stages, units, batches, lambda s, b, u: _split(s, b, u, backward_pieces))
 
 
 def _split(stage: int, batch: int, unit: int, pieces: int) -> list[Action]:
@@ -107,28 +89,15 @@ def tspipe_zb(
         stage 3: ......T0T1T2T3F0F1F2F3LBBBBBBBBWWWWWWWWt0t1t2t3O..f0f1f2f3lbbbbbbbbwwwwwwwwT0T1T2
     """
     n_units = check_shape(stages, microbatches, teacher, batches, backward_pieces, views)
-    last = stages - 1
-    units = range(n_units)
-    lists: list[list[Action]] = []
-    for s in range(stages):
-        early = tspipe_early_teacher_forwards(s, stages, n_units, backward_pieces)
-        actions = tf(s, 0, units)
-        for b in range(batches):
-            nxt = b + 1 < batches
-            actions += sf(s, b, units)
-            if s == last:
-                actions.append(Action(s, Op.LOSS, b))
-            if nxt:
-                actions += tf(s, b + 1, range(early))
-            late = tf(s, b + 1, range(early, n_units)) if nxt else []
-            if s == 0:
-                pairs = [_split(s, b, u, backward_pieces) for u in units]
-                actions += interleave([x for pair in pairs for x in pair], late)
-            else:
-                actions += sb(s, b, units, backward_pieces) + sw(s, b, units, backward_pieces) + late
-            actions.append(Action(s, Op.OPT, b))
-        lists.append(actions)
-    return lists
+
+    def tail(s: int, b: int, late: list[Action]) -> list[Action]:
+        if s == 0:
+            pairs = [x for u in range(n_units) for x in _split(s, b, u, backward_pieces)]
+            return interleave(pairs, late)
+        units = range(n_units)
+        return sb(s, b, units, backward_pieces) + sw(s, b, units, backward_pieces) + late
+
+    return tspipe_order(stages, n_units, batches, backward_pieces, tail)
 
 
 register(
