@@ -420,7 +420,11 @@ def plot_speedups(throughput: list[dict], out: Path) -> Path | None:
 
 
 def build(
-    results: Path, repo: Path = ROOT, fallback: Path | None = None, expected: Expected | None = None
+    results: Path,
+    repo: Path = ROOT,
+    fallback: Path | None = None,
+    expected: Expected | None = None,
+    plots: Path | None = None,
 ) -> tuple[str, str]:
     """The report's markdown and the README snippet, from the rows under ``results``.
 
@@ -428,6 +432,7 @@ def build(
         expected: sources that should have rows (``make report`` passes every registered
             method's title and commands), so missing ones are named with the command that makes
             them.
+        plots: where the report's own plot is written (default: ``results``).
     """
     data = load(results, fallback)
     throughput, th_head = throughput_section(data, expected)
@@ -436,7 +441,7 @@ def build(
     micro, micro_head = micro_section(
         results if (results / "micro").exists() or fallback is None else fallback
     )
-    speed_png = plot_speedups(th_head, results / "report_speedups.png")
+    speed_png = plot_speedups(th_head, (plots or results) / "report_speedups.png")
     snippet = headline_snippet(th_head, sim_head, acc_head, micro_head)
     parts = [
         "# TSPipe bench: report\n",

@@ -96,11 +96,11 @@ def config_table(rows: Sequence[dict]) -> str:
                     r["samples_per_s"],
                     r["efficiency"],
                     r.get("microbatch_penalty"),
+                    r.get("mem_lower_bound_gib"),
                 ]
             )
-    return markdown_table(
-        ["calibration", "N", "schedule", "best M", "pieces", "samples/s", "eff.", "M-batch penalty"], lines
-    )
+    headers = ["calibration", "N", "schedule", "best M", "pieces", "samples/s", "eff.", "M-batch penalty"]
+    return markdown_table([*headers, "peak GiB/stage (lower bound)"], lines)
 
 
 def plot_throughput(rows: Sequence[dict], out_dir: Path) -> list[Path]:
@@ -185,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "busiest stage.\n\n"
         + speedup_table(realistic)
         + "\n### Every schedule's best configuration (450 GB/s)\n\n"
+        "Peak memory of the fullest stage (`core/memory.py`): units whose activations are alive at once "
+        "(exact for the schedule) times the stage's block outputs (a lower bound of what autograd keeps), the "
+        "teacher outputs held for the loss, and 16 B per student and 4 B per teacher parameter spread over the "
+        "stages by block count. Compare schedules with it; do not read it as a GPU's memory use.\n\n"
         + config_table(realistic)
         + "\n## The schedules alone (linear model, ablation)\n\n"
         "Per-block costs scaled linearly with the micro-batch, unscaled; M = N, 2 backward pieces for every "

@@ -99,33 +99,42 @@ def check_row(cal: Calibration) -> dict:
     )
 
 
-def _sim_row(cal: Calibration, link_name: str, found: tuple, best_of: str) -> dict:
+def _sim_fields(cal: Calibration, link_name: str) -> dict:
+    """What every simulated row of a pair over a link says of where it comes from."""
     link = LINKS[link_name]
-    result, built, partition = found
-    summary = result_dict(cal, built, partition, result, link)
-    return make_row(
+    return dict(
         method=cal.method,
-        schedule=built.name,
         model=cal.pair,
-        stages=built.stages,
-        microbatches=built.microbatches,
         global_batch=cal.batch,
         device=_device(link),
-        samples_per_s=result.samples_per_s,
-        step_ms=result.step_ms,
-        efficiency=result.efficiency,
-        bound_samples_per_s=result.bound_samples_per_s,
-        bubble_fraction=result.bubble_fraction,
         simulated=True,
         kind="sim",
-        best_of=best_of,
         link=link_name,
         link_gbps=link.gbps,
         latency_us=link.latency_us,
         cost_model=cal.cost_model,
         calibration=cal.source,
-        views=built.views,
+        views=cal.views,
+    )
+
+
+def _sim_row(cal: Calibration, link_name: str, found: tuple, best_of: str) -> dict:
+    result, built, partition = found
+    summary = result_dict(cal, built, partition, result, LINKS[link_name])
+    return make_row(
+        **_sim_fields(cal, link_name),
+        schedule=built.name,
+        stages=built.stages,
+        microbatches=built.microbatches,
+        samples_per_s=result.samples_per_s,
+        step_ms=result.step_ms,
+        efficiency=result.efficiency,
+        bound_samples_per_s=result.bound_samples_per_s,
+        bubble_fraction=result.bubble_fraction,
+        best_of=best_of,
         backward_pieces=built.backward_pieces,
+        mem_lower_bound_gib=summary["peak_mem_gib"],
+        stage_mem_lower_bound_gib=summary["stage_mem_gib"],
         balance=summary["balance"],
         teacher_balance=summary["teacher_balance"],
         balance_cap=result.balance_cap,
@@ -161,26 +170,15 @@ def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | Non
         if cal.model != "linear":
             ddp = simulate_ddp(cal, stages, link)
             row = make_row(
-                method=cal.method,
+                **_sim_fields(cal, link_name),
                 schedule=DDP,
-                model=cal.pair,
                 stages=stages,
                 microbatches=1,
-                global_batch=cal.batch,
-                device=_device(link),
                 samples_per_s=ddp["samples_per_s"],
                 step_ms=ddp["step_ms"],
                 efficiency=ddp["efficiency"],
                 bound_samples_per_s=ddp["bound_samples_per_s"],
-                simulated=True,
-                kind="sim",
                 best_of="one replica per GPU",
-                link=link_name,
-                link_gbps=link.gbps,
-                latency_us=link.latency_us,
-                cost_model=cal.cost_model,
-                calibration=cal.source,
-                views=cal.views,
                 allreduce_ms=ddp["allreduce_ms"],
                 ddp_model="ring all-reduce of fp32 student gradients, fully overlapped with the backward",
                 microbatch_penalty=cal.microbatch_penalty(cal.batch / stages),

@@ -134,11 +134,11 @@ def test_readme_snippet_between_markers(tmp_path):
     assert not update_readme(readme, "| new |\n")
 
 
-def test_committed_report_is_regenerated_byte_for_byte():
+def test_committed_report_is_regenerated_byte_for_byte(tmp_path):
     committed = ROOT / "results" / "REPORT.md"
     if not committed.exists():
         pytest.skip("no committed report yet")
-    report, snippet = build(ROOT / "results", ROOT, expected=EXPECTED)
+    report, snippet = build(ROOT / "results", ROOT, expected=EXPECTED, plots=tmp_path)
     assert report == committed.read_text()
     readme = (ROOT / "README.md").read_text()
     assert f"{BEGIN}\n{snippet}{END}" in readme
