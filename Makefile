@@ -57,7 +57,7 @@ define bench
 	$(PY) -m analysis.bench $(call BENCH_OUT,$(1))
 endef
 
-# Every schedule on a synthetic CNN pair (methods/synthetic), 2 processes, CPU (about 8 min).
+# Every schedule on a synthetic CNN pair (methods/synthetic), 2 processes, CPU (about 7 min).
 bench-engine: $(STAMP)
 	$(call bench,synthetic,)
 

@@ -11,7 +11,7 @@ teacher-distilbert: $(DISTILBERT_TEACHER)
 $(DISTILBERT_TEACHER): | $(STAMP)
 	$(PY) -m methods.distilbert.teacher --preset $(DB_TEACHER_PRESET)
 
-# Every schedule, ddp and the torch pipelining peer side by side (CPU default, about 25 min; needs
+# Every schedule, ddp and the torch pipelining peer side by side (CPU default, about 38 min; needs
 # no fine-tuned teacher). On GPUs: make bench-distilbert DEVICE=cuda NPROC=4 (BERT-large, seq 128;
 # PRESET=bertlarge-512-4gpu for the long sequences).
 bench-distilbert: $(STAMP)
