@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format data simulate bench-engine bench-byol bench-micro accuracy-byol report clean
+.PHONY: setup test lint format data simulate bench-engine bench-byol bench-micro accuracy-byol report gpu-check calibrate clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,21 @@ bench-micro: $(STAMP)
 QUICK ?= 0
 report: $(STAMP)
 	$(PY) -m experiments.report $(if $(filter 1,$(QUICK)),--quick)
+
+# The prepared GPU run (experiments.gpu_run): engine overhead, a short BYOL training run, the
+# paper's configurations calibrated, the gpu-marked tests; time-boxed to 8 minutes, everything
+# under results/gpu/. It needs no venv on the GPU machine (its python3 has the packages):
+# PYTHONPATH=. make gpu-check. DEVICE=cpu: the same parts with tiny shapes (seconds), under
+# results/gpu-cpu/ (not kept; the tests run it too).
+GPU_DEVICE = $(if $(filter command line environment,$(origin DEVICE)),$(DEVICE),cuda)
+GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) -m experiments.gpu_run --device $(GPU_DEVICE) --out results/gpu$(if $(filter cpu,$(GPU_DEVICE)),-cpu)
+
+# Calibrate one pair on this machine (experiments.calibrate), in the H200 files' format:
+# make calibrate ARGS="--method byol --preset resnet50-224-8gpu --device cuda"
+calibrate: $(STAMP)
+	$(PY) -m experiments.calibrate $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

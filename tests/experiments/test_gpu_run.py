@@ -1,0 +1,54 @@
+"""The prepared GPU run's dry run on CPU (``make gpu-check DEVICE=cpu``): every part runs with
+tiny shapes and writes what the GPU run writes; the time box skips what does not fit."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from core.calibration import load_calibration
+from experiments.gpu_run import PAPER, PAPER_PRESETS, main, paper_order
+from methods.registry import get_method
+
+
+def test_dry_run_writes_every_part(tmp_path):
+    assert main(["--device", "cpu", "--out", str(tmp_path)]) == 0
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert [p["status"] for p in log["parts"]] == ["done"] * len(log["parts"])
+    assert {p["part"].split()[0] for p in log["parts"]} == {"overhead", "train", "calibrate"}
+    for method in ("byol", "moco_v3", "soft_target", "distilbert"):
+        rows = [
+            json.loads(x) for x in (tmp_path / "overhead" / method / "rows.jsonl").read_text().splitlines()
+        ]
+        assert [r["runner"] for r in rows] == ["plain-loop", "engine-sequential"]
+        assert all(r["simulated"] is False and r["step_ms"] > 0 for r in rows)
+    train = json.loads((tmp_path / "train" / "rows.jsonl").read_text().splitlines()[0])
+    assert train["loss_went_down"] and len(train["losses"]) == 4
+    mapping = pd.read_csv(tmp_path / "paper_calibrations.csv")
+    assert sorted(mapping["method"]) == ["byol", "distilbert", "moco_v3", "soft_target"]
+    assert list(mapping["tspipe_over_mp"]) == sorted(mapping["tspipe_over_mp"], reverse=True)
+    for name in mapping["calibration"]:
+        assert load_calibration(tmp_path / "calibration" / name).pair.endswith("-tiny")
+
+
+def test_time_box_skips_what_does_not_fit(tmp_path):
+    assert main(["--device", "cpu", "--out", str(tmp_path), "--budget-s", "0"]) == 0
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert log["parts"] and all(p["status"].startswith("skipped") for p in log["parts"])
+    assert not (tmp_path / "paper_calibrations.csv").exists()
+
+
+def test_every_paper_row_has_a_preset():
+    rows = paper_order()
+    assert len(rows) == len(pd.read_csv(PAPER)) and [r[3] for r in rows] == sorted(
+        (r[3] for r in rows), reverse=True
+    )
+    for method, teacher, student, _ in rows:
+        assert PAPER_PRESETS[(method, teacher, student)] in get_method(method).presets
+
+
+def test_no_gpu_is_refused(capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
