@@ -20,6 +20,7 @@ from pathlib import Path
 
 import matplotlib
 import pandas as pd
+from scipy.stats import t as student_t
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -171,6 +172,47 @@ SYNC_LABELS = ("sync", "kd-sequential", "distil-sequential", "sequential")
 STALE_LABELS = ("tspipe", "kd-tspipe", "distil-tspipe")
 
 
+def paired_difference(runs: pd.DataFrame, base: str, other: str) -> dict | None:
+    """``other - base`` paired by seed: seeds, mean, standard deviation and the 95 % Student-t
+    interval of the mean (None with fewer than two common seeds)."""
+    table = runs.pivot_table(index="seed", columns="label", values="metric_value", aggfunc="first")
+    if base not in table or other not in table:
+        return None
+    diff = (table[other] - table[base]).dropna().astype(float)
+    if len(diff) < 2:
+        return None
+    half = float(student_t.ppf(0.975, len(diff) - 1) * diff.std() / len(diff) ** 0.5)
+    mean = float(diff.mean())
+    return {
+        "seeds": len(diff),
+        "mean": mean,
+        "std": float(diff.std()),
+        "low": mean - half,
+        "high": mean + half,
+    }
+
+
+def paired_table(runs: pd.DataFrame, base: str, other: str) -> str:
+    """The paired difference of two runs as a table (a line saying why not, when it cannot be)."""
+    d = paired_difference(runs, base, other)
+    if d is None:
+        return f"Paired difference `{other}` - `{base}`: fewer than two common seeds.\n"
+    return markdown_table(
+        ["paired difference", "seeds", "mean", "std", "95 % interval (Student t)", "half-width"],
+        [
+            [
+                f"{other} - {base}",
+                d["seeds"],
+                d["mean"],
+                d["std"],
+                f"[{d['low']:+.4f}, {d['high']:+.4f}]",
+                (d["high"] - d["low"]) / 2,
+            ]
+        ],
+        digits=4,
+    )
+
+
 def accuracy_section(
     data: dict[str, pd.DataFrame], results: Path, expected: Expected | None = None
 ) -> tuple[str, list[dict]]:
@@ -224,10 +266,12 @@ def accuracy_section(
         link = "".join(
             f"; by-epoch plot: [{p.relative_to(results)}]({p.relative_to(results)})" for p in plots
         )
-        text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
         means = runs.groupby("label", sort=False)["metric_value"].mean()
         sync = next((k for k in SYNC_LABELS if k in means.index), None)
         stale = next((k for k in STALE_LABELS if k in means.index), None)
+        if sync and stale:
+            body += "\n" + paired_table(runs, sync, stale)
+        text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
         if sync and stale:
             headline.append(
                 {

@@ -1,0 +1,31 @@
+"""The accuracy section's paired difference: by seed, with a Student-t interval."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analysis.report import paired_difference, paired_table
+
+
+def _runs(pairs: dict[int, tuple[float, float | None]]) -> pd.DataFrame:
+    rows = []
+    for seed, (sync, stale) in pairs.items():
+        rows.append({"seed": seed, "label": "sync", "metric_value": sync})
+        if stale is not None:
+            rows.append({"seed": seed, "label": "tspipe", "metric_value": stale})
+    return pd.DataFrame(rows)
+
+
+def test_interval_by_hand():
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.3027 -> half-width 4.3027 / sqrt(3)
+    d = paired_difference(_runs({0: (10.0, 11.0), 1: (5.0, 7.0), 2: (0.0, 3.0)}), "sync", "tspipe")
+    assert (d["seeds"], d["mean"], d["std"]) == (3, pytest.approx(2.0), pytest.approx(1.0))
+    assert (d["high"] - d["low"]) / 2 == pytest.approx(4.302653 / 3**0.5, rel=1e-5)
+
+
+def test_unpaired_seeds_are_left_out_and_too_few_said():
+    d = paired_difference(_runs({0: (1.0, 2.0), 1: (1.0, None), 2: (1.0, 4.0)}), "sync", "tspipe")
+    assert d["seeds"] == 2 and d["mean"] == pytest.approx(2.0)
+    assert paired_difference(_runs({0: (1.0, 2.0)}), "sync", "tspipe") is None
+    assert "fewer than two common seeds" in paired_table(_runs({0: (1.0, 2.0)}), "sync", "tspipe")
