@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis import rows as R  # noqa: E402
 from analysis.compare import best_of, best_per_schedule, comparison_groups, ratio, subject_name  # noqa: E402
+from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
 from analysis.provenance import code_paths, golden_digests, staleness  # noqa: E402
 from analysis.tables import markdown, markdown_table  # noqa: E402
@@ -152,15 +153,15 @@ def throughput_section(
     return "\n".join(text), headline
 
 
-def gpu_section(data: dict[str, pd.DataFrame]) -> str:
+def gpu_section(data: dict[str, pd.DataFrame], results: Path) -> str:
     df = data.get("gpu", R.frame([]))
     df = df[df["simulated"] != True] if not df.empty else df  # noqa: E712
-    title = "## 4. GPU rows\n\n"
+    title = "## 4. GPU rows\n\n" + gpu_run_section(results / "gpu") + "\n"
     if df.empty:
         return (
             title
-            + "No GPU rows yet: every throughput number above is from this project's CPU machines or simulated. "
-            "The GPU checks (`make bench-byol DEVICE=cuda ...`) write them when a GPU is available.\n"
+            + "No GPU benchmark rows yet: every throughput number above is from this project's CPU machines or "
+            "simulated. The GPU benchmarks (`make bench-byol DEVICE=cuda ...`) write them when a GPU is available.\n"
         )
     shown = df[["method", "schedule", "stages", "microbatches", "samples_per_s", "device", "_source"]]
     return title + markdown(shown.rename(columns={"stages": "GPUs", "microbatches": "M", "_source": "row"}))
@@ -499,7 +500,7 @@ def build(
         throughput,
         simulated,
         paper_section(data),
-        gpu_section(data),
+        gpu_section(data, results),
         accuracy,
         micro,
         timeline_section(results, data, expected),

@@ -34,7 +34,7 @@ def test_sections_from_fixture_rows(results):
     assert "| moco_v3 | ViT-Large -> ViT-Large | 11.31 | 33.95 | 54.70 | 4.840 |" in paper
     assert "mocov3_vit_large_halfblocks_bf16 (no sweep: upper bound) |" in paper
     assert paper.count("| not calibrated |") == 12
-    assert "No GPU rows yet" in report
+    assert "No GPU benchmark rows yet" in report and "has not run on a GPU yet: it is owed" in report
     assert "### BYOL" in report and "| sync | sequential | knn_top1 | 2 | 0.7100 |" in report
     assert "teacher_drift_rel_l2" in report
     assert "tspipe (M=" in snippet and "simulated H200, realistic" in snippet

@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 
+from analysis.gpu import gpu_run_section
 from core.calibration import load_calibration
 from experiments.gpu_run import PAPER, PAPER_PRESETS, main, paper_order
 from methods.registry import get_method
@@ -30,6 +31,10 @@ def test_dry_run_writes_every_part(tmp_path):
     assert list(mapping["tspipe_over_mp"]) == sorted(mapping["tspipe_over_mp"], reverse=True)
     for name in mapping["calibration"]:
         assert load_calibration(tmp_path / "calibration" / name).pair.endswith("-tiny")
+    section = gpu_run_section(tmp_path)  # the report's account of the run
+    assert "| byol |" in section and "| soft_target |" in section and "(down)" in section
+    assert section.count("-tiny |") == 4
+    assert "owed" in gpu_run_section(tmp_path / "missing")
 
 
 def test_time_box_skips_what_does_not_fit(tmp_path):
