@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+from scipy.stats import t as student_t
 
 from core.schedules import SCHEDULES, order_of, schedules, subject
 
@@ -104,3 +105,23 @@ def ratio(a: dict, b: dict) -> Ratio:
 
 def registered(name: str) -> bool:
     return name in SCHEDULES
+
+
+def paired_difference(runs: pd.DataFrame, base: str, other: str) -> dict | None:
+    """``other - base`` paired by seed: seeds, mean, standard deviation and the 95 % Student-t
+    interval of the mean (None with fewer than two common seeds)."""
+    table = runs.pivot_table(index="seed", columns="label", values="metric_value", aggfunc="first")
+    if base not in table or other not in table:
+        return None
+    diff = (table[other] - table[base]).dropna().astype(float)
+    if len(diff) < 2:
+        return None
+    half = float(student_t.ppf(0.975, len(diff) - 1) * diff.std() / len(diff) ** 0.5)
+    mean = float(diff.mean())
+    return {
+        "seeds": len(diff),
+        "mean": mean,
+        "std": float(diff.std()),
+        "low": mean - half,
+        "high": mean + half,
+    }

@@ -20,13 +20,19 @@ from pathlib import Path
 
 import matplotlib
 import pandas as pd
-from scipy.stats import t as student_t
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis import rows as R  # noqa: E402
-from analysis.compare import best_of, best_per_schedule, comparison_groups, ratio, subject_name  # noqa: E402
+from analysis.compare import (  # noqa: E402
+    best_of,
+    best_per_schedule,
+    comparison_groups,
+    paired_difference,
+    ratio,
+    subject_name,
+)
 from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
 from analysis.provenance import code_paths, golden_digests, staleness  # noqa: E402
@@ -171,26 +177,6 @@ def gpu_section(data: dict[str, pd.DataFrame], results: Path) -> str:
 EXTRA_METRICS = ("teacher_drift_rel_l2", "max_abs_param_diff", "max_param_diff")
 SYNC_LABELS = ("sync", "kd-sequential", "distil-sequential", "sequential")
 STALE_LABELS = ("tspipe", "kd-tspipe", "distil-tspipe")
-
-
-def paired_difference(runs: pd.DataFrame, base: str, other: str) -> dict | None:
-    """``other - base`` paired by seed: seeds, mean, standard deviation and the 95 % Student-t
-    interval of the mean (None with fewer than two common seeds)."""
-    table = runs.pivot_table(index="seed", columns="label", values="metric_value", aggfunc="first")
-    if base not in table or other not in table:
-        return None
-    diff = (table[other] - table[base]).dropna().astype(float)
-    if len(diff) < 2:
-        return None
-    half = float(student_t.ppf(0.975, len(diff) - 1) * diff.std() / len(diff) ** 0.5)
-    mean = float(diff.mean())
-    return {
-        "seeds": len(diff),
-        "mean": mean,
-        "std": float(diff.std()),
-        "low": mean - half,
-        "high": mean + half,
-    }
 
 
 def paired_table(runs: pd.DataFrame, base: str, other: str) -> str:

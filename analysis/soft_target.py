@@ -20,9 +20,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from analysis import rows as R
 from analysis.accuracy import plot_by_epoch
-from analysis.compare import subject_name
+from analysis.compare import paired_difference, subject_name
 from analysis.tables import markdown_table
 from core.schedules import order_of
 
@@ -57,7 +59,7 @@ def accuracy_table(rows: Sequence[dict]) -> str:
                 label,
                 first["model"],
                 first["schedule"],
-                first.get("processes") or first.get("stages") or 1,
+                int(first.get("processes") or first.get("stages") or 1),
                 len(group),
                 f"{statistics.fmean(values):.2f}",
                 ", ".join(f"{v:.2f}" for v in values),
@@ -84,6 +86,12 @@ def accuracy_table(rows: Sequence[dict]) -> str:
             r["metric_value"] for r in alone
         )
         notes.append(f"KD gain over the student alone (sequential): {100 * gain:+.2f} points of top-1.")
+        paired = paired_difference(pd.DataFrame([*alone, *kd_seq]), "student-alone", "kd-sequential")
+        if paired:
+            notes.append(
+                f"Paired by seed ({paired['seeds']} seeds): {100 * paired['mean']:+.2f} points, 95 % interval "
+                f"[{100 * paired['low']:+.2f}, {100 * paired['high']:+.2f}] (Student t)."
+            )
     if kd_seq and kd_ts:
         gap = max(abs(a["metric_value"] - b["metric_value"]) for a, b in zip(kd_seq, kd_ts))
         notes.append(
@@ -105,13 +113,14 @@ def write_accuracy_report(folder: Path, title: str, command: str) -> Path:
     setting = ""
     if runs:
         setting = (
-            f" Students: {first['model']}, {first.get('steps')} steps of {first['global_batch']} images "
-            f"({first.get('epochs', 0):.0f} epochs of the training subset), {first['microbatches']} micro-batches; "
+            f" Students: {first['model']}, {int(first['steps'])} steps of {int(first['global_batch'])} images "
+            f"({first.get('epochs', 0):.0f} epochs of the training subset), {int(first['microbatches'])} "
+            "micro-batches; "
             "every student of a seed sees the same data order and initial weights."
         )
     text = (
         f"# {title}\n\nMeasured with `{command}` (device {first['device']}, torch {first['torch']}, "
-        f"git {first['git_sha']}, {first['date']}). Top-1 on the {first.get('test_images') or 'held-out'} "
+        f"git {first['git_sha']}, {first['date']}). Top-1 on the {int(first.get('test_images') or 0) or 'held-out'} "
         f"{first.get('dataset') or ''} test images after the last epoch.{setting}\n\n" + accuracy_table(rows)
     )
     (folder / "TABLE.md").write_text(text)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.report import paired_difference, paired_table
+from analysis.compare import paired_difference
+from analysis.report import paired_table
 
 
 def _runs(pairs: dict[int, tuple[float, float | None]]) -> pd.DataFrame:
