@@ -42,7 +42,7 @@ from torch import nn
 from core.calibration import load_calibration
 from core.momentum import ema_update_
 from core.overrides import ConfigError, apply_overrides
-from core.profile import BlockCosts, profile_blocks
+from core.profile import BlockCosts, _median_ms, profile_blocks
 from core.runtime import prepare_models
 from core.task import detached_leaves, map_structure, tensors
 from methods.registry import get_method
@@ -72,15 +72,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any], int], float]:
             times.append(start.elapsed_time(end))
         return statistics.median(times)
 
-    def cpu_ms(fn: Callable[[], Any], repeats: int) -> float:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
-
-    return cuda_ms if device.type == "cuda" else cpu_ms
+    return cuda_ms if device.type == "cuda" else _median_ms
 
 
 def _shapes(blocks: Sequence[nn.Module], x: Any, amp_bf16: bool, device: torch.device) -> list[list[int]]:
