@@ -44,7 +44,9 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
         assert row["efficiency"] > 0 and row["bound_samples_per_s"] > 0
         assert row["method"] == "synthetic" and row["command"] == "pytest"
     ts = next(r for r in rows if r["schedule"] == "tspipe")
-    assert ts["predicted_samples_per_s"] > 0 and ts["balance"] == [2, 2]
+    # the balance comes from the profiled block costs, so a loaded machine may tilt it
+    assert ts["predicted_samples_per_s"] > 0
+    assert sum(ts["balance"]) == 4 and len(ts["balance"]) == 2 and min(ts["balance"]) >= 1
     assert read_rows(tmp_path / "rows.jsonl") == json.loads(json.dumps(rows))
     write_report(tmp_path)
     table = (tmp_path / "TABLE.md").read_text()
