@@ -9,6 +9,8 @@ For every calibrated pair, link and stage count:
   sweep): these are the figures claims are made from;
 - every pipeline schedule at M = N with 2 backward pieces each under the **linear** model
   (``linear``): the schedules alone, at equal pieces, an ablation;
+- the tspipe family's early teacher forwards placed from the pair's costs
+  (``core.placement``, column ``teacher_early``) in both models;
 - per pair, the check of the simulated one-device sequential step against the measured one and
   the fixed + per-sample fit that extends the sweep (``kind: check``).
 
@@ -138,6 +140,7 @@ def _sim_row(cal: Calibration, link_name: str, found: tuple, best_of: str) -> di
         balance=summary["balance"],
         teacher_balance=summary["teacher_balance"],
         balance_cap=result.balance_cap,
+        teacher_early=summary["teacher_early"],
         microbatch_penalty=summary["microbatch_penalty"],
     )
 
@@ -158,7 +161,7 @@ def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | Non
                 spec = get_schedule(schedule)
                 pieces = LINEAR_PIECES if spec.splits_backward else None
                 found = simulate_calibration(
-                    cal, schedule, stages, spec.microbatches or stages, link, None, pieces
+                    cal, schedule, stages, spec.microbatches or stages, link, None, pieces, early="auto"
                 )
                 row = _sim_row(cal, link_name, found, "M = N, equal pieces")
             else:
