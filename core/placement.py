@@ -8,7 +8,9 @@ for the first gradient with fewer forwards, and the rest then delay the backward
 starts from that rule and from counts sized by the costs (the stage's wait for its first
 gradient in units of its own teacher forward), then moves one stage's count by 1 or 2 at a
 time, keeping the counts non-increasing (the schedule deadlocks otherwise), and keeps a move
-only when the simulated step is strictly shorter. It returns the uniform rule's counts unless
+only when the simulated step is strictly shorter, within a budget of simulations (the search
+stops at once when the uniform rule is already within 0.1 % of the partition's balance cap,
+which no placement can pass). It returns the uniform rule's counts unless
 the searched ones simulate strictly faster, so a placed schedule is never slower than tspipe's
 own under the same costs.
 """
@@ -19,10 +21,11 @@ import math
 
 from core.schedules import build_schedule, get_schedule
 from core.schedules.teacher_fill import early_counts
-from core.simulate import CostModel, simulate
+from core.simulate import CostModel, SimResult, simulate
 
 SEARCH_BATCHES = 6  # simulated window of each evaluation (steady state over batches 2..4)
-BUDGET = 48  # most simulations of one placement
+BUDGET = 40  # most simulations of one placement
+CLOSE = 1e-3  # the uniform rule within this share of the balance cap: nothing to search
 MOVES = (1, -1, 2, -2)
 
 
@@ -66,7 +69,7 @@ def place_teacher_forwards(
     teacher: str = "ema",
     views: int = 1,
     batch_samples: int = 1,
-    budget: int = BUDGET,
+    budget: int | None = None,
     batches: int = SEARCH_BATCHES,
 ) -> tuple[int, ...]:
     """Per-stage early teacher forwards for a schedule whose spec ``accepts_early``, chosen by a
@@ -86,17 +89,25 @@ def place_teacher_forwards(
     if costs.stages != stages:
         raise ValueError(f"cost model has {costs.stages} stages, schedule {stages}")
     pieces = spec.pieces(pieces)
+    budget = BUDGET if budget is None else budget
     units = microbatches * views
     seen: dict[tuple[int, ...], float] = {}
 
+    def run(counts: tuple[int, ...]) -> SimResult:
+        built = build_schedule(schedule, stages, microbatches, teacher, batches, pieces, views, counts)
+        return simulate(built, costs, batch_samples)
+
     def step_ms(counts: tuple[int, ...]) -> float:
         if counts not in seen:
-            built = build_schedule(schedule, stages, microbatches, teacher, batches, pieces, views, counts)
-            seen[counts] = simulate(built, costs, batch_samples).step_ms
+            seen[counts] = run(counts).step_ms
         return seen[counts]
 
     uniform = early_counts(stages, units, pieces)
-    best, best_ms = uniform, step_ms(uniform)
+    first = run(uniform)
+    seen[uniform] = first.step_ms
+    if first.efficiency >= (1 - CLOSE) * first.balance_cap:
+        return uniform  # no placement can beat the partition's cap
+    best, best_ms = uniform, first.step_ms
     for start in cost_sized(costs, units, pieces, spec.split_backward):
         if len(seen) < budget and step_ms(start) < best_ms * (1 - 1e-9):
             best, best_ms = start, step_ms(start)
