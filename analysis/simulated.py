@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -103,6 +104,11 @@ def config_table(rows: Sequence[dict]) -> str:
     return markdown_table([*headers, "peak GiB/stage (lower bound)"], lines)
 
 
+def _count(x: object) -> int | None:
+    """An integer cell of a frame column that holds gaps (read back as floats)."""
+    return None if x is None or pd.isna(x) else int(x)
+
+
 def plan_table(rows: Sequence[dict]) -> str:
     """The planner's choice (``kind: plan`` rows): per pair and N, every schedule at the best
     configuration the planner found, ranked (rank 1: the planner's pick), with peak memory."""
@@ -114,10 +120,10 @@ def plan_table(rows: Sequence[dict]) -> str:
         [
             r["calibration"].removesuffix(".json"),
             r["stages"],
-            r["plan_rank"],
+            _count(r["plan_rank"]),
             r["schedule"],
-            r["microbatches"],
-            r.get("backward_pieces"),
+            _count(r["microbatches"]),
+            _count(r.get("backward_pieces")),
             r.get("partition"),
             ",".join(str(k) for k in r["teacher_early"])
             if isinstance(r.get("teacher_early"), list)
