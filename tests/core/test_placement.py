@@ -107,3 +107,20 @@ def test_non_uniform_counts_equal_the_reference_in_threads(name):
         torch.set_default_dtype(previous)
     assert relative_difference(got["student"], want["student"]) <= 1e-12
     assert relative_difference(got["teacher"], want["teacher"]) <= 1e-12
+
+
+def test_paper_scale_places_the_counts_and_records_them(calibration_dir):
+    from core.calibration import load_calibration
+    from core.paper_scale import result_dict, simulate_calibration
+    from core.simulate import Link
+
+    cal = load_calibration(calibration_dir / "kd_resnet152_to_resnet50_bf16.json", "linear")
+    link = Link(450.0)
+    uniform, built, _ = simulate_calibration(cal, EARLY[0], 4, 4, link, None, 2)
+    placed, placed_built, partition = simulate_calibration(cal, EARLY[0], 4, 4, link, None, 2, early="auto")
+    assert placed.samples_per_s > uniform.samples_per_s  # a teacher 3x the student's forward
+    summary = result_dict(cal, placed_built, partition, placed, link)
+    assert summary["teacher_early"] == list(placed_built.early) != list(early_counts(4, 4, 2))
+    assert result_dict(cal, built, partition, uniform, link)["teacher_early"] == list(early_counts(4, 4, 2))
+    with pytest.raises(ValueError, match="auto"):
+        simulate_calibration(cal, EARLY[0], 4, 4, link, None, 2, early="cost")
