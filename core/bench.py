@@ -82,7 +82,9 @@ def predict(
     spec = get_schedule(schedule)
     model = cost_model(costs, balance, teacher_balance, link)
     if spec.is_pipeline:
-        built = build_schedule(schedule, stages, micro, teacher, 8, config.pieces, views)
+        built = build_schedule(
+            schedule, stages, micro, teacher, 8, config.pieces, views, config.teacher_early
+        )
         result = simulate(built, model, batch)
         return result.samples_per_s, [r.to_dict() for r in result.records]
     if spec.runner == "torch":

@@ -30,6 +30,9 @@ class PipelineConfig:
         balance_by: how a frozen teacher without ``teacher_balance`` is split: ``cost`` against
             the student's stages by the task's per-block estimates (``Task.block_costs``) where
             it has them, ``uniform`` by block count (or like ``balance`` when the counts match).
+        teacher_early: per-stage counts of the next mini-batch's teacher forwards run before the
+            backward, for a schedule whose spec ``accepts_early`` (tspipe's family; one per
+            stage, in 0..U, non-increasing; e.g. from ``core.placement``); None: its own rule.
         amp_bf16: run forwards under bf16 autocast.
         max_grad_norm: clip the global gradient norm (over all stages) to this; None: no clipping.
         record_timeline: record start and end of every action (costs a device sync per action
@@ -46,6 +49,7 @@ class PipelineConfig:
     balance: tuple[int, ...] | None = None
     teacher_balance: tuple[int, ...] | None = None
     balance_by: str = "cost"
+    teacher_early: tuple[int, ...] | None = None
     amp_bf16: bool = False
     max_grad_norm: float | None = None
     record_timeline: bool = False
@@ -66,7 +70,16 @@ class PipelineConfig:
             raise ValueError(f"nan_guard must be stop, skip or off, got {self.nan_guard!r}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
-        for name in ("balance", "teacher_balance"):
+        if self.teacher_early is not None:
+            if not get_schedule(self.schedule).accepts_early:
+                raise ValueError(f"{self.schedule} takes no teacher_early; drop it")
+            if any(k < 0 for k in self.teacher_early) or list(self.teacher_early) != sorted(
+                self.teacher_early, reverse=True
+            ):
+                raise ValueError(
+                    f"teacher_early {list(self.teacher_early)} must be >= 0 and non-increasing by stage"
+                )
+        for name in ("balance", "teacher_balance", "teacher_early"):
             value = getattr(self, name)
             if value is not None and len(value) != self.stages:
                 raise ValueError(

@@ -9,7 +9,9 @@ from collections.abc import Iterator, Sequence
 from core.calibration import Calibration
 from core.memory import StagePeak, stage_peaks
 from core.partition import Partition, plan_partition, stage_slices
+from core.placement import place_teacher_forwards
 from core.schedules import Schedule, build_schedule, get_schedule
+from core.schedules.teacher_fill import early_counts
 from core.simulate import WINDOW_BATCHES, CostModel, Link, SimResult, ddp_step, simulate, stage_cost_model
 
 
@@ -58,16 +60,32 @@ def simulate_calibration(
     balance: Sequence[int] | None = None,
     backward_pieces: int | None = None,
     batches: int = WINDOW_BATCHES,
+    early: Sequence[int] | str | None = None,
 ) -> tuple[SimResult, Schedule, Partition]:
     """Simulate one calibration pair under a named schedule over ``batches`` mini-batches.
+
+    ``early``: per-stage early teacher forwards for a schedule whose spec ``accepts_early``;
+    ``"auto"`` places them from the pair's costs (:func:`core.placement.place_teacher_forwards`,
+    never slower than the uniform rule) and is ignored by other schedules; None: the uniform rule.
 
     Returns:
         (result, built schedule, partition used).
     """
     partition = calibration_partition(cal, stages, balance, cal.batch / microbatches)
     costs = calibration_costs(cal, partition, microbatches, link)
+    if early == "auto":
+        spec = get_schedule(schedule)
+        early = (
+            place_teacher_forwards(
+                costs, schedule, stages, microbatches, backward_pieces, cal.teacher, cal.views, cal.batch
+            )
+            if spec.accepts_early
+            else None
+        )
+    elif isinstance(early, str):
+        raise ValueError(f"early must be per-stage counts, 'auto' or None, got {early!r}")
     built = build_schedule(
-        schedule, stages, microbatches, cal.teacher, batches, backward_pieces, views=cal.views
+        schedule, stages, microbatches, cal.teacher, batches, backward_pieces, cal.views, early
     )
     return simulate(built, costs, cal.batch), built, partition
 
@@ -167,12 +185,21 @@ def result_dict(
         "bubble_fraction": result.bubble_fraction,
         "bound_samples_per_s": result.bound_samples_per_s,
         "balance_cap": result.balance_cap,
+        "teacher_early": teacher_early(built),
         "microbatch_penalty": penalty,
         "peak_mem_gib": max(memory),
         "stage_mem_gib": memory,
         "cost_model": cal.cost_model,
         "simulated": True,
     }
+
+
+def teacher_early(built: Schedule) -> list[int] | None:
+    """The per-stage early teacher forwards a built schedule runs (its spec ``accepts_early``:
+    the counts given or the uniform rule's), None for other schedules."""
+    if not get_schedule(built.name).accepts_early:
+        return None
+    return list(early_counts(built.stages, built.units, built.backward_pieces, built.early))
 
 
 def sequential_check(cal: Calibration) -> dict[str, float | None]:
@@ -225,11 +252,18 @@ def configurations(
 
 
 def best_configuration(
-    cal: Calibration, schedule: str, stages: int, link: Link | None = None, pieces: int | None = None
+    cal: Calibration,
+    schedule: str,
+    stages: int,
+    link: Link | None = None,
+    pieces: int | None = None,
+    early: str | None = "auto",
 ) -> tuple[SimResult, Schedule, Partition]:
     """A schedule at its best configuration for a pair (highest simulated samples/s over
     :func:`configurations`; ``pieces`` fixes the backward pieces, for comparisons of schedules
-    alone at equal pieces).
+    alone at equal pieces). M and pieces are searched with the uniform rule of early teacher
+    forwards; ``early="auto"`` then places them from costs at the configuration found (a
+    schedule whose spec ``accepts_early``; never slower than the uniform rule), None keeps it.
 
     Returns:
         (result, built schedule, partition) of the best configuration.
@@ -263,4 +297,4 @@ def best_configuration(
     if best is None:
         raise ValueError(f"{schedule} has no configuration for {cal.pair} on {stages} stages")
     _, m, p = best
-    return simulate_calibration(cal, schedule, stages, m, link, backward_pieces=p)
+    return simulate_calibration(cal, schedule, stages, m, link, backward_pieces=p, early=early)

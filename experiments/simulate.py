@@ -9,6 +9,11 @@ For every calibrated pair, link and stage count:
   sweep): these are the figures claims are made from;
 - every pipeline schedule at M = N with 2 backward pieces each under the **linear** model
   (``linear``): the schedules alone, at equal pieces, an ablation;
+- the tspipe family's early teacher forwards placed from the pair's costs
+  (``core.placement``, column ``teacher_early``) in both models;
+- per pair and N in ``PLAN_STAGES`` (realistic model, 450 GB/s), the planner's best
+  configuration of every schedule (``core.plan``, ``kind: plan``, ``plan_rank`` 1 the best),
+  with its peak memory per stage;
 - per pair, the check of the simulated one-device sequential step against the measured one and
   the fixed + per-sample fit that extends the sweep (``kind: check``).
 
@@ -35,6 +40,7 @@ from core.paper_scale import (
     simulate_calibration,
     simulate_ddp,
 )
+from core.plan import per_schedule, plan
 from core.schedules import get_schedule, schedules
 from core.simulate import Link
 
@@ -55,6 +61,7 @@ FILES = (
 )
 GANTT_STAGES, GANTT_LINK = 4, "nvlink"  # timelines kept for Gantt charts
 LINEAR_PIECES = 2  # the linear ablation compares schedules at equal backward pieces
+PLAN_STAGES, PLAN_LINK = (4, 8), "nvlink"  # the planner's choice per pair
 
 
 def _device(link: Link) -> str:
@@ -138,8 +145,40 @@ def _sim_row(cal: Calibration, link_name: str, found: tuple, best_of: str) -> di
         balance=summary["balance"],
         teacher_balance=summary["teacher_balance"],
         balance_cap=result.balance_cap,
+        teacher_early=summary["teacher_early"],
         microbatch_penalty=summary["microbatch_penalty"],
     )
+
+
+def plan_rows(cal: Calibration, link_name: str) -> list[dict]:
+    """The planner's best configuration of every schedule for the pair at each of
+    ``PLAN_STAGES`` (no memory limit; the memory is in the row), ranked."""
+    out = []
+    units = min(len(cal.teacher_fwd), len(cal.student_fwd))
+    for stages in (n for n in PLAN_STAGES if n <= units):
+        for rank, c in enumerate(per_schedule(plan(cal, stages, link=LINKS[link_name])), 1):
+            fields = {**_sim_fields(cal, link_name), "kind": "plan"}
+            out.append(
+                make_row(
+                    **fields,
+                    schedule=c.schedule,
+                    stages=stages,
+                    microbatches=c.microbatches,
+                    samples_per_s=c.samples_per_s,
+                    step_ms=c.step_ms,
+                    efficiency=c.efficiency,
+                    bubble_fraction=c.bubble_fraction,
+                    source="plan",
+                    plan_rank=rank,
+                    backward_pieces=c.backward_pieces,
+                    partition=c.partition,
+                    balance=list(c.balance),
+                    teacher_early=list(c.teacher_early) if c.teacher_early is not None else None,
+                    mem_lower_bound_gib=c.peak_gib,
+                    stage_mem_lower_bound_gib=list(c.stage_mem_gib),
+                )
+            )
+    return out
 
 
 def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | None]]:
@@ -158,7 +197,7 @@ def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | Non
                 spec = get_schedule(schedule)
                 pieces = LINEAR_PIECES if spec.splits_backward else None
                 found = simulate_calibration(
-                    cal, schedule, stages, spec.microbatches or stages, link, None, pieces
+                    cal, schedule, stages, spec.microbatches or stages, link, None, pieces, early="auto"
                 )
                 row = _sim_row(cal, link_name, found, "M = N, equal pieces")
             else:
@@ -184,6 +223,8 @@ def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | Non
                 microbatch_penalty=cal.microbatch_penalty(cal.batch / stages),
             )
             out.append((row, None))
+    if cal.model != "linear" and link_name == PLAN_LINK:
+        out += [(row, None) for row in plan_rows(cal, link_name)]
     return out
 
 
@@ -225,7 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(check_row(cal))
             for j, link_name in enumerate(LINKS):
                 found = done[i * len(LINKS) + j].result()
-                bar.update(sum(1 for row, _ in found if row["schedule"] in SCHEDULES))
+                bar.update(
+                    sum(1 for row, _ in found if row["schedule"] in SCHEDULES and row["kind"] == "sim")
+                )
                 for row, records in found:
                     rows.append(row)
                     if records is not None:

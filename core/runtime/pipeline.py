@@ -139,6 +139,7 @@ class PipelineRunner(_state.RunnerState):
             config.pieces,
             self.task.views,
             start,
+            config.teacher_early,
         )
         validate(program.template)
         self.versions.start(self.teacher, start)

@@ -3,6 +3,7 @@ number of training steps."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.action import Action, Op
@@ -28,6 +29,8 @@ class Schedule:
         compute: per-rank compute actions.
         lowered: per-rank actions with sends and receives added.
         stage_to_rank: the rank each stage runs on.
+        early: per-stage early teacher forwards it was built with (tspipe's family), or None
+            for the schedule's own rule.
     """
 
     name: str
@@ -42,6 +45,7 @@ class Schedule:
     compute: tuple[tuple[Action, ...], ...]
     lowered: tuple[tuple[Action, ...], ...]
     stage_to_rank: tuple[int, ...] = ()
+    early: tuple[int, ...] | None = None
 
     @property
     def units(self) -> int:
@@ -70,8 +74,10 @@ def build_schedule(
     batches: int = 1,
     backward_pieces: int | None = None,
     views: int = 1,
+    early: Sequence[int] | None = None,
 ) -> Schedule:
-    """Build, lower and return a named pipeline schedule.
+    """Build, lower and return a named pipeline schedule (``early``: per-stage early teacher
+    forwards, for a schedule whose spec ``accepts_early``; None: its own rule).
 
     Returns:
         A :class:`Schedule`; :func:`core.validate.validate` checks its invariants.
@@ -84,7 +90,13 @@ def build_schedule(
     if spec.build is None:
         raise ValueError(f"{name} is run by the {spec.runner} runner, not built from actions")
     pieces = spec.pieces(backward_pieces)
-    compute = spec.build(stages, microbatches, teacher, batches, pieces, views)
+    if early is None:
+        compute = spec.build(stages, microbatches, teacher, batches, pieces, views)
+    elif spec.accepts_early:
+        early = tuple(early)
+        compute = spec.build(stages, microbatches, teacher, batches, pieces, views, early=early)
+    else:
+        raise ValueError(f"{name} takes no per-stage early teacher forwards; drop early")
     return Schedule(
         name=name,
         stages=stages,
@@ -98,6 +110,7 @@ def build_schedule(
         compute=tuple(tuple(a) for a in compute),
         lowered=tuple(tuple(a) for a in lower(compute, spec.hoist_receives, stages)),
         stage_to_rank=identity_placement(stages),
+        early=early,
     )
 
 
@@ -158,9 +171,12 @@ class Program:
         backward_pieces: int | None = None,
         views: int = 1,
         start: int = 0,
+        early: Sequence[int] | None = None,
     ) -> Program:
         """Build the template of a named schedule for ``steps`` mini-batches from ``start``."""
-        template = build_schedule(name, stages, microbatches, teacher, min(steps, 3), backward_pieces, views)
+        template = build_schedule(
+            name, stages, microbatches, teacher, min(steps, 3), backward_pieces, views, early
+        )
         return cls(template, steps, start)
 
     def segment(self, rank: int, batch: int) -> list[Action]:

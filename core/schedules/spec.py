@@ -54,6 +54,9 @@ class ScheduleSpec:
         gantt: benchmarks keep its measured timelines for Gantt charts.
         subject: the schedule under study: tables give every other schedule's speed beside it.
         baseline: headlines compare the subject with it.
+        accepts_early: its builder takes ``early``, per-stage counts of the next mini-batch's
+            teacher forwards run before the backward (tspipe's family); see
+            :mod:`core.placement`.
     """
 
     name: str
@@ -76,6 +79,7 @@ class ScheduleSpec:
     gantt: bool = False
     subject: bool = False
     baseline: bool = False
+    accepts_early: bool = False
 
     def __post_init__(self) -> None:
         if self.runner not in RUNNERS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from core.action import Action, Op
 from core.schedules.base import check_shape, interleave, sb, sf, tf
@@ -22,6 +22,41 @@ def tspipe_early_teacher_forwards(stage: int, stages: int, units: int, pieces: i
     return min(units, math.ceil((stages - 1 - stage) * (1 + 2 / pieces) - 1e-9))
 
 
+def check_early(early: Sequence[int], stages: int, units: int) -> tuple[int, ...]:
+    """Check per-stage counts of early teacher forwards (``tspipe(..., early=...)``).
+
+    Returns:
+        The counts as a tuple.
+
+    Raises:
+        ValueError: unless there is one count per stage, each in ``0..U``, non-increasing in the
+            stage (a stage running more early teacher forwards than the one before it would wait
+            for teacher activations that stage sends only after its backward: a deadlock).
+    """
+    counts = tuple(early)
+    if len(counts) != stages:
+        raise ValueError(f"early {list(counts)} has {len(counts)} entries; need one per stage ({stages})")
+    for s, k in enumerate(counts):
+        if not isinstance(k, int) or not 0 <= k <= units:
+            raise ValueError(
+                f"early[{s}] = {k!r} must be an integer in 0..{units} (the units per mini-batch)"
+            )
+    for s in range(1, stages):
+        if counts[s] > counts[s - 1]:
+            raise ValueError(
+                f"early {list(counts)} must not increase from stage to stage: stage {s} would wait for "
+                f"teacher forwards stage {s - 1} runs after its backward (deadlock)"
+            )
+    return counts
+
+
+def early_counts(stages: int, units: int, pieces: int, early: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Per-stage early teacher forwards: ``early`` checked, or the uniform rule when None."""
+    if early is None:
+        return tuple(tspipe_early_teacher_forwards(s, stages, units, pieces) for s in range(stages))
+    return check_early(early, stages, units)
+
+
 def tspipe(
     stages: int,
     microbatches: int,
@@ -29,6 +64,7 @@ def tspipe(
     batches: int = 1,
     backward_pieces: int = 2,
     views: int = 1,
+    early: Sequence[int] | None = None,
 ) -> list[list[Action]]:
     """TSPipe: the teacher forwards of mini-batch b + 1 fill the student's bubbles of mini-batch b.
 
@@ -39,8 +75,12 @@ def tspipe(
     forwards of b + 1 (:func:`tspipe_early_teacher_forwards`: the time it would wait for the first
     gradient); the backward of b, each micro-batch in ``P`` pieces; the other ``U - k_s`` teacher
     forwards of b + 1 (the time it would wait for slower upstream stages); then the optimizer
-    step. Only the first mini-batch's teacher forwards run alone, in a prologue. There is no flush
-    of teacher work between mini-batches, so with ``t = f = b / 2`` and ``P = 2`` the stages never
+    step. ``early`` gives the ``k_s`` per stage instead (:func:`check_early`: one per stage, in
+    ``0..U``, non-increasing); :func:`core.placement.place_teacher_forwards` chooses them from
+    per-stage costs (teacher forward, student forward, backward, transfer, from a calibration or
+    a profile) by searching on the simulator, so a heavy teacher gets the early slots its
+    stage's wait really holds; ``PipelineConfig.teacher_early`` runs such counts. Only the first
+    mini-batch's teacher forwards run alone, in a prologue. There is no flush of teacher work between mini-batches, so with ``t = f = b / 2`` and ``P = 2`` the stages never
     idle once ``U >= 2 (N - 1)``: any ``N`` and ``M``, where the original required ``M = N - 1``.
 
     Every teacher forward of b + 1 runs before the stage's step of b, so an EMA teacher serves
@@ -70,7 +110,7 @@ def tspipe(
         backward = sb(s, b, range(n_units), backward_pieces)
         return interleave(backward, late) if s == 0 else backward + late
 
-    return tspipe_order(stages, n_units, batches, backward_pieces, tail)
+    return tspipe_order(stages, n_units, batches, backward_pieces, tail, early)
 
 
 def tspipe_order(
@@ -79,15 +119,18 @@ def tspipe_order(
     batches: int,
     pieces: int,
     tail: Callable[[int, int, list[Action]], list[Action]],
+    early: Sequence[int] | None = None,
 ) -> list[list[Action]]:
     """tspipe's order, ``tail(stage, batch, late)`` giving what runs between the early teacher
     forwards of the next batch and the step: the backward of ``batch`` with the ``late`` teacher
-    forwards of the next one (shared with ``tspipe-zb``, whose backwards are split)."""
+    forwards of the next one (shared with ``tspipe-zb``, whose backwards are split); ``early``:
+    per-stage counts of early teacher forwards (None: the uniform rule)."""
+    counts = early_counts(stages, n_units, pieces, early)
     last = stages - 1
     units = range(n_units)
     lists: list[list[Action]] = []
     for s in range(stages):
-        early = tspipe_early_teacher_forwards(s, stages, n_units, pieces)
+        early_s = counts[s]
         actions = tf(s, 0, units)
         for b in range(batches):
             nxt = b + 1 < batches
@@ -95,8 +138,8 @@ def tspipe_order(
             if s == last:
                 actions.append(Action(s, Op.LOSS, b))
             if nxt:
-                actions += tf(s, b + 1, range(early))
-            actions += tail(s, b, tf(s, b + 1, range(early, n_units)) if nxt else [])
+                actions += tf(s, b + 1, range(early_s))
+            actions += tail(s, b, tf(s, b + 1, range(early_s, n_units)) if nxt else [])
             actions.append(Action(s, Op.OPT, b))
         lists.append(actions)
     return lists
@@ -113,5 +156,6 @@ register(
         colour="#e15759",
         gantt=True,
         subject=True,
+        accepts_early=True,
     )
 )

@@ -1,0 +1,307 @@
+"""The planner: the fastest configuration of a calibrated pair on ``G`` GPUs within a memory limit.
+
+It searches, by simulation, every pipeline schedule of the registry that runs the pair on ``G``
+stages (and ddp, through :func:`core.paper_scale.simulate_ddp`) x micro-batches (the divisors of
+the batch, :func:`core.paper_scale.configurations`) x backward pieces (1 and 2 where a schedule
+may split) x partition (balanced by cost, and uniform by block count), computes each stage's
+peak memory (:func:`core.paper_scale.calibration_memory`), drops what exceeds the limit, places
+the tspipe family's early teacher forwards from costs at each schedule's best configuration
+(:mod:`core.placement`), and ranks the rest by predicted samples/s.
+
+The search over M stops for a schedule and partition after two larger M that fit the limit did
+no better (as :func:`core.paper_scale.best_configuration`): smaller micro-batches only cost more.
+
+``python -m core.plan --calibration F --gpus G [--memory-gib X] [--format table|json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from core.calibration import Calibration, load_calibration
+from core.paper_scale import (
+    SEARCH_BATCHES,
+    STUDENT_STATE_BYTES,
+    TEACHER_STATE_BYTES,
+    calibration_memory,
+    configurations,
+    simulate_calibration,
+    simulate_ddp,
+    teacher_early,
+)
+from core.partition import uniform_balance
+from core.schedules import get_schedule, schedules
+from core.simulate import Link
+
+GIB = 2**30
+PARTITIONS = ("cost", "uniform")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration the planner simulated.
+
+    Attributes:
+        schedule: registry name.
+        gpus: GPUs (pipeline stages, or ddp replicas).
+        microbatches: micro-batches per mini-batch (1 for ddp).
+        backward_pieces: pieces of each backward (None for ddp).
+        partition: ``cost`` (auto-balanced) or ``uniform`` (by block count); ``replicas`` for ddp.
+        balance: student blocks per stage (empty for ddp).
+        teacher_early: the tspipe family's per-stage early teacher forwards, else None.
+        samples_per_s: predicted throughput.
+        step_ms: predicted step.
+        efficiency: samples/s over the bubble-free bound.
+        bubble_fraction: idle share of the stages (None for ddp).
+        stage_mem_gib: peak memory of each stage (each replica, for ddp), GiB.
+    """
+
+    schedule: str
+    gpus: int
+    microbatches: int
+    backward_pieces: int | None
+    partition: str
+    balance: tuple[int, ...]
+    teacher_early: tuple[int, ...] | None
+    samples_per_s: float
+    step_ms: float
+    efficiency: float
+    bubble_fraction: float | None
+    stage_mem_gib: tuple[float, ...]
+
+    @property
+    def peak_gib(self) -> float:
+        """The fullest stage's peak memory."""
+        return max(self.stage_mem_gib)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields, with ``peak_gib``."""
+        out = asdict(self)
+        out["peak_gib"] = self.peak_gib
+        return out
+
+
+def pipeline_schedules(gpus: int, names: Sequence[str] | None = None) -> list[str]:
+    """Pipeline schedules of the registry (or those of ``names``) that run on ``gpus`` stages."""
+    specs = [get_schedule(n) for n in names] if names else list(schedules("pipeline"))
+    out = []
+    for spec in specs:
+        if not spec.is_pipeline:
+            continue
+        if (spec.stages is None or spec.stages == gpus) and gpus >= spec.min_stages:
+            out.append(spec.name)
+    return out
+
+
+def _candidate(cal: Calibration, found: tuple, partition: str) -> Candidate:
+    result, built, part = found
+    memory = tuple(p.bytes / GIB for p in calibration_memory(cal, built, part))
+    early = teacher_early(built)
+    return Candidate(
+        schedule=built.name,
+        gpus=built.stages,
+        microbatches=built.microbatches,
+        backward_pieces=built.backward_pieces,
+        partition=partition,
+        balance=tuple(part.student),
+        teacher_early=tuple(early) if early is not None else None,
+        samples_per_s=result.samples_per_s,
+        step_ms=result.step_ms,
+        efficiency=result.efficiency,
+        bubble_fraction=result.bubble_fraction,
+        stage_mem_gib=memory,
+    )
+
+
+def ddp_candidate(cal: Calibration, gpus: int, link: Link) -> Candidate:
+    """ddp on ``gpus`` replicas: its modelled step, and each replica's memory (the whole student
+    and teacher state, one micro-batch of ``batch / gpus`` samples' block outputs, the teacher
+    outputs it holds for the loss; as :func:`core.paper_scale.calibration_memory`)."""
+    ddp = simulate_ddp(cal, gpus, link)
+    samples = cal.batch / gpus
+    dtype_bytes = 2 if cal.amp_bf16 else 4
+    act = cal.views * samples * dtype_bytes * (sum(cal.student_out) + cal.teacher_out[-1])
+    static = STUDENT_STATE_BYTES * cal.student_params + TEACHER_STATE_BYTES * cal.teacher_params
+    return Candidate(
+        schedule=next(s.name for s in schedules("ddp")),
+        gpus=gpus,
+        microbatches=1,
+        backward_pieces=None,
+        partition="replicas",
+        balance=(),
+        teacher_early=None,
+        samples_per_s=ddp["samples_per_s"],
+        step_ms=ddp["step_ms"],
+        efficiency=ddp["efficiency"],
+        bubble_fraction=None,
+        stage_mem_gib=tuple((act + static) / GIB for _ in range(gpus)),
+    )
+
+
+def _search(cal: Calibration, name: str, gpus: int, link: Link, memory_gib: float | None) -> list[Candidate]:
+    """Every configuration of one schedule the early stop reaches (over the memory limit
+    included: the caller drops them), and the best that fits with its teacher forwards placed."""
+    found: list[Candidate] = []
+    fits = lambda c: memory_gib is None or c.peak_gib <= memory_gib  # noqa: E731
+    options: dict[int, list[int | None]] = {}
+    for m, p in configurations(cal, name, gpus):
+        options.setdefault(m, []).append(p)
+    balances: dict[str, list[int] | None] = {"cost": None}
+    try:
+        balances["uniform"] = uniform_balance(len(cal.student_fwd), gpus)
+    except ValueError:
+        pass
+    balanced: set[tuple] = set()
+    for partition, balance in balances.items():
+        best, misses = None, 0
+        for m, pieces in options.items():
+            top = None
+            for p in pieces:
+                try:
+                    sim = simulate_calibration(cal, name, gpus, m, link, balance, p, SEARCH_BATCHES)
+                except ValueError:
+                    continue
+                cand = _candidate(cal, sim, partition)
+                key = (cand.microbatches, cand.backward_pieces, cand.balance)
+                if partition != "cost" and key in balanced:
+                    continue  # the uniform split is the balanced one: simulated already
+                balanced.add(key)
+                found.append(cand)
+                if fits(cand) and (top is None or cand.samples_per_s > top.samples_per_s):
+                    top = cand
+            if top is None:
+                continue
+            if best is None or top.samples_per_s > best.samples_per_s:
+                best, misses = top, 0
+            else:
+                misses += 1
+                if misses == 2:
+                    break
+    fitting = [c for c in found if fits(c)]
+    if fitting and get_schedule(name).accepts_early:
+        top = max(fitting, key=lambda c: c.samples_per_s)
+        balance = None if top.partition == "cost" else list(top.balance)
+        sim = simulate_calibration(
+            cal, name, gpus, top.microbatches, link, balance, top.backward_pieces, SEARCH_BATCHES, "auto"
+        )
+        placed = _candidate(cal, sim, top.partition)
+        if fits(placed) and placed.samples_per_s > top.samples_per_s:
+            found[found.index(top)] = placed
+    return found
+
+
+def plan(
+    cal: Calibration,
+    gpus: int,
+    memory_gib: float | None = None,
+    names: Sequence[str] | None = None,
+    link: Link | None = None,
+    ddp: bool = True,
+) -> list[Candidate]:
+    """Every configuration the search simulated that fits ``memory_gib`` (None: no limit), fastest
+    first (ties: less memory first).
+
+    Args:
+        cal: the pair's calibration.
+        gpus: GPUs to plan for.
+        memory_gib: per-GPU memory limit.
+        names: schedules to consider (default: every one of the registry that can run the pair).
+        link: the link between GPUs (default: :class:`core.simulate.Link`'s).
+        ddp: also model data parallelism (when ``names`` is None, or names it).
+
+    Raises:
+        ValueError: for ``gpus < 1``, a limit <= 0, or a schedule that cannot run on ``gpus``.
+    """
+    if not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
+    if memory_gib is not None and memory_gib <= 0:
+        raise ValueError(f"memory limit must be > 0 GiB, got {memory_gib}")
+    link = link or Link()
+    ddp_names = {s.name for s in schedules("ddp")}
+    wanted = list(names) if names else None
+    pipelines = pipeline_schedules(gpus, [n for n in wanted if n not in ddp_names] if wanted else None)
+    if wanted and not pipelines and not set(wanted) & ddp_names:
+        raise ValueError(f"none of {', '.join(wanted)} runs as a pipeline on {gpus} GPUs")
+    blocks = min(len(cal.teacher_fwd), len(cal.student_fwd))
+    found: list[Candidate] = []
+    if gpus <= blocks:
+        for name in pipelines:
+            found += _search(cal, name, gpus, link, memory_gib)
+    if ddp and gpus >= 2 and cal.student_params and (not wanted or set(wanted) & ddp_names):
+        found.append(ddp_candidate(cal, gpus, link))
+    fitting = [c for c in found if memory_gib is None or c.peak_gib <= memory_gib]
+    return sorted(fitting, key=lambda c: (-c.samples_per_s, c.peak_gib))
+
+
+def per_schedule(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Each schedule's best of a ranked list, in rank order."""
+    seen: dict[str, Candidate] = {}
+    for c in candidates:
+        seen.setdefault(c.schedule, c)
+    return list(seen.values())
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def table(candidates: Sequence[Candidate], top: int | None = None) -> str:
+    """The ranked list as a plain-text table."""
+    headers = ["#", "schedule", "M", "pieces", "partition", "teacher early", "samples/s", "eff.", "bubble"]
+    headers += ["peak GiB per stage", "max GiB"]
+    lines = [
+        [
+            str(i + 1),
+            c.schedule,
+            str(c.microbatches),
+            "-" if c.backward_pieces is None else str(c.backward_pieces),
+            c.partition,
+            "-" if c.teacher_early is None else ",".join(map(str, c.teacher_early)),
+            f"{c.samples_per_s:.1f}",
+            _fmt(c.efficiency),
+            _fmt(c.bubble_fraction),
+            " ".join(f"{g:.2f}" for g in c.stage_mem_gib),
+            f"{c.peak_gib:.2f}",
+        ]
+        for i, c in enumerate(candidates[:top] if top else candidates)
+    ]
+    widths = [max(len(r[i]) for r in [headers, *lines]) for i in range(len(headers))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [headers, *lines])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.plan", description=__doc__.splitlines()[0])
+    parser.add_argument("--calibration", required=True, help="a calibration file (base or sweep)")
+    parser.add_argument("--gpus", type=int, required=True)
+    parser.add_argument("--memory-gib", type=float, default=None, help="per-GPU memory limit")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--schedules", nargs="+", default=None, help="default: every one that fits")
+    parser.add_argument("--model", choices=("realistic", "linear"), default="realistic")
+    parser.add_argument("--link-gbps", type=float, default=Link().gbps)
+    parser.add_argument("--top", type=int, default=20, help="rows of the table (0: all)")
+    args = parser.parse_args(argv)
+    try:
+        cal = load_calibration(args.calibration, args.model)
+        ranked = plan(cal, args.gpus, args.memory_gib, args.schedules, Link(args.link_gbps))
+    except (OSError, ValueError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if not ranked:
+        limit = f" within {args.memory_gib:g} GiB" if args.memory_gib else ""
+        print(f"error: no configuration of {cal.pair} fits {args.gpus} GPUs{limit}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        best = {"best": ranked[0].to_dict(), "per_schedule": [c.to_dict() for c in per_schedule(ranked)]}
+        print(json.dumps({"pair": cal.pair, "calibration": cal.source, "cost_model": cal.cost_model, **best}))
+    else:
+        print(f"{cal.pair} ({cal.cost_model}) on {args.gpus} GPUs, {len(ranked)} configurations fit:")
+        print(table(ranked, args.top or None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
