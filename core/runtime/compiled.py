@@ -11,6 +11,7 @@ runners that are not the pipeline interpreter.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -41,3 +42,15 @@ def compile_stage(
         compile_module(student, config.compile, config.compile_backend),
         compile_module(teacher, config.compile, config.compile_backend),
     )
+
+
+def recompile_room(limit: int = 256) -> contextlib.AbstractContextManager:
+    """Room for many compiled graphs of one code object (every block of a class at every
+    micro-batch size of a sweep), so none falls back to eager at torch's default limit of 8."""
+    if not hasattr(torch, "_dynamo"):
+        return contextlib.nullcontext()
+    config = torch._dynamo.config
+    names = [n for n in ("recompile_limit", "accumulated_recompile_limit") if hasattr(config, n)]
+    if not names:
+        names = [n for n in ("cache_size_limit", "accumulated_cache_size_limit") if hasattr(config, n)]
+    return config.patch(**{n: max(limit, getattr(config, n)) for n in names})

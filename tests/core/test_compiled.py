@@ -27,11 +27,11 @@ def relative(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> flo
     return float((a - b).norm() / b.norm())
 
 
-def train_one_process(teacher: str, compile: str, backend: str) -> dict:
+def train_one_process(teacher: str, compile: str, backend: str, device: str = "cpu") -> dict:
     torch._dynamo.reset()
     task = ToyTask(teacher, True, STEPS)
     config = PipelineConfig(schedule="sequential", microbatches=2, compile=compile, compile_backend=backend)
-    runner = make_runner(task, config, torch.device("cpu"), sgd)
+    runner = make_runner(task, config, torch.device(device), sgd)
     runner.run(make_batches(STEPS), STEPS)
     return runner.stage_state()
 
@@ -103,8 +103,11 @@ def test_compile_refuses_what_it_cannot_run():
             PipelineConfig(schedule=spec.name, stages=stages, microbatches=micro, compile="default")
 
 
-@pytest.mark.slow
-def test_inductor_compiled_equals_eager():
-    want = train_one_process("frozen", "none", "inductor")
-    got = train_one_process("frozen", "default", "inductor")
-    assert relative(got["student"], want["student"]) <= 1e-5
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inductor_compiled_equals_eager_on_cuda():
+    # inductor fuses and reorders fp32 reductions: equal to eager to rounding, not bit for bit
+    want = train_one_process("frozen", "none", "inductor", "cuda")
+    got = train_one_process("frozen", "default", "inductor", "cuda")
+    for part in ("student", "teacher"):
+        assert relative(got[part], want[part]) <= 1e-4
