@@ -11,6 +11,9 @@ from typing import Any
 
 from core.schedules import get_schedule
 
+TRANSPORTS = ("auto", "direct", "host")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -40,6 +43,14 @@ class PipelineConfig:
         timeout_s: longest wait for one message before the run is declared stuck.
         nan_guard: on a non-finite loss or gradient, ``stop`` the run at that step (before the
             update), ``skip`` the step on every stage (counted), or ``off``.
+        transport: how pipeline messages travel between processes: ``direct`` (NCCL on CUDA,
+            gloo on CPU), ``host`` (gloo, every tensor staged through host memory: for ranks
+            sharing one GPU, which NCCL refuses; its timings are not pipeline throughput), or
+            ``auto`` (``host`` when CUDA ranks outnumber the visible GPUs, else ``direct``).
+        compile: ``torch.compile`` each stage's student and teacher partitions with this mode
+            (``default``, ``reduce-overhead``, ``max-autotune``), or ``none``.
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` or
+            ``aot_eager`` for tests, which take no mode).
     """
 
     schedule: str = "gpipe"
@@ -55,6 +66,9 @@ class PipelineConfig:
     record_timeline: bool = False
     timeout_s: float = 300.0
     nan_guard: str = "stop"
+    transport: str = "auto"
+    compile: str = "none"
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if not isinstance(self.stages, int) or self.stages < 1:
@@ -78,6 +92,28 @@ class PipelineConfig:
             ):
                 raise ValueError(
                     f"teacher_early {list(self.teacher_early)} must be >= 0 and non-increasing by stage"
+                )
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        spec = get_schedule(self.schedule)
+        if self.transport == "host" and not spec.is_pipeline:
+            raise ValueError(
+                f"transport=host carries pipeline messages; {self.schedule} runs over torch.distributed "
+                "directly: use transport=auto or direct"
+            )
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.compile != "none":
+            if not self.compile_backend:
+                raise ValueError("compile_backend must name a torch.compile backend, e.g. inductor")
+            if not spec.is_pipeline:
+                raise ValueError(
+                    f"compile={self.compile} compiles pipeline stages; {self.schedule} is a runner of its own"
+                )
+            if spec.split_backward:
+                raise ValueError(
+                    f"compile={self.compile} cannot run {self.schedule}: its split backward needs the graph "
+                    "of each stage's intermediates, which a compiled stage hides"
                 )
         for name in ("balance", "teacher_balance", "teacher_early"):
             value = getattr(self, name)

@@ -53,36 +53,43 @@ class Rank:
     device: torch.device
 
 
-def init_distributed(device: str = "cpu", timeout_s: float = 300.0) -> Rank:
+def init_distributed(device: str = "cpu", timeout_s: float = 300.0, transport: str = "auto") -> Rank:
     """Join the job described by the environment (``core.launch`` or ``torchrun``).
 
     Without ``WORLD_SIZE`` in the environment this is a single process and no process group
-    is created. gloo on CPU; NCCL with one GPU per rank (``cuda:LOCAL_RANK``) on CUDA.
+    is created. gloo on CPU; NCCL with one GPU per rank (``cuda:LOCAL_RANK``) on CUDA; with the
+    host-staged transport (``transport`` ``host``, or ``auto`` when the ranks outnumber the
+    GPUs, see ``core.runtime.hoststaged``) gloo on CUDA too, rank on ``cuda:LOCAL_RANK % GPUs``.
 
     Returns:
         This process's :class:`Rank`.
 
     Raises:
-        RuntimeError: if CUDA is asked for but missing, or two ranks would share a GPU.
+        RuntimeError: if CUDA is asked for but missing, or two ranks would share a GPU over NCCL.
     """
+    from core.runtime.hoststaged import choose_transport
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    staged = choose_transport(transport, device, world) == "host"
     if device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda but CUDA is not available; use --device cpu")
-        if local_rank >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        if not staged and local_rank >= count:
             raise RuntimeError(
-                f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible); "
-                "NCCL refuses two ranks on one GPU: start at most one process per GPU"
+                f"local rank {local_rank} has no GPU of its own ({count} visible); "
+                "NCCL refuses two ranks on one GPU: start at most one process per GPU, "
+                "or use pipeline.transport=host"
             )
-        dev = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", local_rank % count)
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         timeout = _dt.timedelta(seconds=timeout_s)
-        if dev.type == "cuda":
+        if dev.type == "cuda" and not staged:
             dist.init_process_group("nccl", timeout=timeout, device_id=dev)
         else:
             dist.init_process_group("gloo", timeout=timeout)

@@ -16,6 +16,7 @@ from torch import nn
 from core.calibration import fit_fixed_per_sample
 from core.momentum import ema_update_
 from core.runtime import prepare_models
+from core.runtime.compiled import compile_module, recompile_room
 from core.task import Structure, Task, detached_leaves, map_structure, scatter, tensors
 
 
@@ -71,18 +72,52 @@ def profile_blocks(
     device: torch.device,
     repeats: int = 5,
     amp_bf16: bool = False,
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
 ) -> BlockCosts:
     """Time each block of student and teacher on one unit of ``batch`` (first view, first
     micro-batch): forward, and backward of the student from a random output gradient. Also the
     loss over the whole batch, and the optimizer step and teacher update spread over blocks by
     parameter count.
 
+    Args:
+        compile_mode: time every block compiled (``torch.compile`` with this mode, as
+            ``pipeline.compile`` runs stages; the untimed first call compiles); None: eager.
+        compile_backend: the ``torch.compile`` backend when compiling.
+
     Returns:
         :class:`BlockCosts` at the unit size of ``microbatches`` micro-batches.
     """
+    with recompile_room():
+        return _profile_blocks(
+            task,
+            batch,
+            microbatches,
+            optimizer_factory,
+            device,
+            repeats,
+            amp_bf16,
+            compile_mode,
+            compile_backend,
+        )
+
+
+def _profile_blocks(
+    task: Task,
+    batch: Any,
+    microbatches: int,
+    optimizer_factory: Callable[[list[tuple[str, nn.Parameter]]], torch.optim.Optimizer],
+    device: torch.device,
+    repeats: int,
+    amp_bf16: bool,
+    compile_mode: str | None,
+    compile_backend: str,
+) -> BlockCosts:
     student, teacher = prepare_models(task)
     student = [b.to(device) for b in student]
     teacher = [b.to(device) for b in teacher]
+    mode = compile_mode or "none"
+    run_of = {id(b): compile_module(b, mode, compile_backend) for b in (*student, *teacher)}
     s_views, t_views = task.split_inputs(batch, 0)
     to_dev = lambda x: map_structure(lambda t: t.to(device), x)  # noqa: E731
     s_unit, t_unit = (
@@ -97,7 +132,7 @@ def profile_blocks(
 
         def run_teacher(block=block, x=x):
             with torch.no_grad(), autocast():
-                out = block(x)
+                out = run_of[id(block)](x)
             sync()
             return out
 
@@ -113,7 +148,7 @@ def profile_blocks(
 
         def forward(block=block, inp=inp):
             with autocast():
-                out = block(inp)
+                out = run_of[id(block)](inp)
             sync()
             return out
 

@@ -494,7 +494,7 @@ def worker(spec_file: Path) -> None:
     method = get_method(settings.method)
     config = from_dict(Config, group["config"], {"method": method.config_cls})
     torch.set_num_threads(max(config.run.threads, 1))
-    rank = init_distributed(config.run.device)
+    rank = init_distributed(config.run.device, transport=config.pipeline.transport)
     link: dict[str, float] = {}
     if rank.world > 1:
         measured = probe_link()

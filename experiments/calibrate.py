@@ -22,6 +22,10 @@ each, median of ``--repeats``); the backward is taken from a gradient of ones on
 output, the whole-network backward likewise (the loss itself is left out). Inputs are the
 method's first batch (synthetic for the paper presets: no downloads).
 
+With ``--compile MODE`` the blocks and whole networks are timed compiled (``torch.compile``, as
+``pipeline.compile`` runs stages) and the pair is named with a ``-compiled`` suffix, so its files
+sit beside the eager ones (``<pair>-compiled_mbsweep_<dtype>.json``).
+
 ``python -m experiments.calibrate --method byol --preset resnet50-224-8gpu --device cuda``
 """
 
@@ -40,10 +44,12 @@ import torch
 from torch import nn
 
 from core.calibration import load_calibration
+from core.config import COMPILE_MODES
 from core.momentum import ema_update_
 from core.overrides import ConfigError, apply_overrides
 from core.profile import BlockCosts, _median_ms, profile_blocks
 from core.runtime import prepare_models
+from core.runtime.compiled import compile_module, recompile_room
 from core.task import detached_leaves, map_structure, tensors
 from methods.registry import get_method
 
@@ -87,12 +93,22 @@ def _shapes(blocks: Sequence[nn.Module], x: Any, amp_bf16: bool, device: torch.d
 
 
 def whole_network(
-    task: Any, batch: Any, optimizer_factory: Callable, device: torch.device, amp_bf16: bool, repeats: int
+    task: Any,
+    batch: Any,
+    optimizer_factory: Callable,
+    device: torch.device,
+    amp_bf16: bool,
+    repeats: int,
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
 ) -> dict[str, float]:
     """Whole-network costs of one view of the full batch and one sequential step, in ms, and the
-    step's peak memory (GiB; None on a CPU)."""
+    step's peak memory (GiB; None on a CPU); with ``compile_mode``, both networks' forwards
+    compiled (``torch.compile``)."""
     student, teacher = prepare_models(task)
     s_net, t_net = nn.Sequential(*student).to(device), nn.Sequential(*teacher).to(device)
+    s_run = compile_module(s_net, compile_mode or "none", compile_backend)
+    t_run = compile_module(t_net, compile_mode or "none", compile_backend)
     s_views, t_views = task.split_inputs(batch, 0)
     to_dev = lambda x: map_structure(lambda t: t.to(device), x)  # noqa: E731
     s_in, t_in = to_dev(s_views[0]), to_dev(t_views[0])
@@ -103,15 +119,15 @@ def whole_network(
 
     def teacher_fwd():
         with torch.no_grad(), autocast():
-            return t_net(t_in)
+            return t_run(t_in)
 
     def student_fwd():
         with torch.no_grad(), autocast():
-            return s_net(s_in)
+            return s_run(s_in)
 
     def student_fwdbwd():
         with autocast():
-            outs = [t for t in tensors(s_net(detached_leaves(s_in))) if t.requires_grad]
+            outs = [t for t in tensors(s_run(detached_leaves(s_in))) if t.requires_grad]
         torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
 
     def update():
@@ -152,6 +168,8 @@ def calibrate(
     overrides: Sequence[str] = (),
     pair: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
 ) -> tuple[dict, dict]:
     """Measure a pair (see the module docstring).
 
@@ -165,6 +183,9 @@ def calibrate(
         pair: the pair's name; its prefix must say the method (``byol``, ``mocov3``, ``kd``,
             ``distil``). None: :func:`pair_name`.
         progress: called with a line before each measurement.
+        compile_mode: time blocks and whole networks compiled (``torch.compile`` mode, as
+            ``pipeline.compile``); the pair's name gets a ``-compiled`` suffix. None: eager.
+        compile_backend: the ``torch.compile`` backend when compiling.
 
     Returns:
         (base file, sweep file) contents.
@@ -173,7 +194,7 @@ def calibrate(
         ValueError: for a pair name of another method or a sweep size that does not divide the batch.
     """
     spec = get_method(method)
-    name = pair or pair_name(method, preset)
+    name = pair or pair_name(method, preset) + ("-compiled" if compile_mode else "")
     if not name.startswith(PREFIX.get(method, "\0")):
         raise ValueError(f"pair {name!r} must start with {PREFIX.get(method)!r} (the method's prefix)")
     config = apply_overrides(spec.preset(preset), [f"run.device={device}", *overrides])
@@ -199,10 +220,21 @@ def calibrate(
         for size in sizes:
             progress(f"blocks at {size} samples per unit")
             profiles[size] = profile_blocks(
-                setup.task, batch, samples // size, setup.optimizer, dev, repeats, amp
+                setup.task,
+                batch,
+                samples // size,
+                setup.optimizer,
+                dev,
+                repeats,
+                amp,
+                compile_mode,
+                compile_backend,
             )
         progress("whole networks and one sequential step")
-        whole = whole_network(setup.task, batch, setup.optimizer, dev, amp, repeats)
+        with recompile_room():
+            whole = whole_network(
+                setup.task, batch, setup.optimizer, dev, amp, repeats, compile_mode, compile_backend
+            )
         student, teacher = prepare_models(setup.task)
     s_views, t_views = setup.task.split_inputs(batch, 0)
     first = lambda x: map_structure(lambda t: t[:unit].to(dev), x)  # noqa: E731
@@ -219,6 +251,8 @@ def calibrate(
         "amp_bf16": amp,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "compile": compile_mode,
+        "compile_backend": compile_backend if compile_mode else None,
         **{k: whole[k] for k in ("teacher_params_M", "student_params_M")},
         **{k: whole[k] for k in ("teacher_fwd_ms", "student_fwd_ms", "student_fwdbwd_ms", "ema_ms")},
         "seq_step_ms": seq,
@@ -287,6 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--pair", default=None, help="pair name (default: method prefix + preset)")
     parser.add_argument("--out", default="results/calibration", help="folder for the files")
+    parser.add_argument(
+        "--compile",
+        default=None,
+        choices=[m for m in COMPILE_MODES if m != "none"],
+        help="time the blocks compiled with this torch.compile mode (pair name gets -compiled)",
+    )
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: tests)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     try:
@@ -300,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides,
             args.pair,
             progress=lambda line: print(f"[calibrate] {line}", file=sys.stderr, flush=True),
+            compile_mode=args.compile,
+            compile_backend=args.compile_backend,
         )
         path = write(base, sweep_file, Path(args.out))
     except (ConfigError, ValueError) as err:

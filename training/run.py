@@ -32,7 +32,7 @@ def run(spec: MethodSpec, config: Config) -> dict | None:
         On rank 0 the result row (also written to ``row.json``); None elsewhere.
     """
     pipeline, settings = config.pipeline, config.run
-    rank = init_distributed(settings.device, pipeline.timeout_s)
+    rank = init_distributed(settings.device, pipeline.timeout_s, pipeline.transport)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.set_default_dtype(getattr(torch, settings.dtype))

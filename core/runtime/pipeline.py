@@ -17,6 +17,8 @@ from core.action import Op
 from core.config import PipelineConfig
 from core.partition import stage_slices
 from core.runtime import state as _state
+from core.runtime.compiled import compile_stage
+from core.runtime.hoststaged import HostStagedTransport, choose_transport
 from core.runtime.interpreter import Interpreter
 from core.runtime.models import prepare_models, resolve_balances, stage_partition
 from core.runtime.runner import OnStep, OptimizerFactory, SchedulerFactory, StepLog, step_loop
@@ -27,6 +29,14 @@ from core.runtime.versions import TeacherVersions
 from core.schedules import Program, get_schedule
 from core.task import Task
 from core.validate import validate
+
+
+def network(config: PipelineConfig, device: torch.device) -> Transport:
+    """The ``torch.distributed`` transport ``config.transport`` names (host-staged when
+    ``auto`` finds the ranks sharing a GPU)."""
+    if choose_transport(config.transport, device.type, dist.get_world_size()) == "host":
+        return HostStagedTransport(device, config.timeout_s)
+    return TorchTransport(device, config.timeout_s)
 
 
 class PipelineRunner(_state.RunnerState):
@@ -56,7 +66,7 @@ class PipelineRunner(_state.RunnerState):
     ) -> None:
         if transport is None:
             distributed = dist.is_initialized() and dist.get_world_size() > 1
-            transport = TorchTransport(device, config.timeout_s) if distributed else Solo()
+            transport = network(config, device) if distributed else Solo()
         if transport.world != config.stages:
             raise ValueError(
                 f"{config.schedule} with {config.stages} stages needs {config.stages} processes, got {transport.world}"
@@ -81,6 +91,7 @@ class PipelineRunner(_state.RunnerState):
             task.teacher_rule.kind == "ema", self.spec.staleness(task.teacher_rule.kind), self.rank
         )
         self.stage = Stage(task, config, self.student, self.teacher, self.rank, device)
+        self.stage.student_fn, self.stage.teacher_fn = compile_stage(self.student, self.teacher, config)
         self.end_step = EndOfStep(
             task,
             self.student,

@@ -11,7 +11,7 @@ with a split backward, ``weights`` (what a piece's weight half needs, from its i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -57,6 +57,9 @@ class Stage:
     ) -> None:
         self.task, self.config = task, config
         self.student, self.teacher = student, teacher
+        # what runs the forwards: the partitions, or their compiled forms (core.runtime.compiled)
+        self.student_fn: Callable[..., Any] = student
+        self.teacher_fn: Callable[..., Any] = teacher
         self.rank, self.device = rank, device
         self.first, self.last = rank == 0, rank == config.stages - 1
         self.views = task.views
@@ -126,7 +129,7 @@ class Stage:
         key = (a.batch, a.microbatch, None)
         x = self.inputs(a.batch)[1][a.microbatch] if self.first else self.store.pop(("in:TF", *key))
         with self._autocast():
-            y = teacher(x)
+            y = (self.teacher_fn if teacher is self.teacher else teacher)(x)
         self.store[("teacher" if self.last else "out:TF", *key)] = y
 
     def student_forward(self, a: Action) -> None:
@@ -141,7 +144,7 @@ class Stage:
         outs = []
         for p, piece in enumerate(pieces):
             with self._autocast():
-                out = self.student(piece)
+                out = self.student_fn(piece)
             self.store[("saved", b, u, p if self.pieces > 1 else None)] = (piece, out)
             outs.append(out)
         whole = gather(outs) if len(outs) > 1 else outs[0]

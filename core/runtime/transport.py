@@ -204,7 +204,7 @@ class TorchTransport(Collectives):
         group = self.groups[channel]
         head = torch.empty(HEADER, dtype=torch.int64, device=self.device)
         _, specs = decode_header(header)
-        buffers = [torch.empty(shape, dtype=dtype, device=self.device) for _, dtype, shape in specs]
+        buffers = [self._buffer(shape, dtype) for _, dtype, shape in specs]
         works = [dist.irecv(t, src, group=group) for t in [head, *buffers]]
         self._posted.setdefault((channel, src), deque()).append((key, head, buffers, works))
         return True
@@ -242,7 +242,7 @@ class TorchTransport(Collectives):
             self._wait(dist.irecv(head, src, group=group), channel, src)
             header = head.tolist()
             is_dict, specs = decode_header(header)
-            buffers = [torch.empty(shape, dtype=dtype, device=self.device) for _, dtype, shape in specs]
+            buffers = [self._buffer(shape, dtype) for _, dtype, shape in specs]
             works = [dist.irecv(t, src, group=group) for t in buffers]
             for work in works:
                 self._wait(work, channel, src)
@@ -251,6 +251,10 @@ class TorchTransport(Collectives):
         if is_dict:
             return {name: t for (name, _, _), t in zip(specs, buffers)}
         return rebuild(buffers[0], buffers)
+
+    def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An empty tensor a message is received into."""
+        return torch.empty(shape, dtype=dtype, device=self.device)
 
     def _wait(self, work: Any, channel: str, peer: int) -> None:
         try:

@@ -76,7 +76,9 @@ class ToyTask(Task):
             p = F.normalize(student, dim=1)
             z = F.normalize(teacher[1 - view], dim=1)
             return (2 - 2 * (p * z).sum(dim=1)).sum()
-        return ((student - teacher[0]) ** 2).sum() / DIM + F.cross_entropy(student, labels, reduction="sum")
+        return ((student - teacher[0]) ** 2).sum() / DIM + F.cross_entropy(
+            student, labels.to(student.device), reduction="sum"
+        )
 
     def loss(self, student, teacher, context):
         batch = context.shape[0]

@@ -60,3 +60,16 @@ def test_bad_input_is_refused(tmp_path, capsys):
     assert main(["--method", "byol", "--preset", "tiny", "--sweep", "5", "--out", str(tmp_path)]) == 2
     assert "do not divide" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_compiled_calibration_is_its_own_pair(tmp_path):
+    # the eager backend: dynamo traces every block and whole network, no code generation
+    args = ["--method", "byol", "--preset", "tiny", "--sweep", "8", "--repeats", "1"]
+    compiled = [*args, "--compile", "default", "--compile-backend", "eager", "--out", str(tmp_path)]
+    assert main(compiled) == 0
+    base = json.loads((tmp_path / "byol_tiny-compiled_fp32.json").read_text())
+    assert (base["compile"], base["compile_backend"]) == ("default", "eager")
+    assert (tmp_path / "byol_tiny-compiled_mbsweep_fp32.json").exists()
+    cal = load_calibration(tmp_path / "byol_tiny-compiled_mbsweep_fp32.json")
+    assert sorted(cal.sweep) == [4, 8]
+    assert min(sum(cal.student_fwd), sum(cal.teacher_fwd)) > 0
