@@ -8,11 +8,16 @@ in ``log.json``):
    (``experiments.gpucheck``), for each method's GPU preset.
 2. ``train``: a short real training run of BYOL ResNet-50 (one stage, 20 steps, bf16): the
    losses, and whether they went down.
-3. ``calibrate``: the configurations of the paper's 8-GPU table (``experiments/paper``), largest
+3. ``multiproc``: 2 and 4 processes on the one GPU over the host-staged transport, gpipe and
+   tspipe, fp32 and bf16, against the one-process reference (``experiments.gpu_parts``;
+   ``multiproc/errors.jsonl``; timings in that mode are not pipeline throughput).
+4. ``compiled``: one stage's blocks eager against compiled over a micro-batch sweep; the
+   ``<pair>-compiled_mbsweep_*`` calibration and ``compiled/table.md`` (micro-batch 16).
+5. ``calibrate``: the configurations of the paper's 8-GPU table (``experiments/paper``), largest
    tspipe-over-mp gain first, each with ``experiments.calibrate`` (per-block costs over a
    micro-batch sweep, whole networks, the sequential step, peak memory), as many as time allows;
    ``paper_calibrations.csv`` maps each paper row to its file.
-4. ``pytest``: the ``gpu``-marked tests.
+6. ``pytest``: the ``gpu``-marked tests.
 
 ``--device cpu`` runs the same parts with each method's ``tiny`` preset in seconds (a dry run,
 part of ``make test``). ``python -m experiments.gpu_run [--device cuda] [--budget-s 480] [--out DIR]``
@@ -34,7 +39,7 @@ import torch
 from core.metrics import make_row, write_rows
 from core.overrides import apply_overrides
 from core.runtime import make_runner
-from experiments import calibrate, gpucheck
+from experiments import calibrate, gpu_parts, gpucheck
 from methods.registry import get_method
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,6 +207,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["train"].append(
             clock.run("train byol", 60 if gpu else 1, lambda: train(args.device, args.out, 20 if gpu else 4))
         )
+    if "multiproc" not in skip:
+        results["multiproc"] = [
+            clock.run(
+                "multiproc host-staged", 90 if gpu else 1, lambda: gpu_parts.multiproc(args.device, args.out)
+            )
+        ]
+    if "compiled" not in skip:
+        results["compiled"] = [
+            clock.run("compiled sweep", 150 if gpu else 1, lambda: gpu_parts.compiled(args.device, args.out))
+        ]
     mapping = []
     if "calibrate" not in skip:
         seen = set() if gpu else set(METHODS)  # the dry run calibrates one tiny pair per method

@@ -17,7 +17,18 @@ def test_dry_run_writes_every_part(tmp_path):
     assert main(["--device", "cpu", "--out", str(tmp_path)]) == 0
     log = json.loads((tmp_path / "log.json").read_text())
     assert [p["status"] for p in log["parts"]] == ["done"] * len(log["parts"])
-    assert {p["part"].split()[0] for p in log["parts"]} == {"overhead", "train", "calibrate"}
+    assert {p["part"].split()[0] for p in log["parts"]} == {
+        "overhead",
+        "train",
+        "multiproc",
+        "compiled",
+        "calibrate",
+    }
+    errors = [json.loads(x) for x in (tmp_path / "multiproc" / "errors.jsonl").read_text().splitlines()]
+    assert [(r["schedule"], r["processes"]) for r in errors] == [("gpipe", 2), ("tspipe", 2)]
+    assert all(r["within"] for r in errors)
+    assert "| 16 |" in (tmp_path / "compiled" / "table.md").read_text()
+    assert load_calibration(tmp_path / "calibration" / "kd_tiny-compiled_mbsweep_fp32.json").sweep
     for method in ("byol", "moco_v3", "soft_target", "distilbert"):
         rows = [
             json.loads(x) for x in (tmp_path / "overhead" / method / "rows.jsonl").read_text().splitlines()
