@@ -1,5 +1,6 @@
 """Re-record ``tests/golden/fingerprints.json`` after a change that is *meant* to change the
-numerics: ``python -m tests.golden.update``. Every accuracy row of a method whose digest changes
+numerics: ``python -m tests.golden.update`` (``--platform``: this CPU kernel family's own
+recording, from the same code, see ``fingerprint``). Every accuracy row of a method whose digest changes
 becomes stale in the report; say why in the commit."""
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def record() -> dict[str, dict[str, list]]:
 
 
 def main() -> int:
+    if "--platform" in sys.argv[1:]:  # this machine's kernel family, beside the main recording
+        print(f"wrote {fingerprint.save_platform(record())}", file=sys.stderr)
+        return 0
     old = fingerprint.load()["methods"] if fingerprint.FILE.exists() else {}
     data = fingerprint.save(record())
     for method, digest in sorted(data["methods"].items()):
