@@ -48,3 +48,18 @@ def test_every_case_reproduces_its_fingerprint(measured):
 def test_method_digests_match_the_cases():
     assert fingerprint.method_digests(GOLDEN["cases"]) == GOLDEN["methods"]
     assert {c["method"] for w in (1, 2) for c in cases(w)} == set(GOLDEN["methods"])
+
+
+def test_reference_is_bit_exact_only_on_a_recorded_platform(tmp_path, monkeypatch):
+    here = {"torch": "t", "cpu_capability": "AVX512", "machine": "x86_64"}
+    other = dict(here, cpu_capability="AVX2")
+    monkeypatch.setattr(fingerprint, "this_platform", lambda: here)
+    main = tmp_path / "fingerprints.json"
+    main.write_text(json.dumps({"platform": other, "methods": {}, "cases": {"a": {"k": ["main", 1.0, 1.0]}}}))
+    assert fingerprint.reference(main) == ({"a": {"k": ["main", 1.0, 1.0]}}, False)
+    own = {"a": {"k": ["own", 1.0, 1.0]}}
+    fingerprint.platform_file(main).write_text(json.dumps({"platform": here, "cases": own}))
+    assert fingerprint.platform_file(main).name == "fingerprints.AVX512.json"
+    assert fingerprint.reference(main) == (own, True)
+    monkeypatch.setattr(fingerprint, "this_platform", lambda: other)
+    assert fingerprint.reference(main) == ({"a": {"k": ["main", 1.0, 1.0]}}, True)
