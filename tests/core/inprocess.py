@@ -12,7 +12,7 @@ import torch
 from core.config import PipelineConfig
 from core.runtime import LocalNetwork, make_runner, merge_states
 from core.task import Task
-from tests.core.toy import sgd
+from tests.core.toy import ToyTask, make_batches, reference, sgd
 
 
 def run_in_process(
@@ -54,3 +54,25 @@ def run_in_process(
     if errors:
         raise RuntimeError(f"a stage failed: {errors[0]}") from errors[0]
     return merge_states([r.stage_state() for r in runners]), logs
+
+
+def fp64_threads_and_reference(
+    config: PipelineConfig, steps: int, staleness: int
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, torch.Tensor]]]:
+    """An EMA toy run of ``config`` in float64, in threads, and the plain reference whose teacher
+    is ``staleness`` versions behind (clipping as ``config`` says): ``(got, want)`` states."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got, _ = run_in_process(lambda: ToyTask("ema", True, steps), config, make_batches(steps), steps)
+        want = reference(
+            ToyTask("ema", True, steps),
+            make_batches(steps),
+            config.microbatches,
+            config.pieces,
+            staleness,
+            max_grad_norm=config.max_grad_norm,
+        )
+    finally:
+        torch.set_default_dtype(previous)
+    return got, want

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-import torch
 
 import core.schedules.teacher_fill as teacher_fill
 from core.config import PipelineConfig
@@ -16,9 +15,8 @@ from core.schedules import build_schedule, schedules
 from core.schedules.teacher_fill import early_counts
 from core.simulate import simulate, unit_costs
 from core.validate import validate
-from tests.core.inprocess import run_in_process
+from tests.core.inprocess import fp64_threads_and_reference
 from tests.core.test_runtime_dist import relative_difference
-from tests.core.toy import ToyTask, make_batches, reference
 
 EARLY = [s.name for s in schedules("pipeline") if s.accepts_early]
 OTHERS = [s.name for s in schedules("pipeline") if not s.accepts_early and s.stages is None]
@@ -95,16 +93,8 @@ def test_monotone():
 def test_non_uniform_counts_equal_the_reference_in_threads(name):
     steps, micro, early = 3, 4, (3, 1, 0)
     assert early != early_counts(3, micro, 2)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        config = PipelineConfig(name, 3, micro, teacher_early=early, max_grad_norm=0.05)
-        got, _ = run_in_process(lambda: ToyTask("ema", True, steps), config, make_batches(steps), steps)
-        want = reference(
-            ToyTask("ema", True, steps), make_batches(steps), micro, config.pieces, 1, max_grad_norm=0.05
-        )
-    finally:
-        torch.set_default_dtype(previous)
+    config = PipelineConfig(name, 3, micro, teacher_early=early, max_grad_norm=0.05)
+    got, want = fp64_threads_and_reference(config, steps, 1)
     assert relative_difference(got["student"], want["student"]) <= 1e-12
     assert relative_difference(got["teacher"], want["teacher"]) <= 1e-12
 
