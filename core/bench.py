@@ -83,7 +83,15 @@ def predict(
     model = cost_model(costs, balance, teacher_balance, link)
     if spec.is_pipeline:
         built = build_schedule(
-            schedule, stages, micro, teacher, 8, config.pieces, views, config.teacher_early
+            schedule,
+            stages,
+            micro,
+            teacher,
+            8,
+            config.pieces,
+            views,
+            config.teacher_early,
+            config.teacher_lookahead,
         )
         result = simulate(built, model, batch)
         return result.samples_per_s, [r.to_dict() for r in result.records]

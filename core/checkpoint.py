@@ -30,6 +30,7 @@ MANIFEST_KEYS = (
     "world_size",
     "microbatches",
     "backward_pieces",
+    "teacher_lookahead",
     "balance",
     "teacher_balance",
 )

@@ -36,6 +36,10 @@ class PipelineConfig:
         teacher_early: per-stage counts of the next mini-batch's teacher forwards run before the
             backward, for a schedule whose spec ``accepts_early`` (tspipe's family; one per
             stage, in 0..U, non-increasing; e.g. from ``core.placement``); None: its own rule.
+        teacher_lookahead: mini-batches ahead the teacher forwards that fill a step run, for a
+            schedule whose spec ``accepts_lookahead`` (tspipe's family): an EMA teacher then
+            serves mini-batch b with version ``max(0, b - L)``; 0 is exact, None the schedule's
+            own (1).
         amp_bf16: run forwards under bf16 autocast.
         max_grad_norm: clip the global gradient norm (over all stages) to this; None: no clipping.
         record_timeline: record start and end of every action (costs a device sync per action
@@ -61,6 +65,7 @@ class PipelineConfig:
     teacher_balance: tuple[int, ...] | None = None
     balance_by: str = "cost"
     teacher_early: tuple[int, ...] | None = None
+    teacher_lookahead: int | None = None
     amp_bf16: bool = False
     max_grad_norm: float | None = None
     record_timeline: bool = False
@@ -93,6 +98,13 @@ class PipelineConfig:
                 raise ValueError(
                     f"teacher_early {list(self.teacher_early)} must be >= 0 and non-increasing by stage"
                 )
+        if self.teacher_lookahead is not None:
+            if not get_schedule(self.schedule).accepts_lookahead:
+                raise ValueError(f"{self.schedule} takes no teacher_lookahead; drop it")
+            if isinstance(self.teacher_lookahead, bool) or not isinstance(self.teacher_lookahead, int):
+                raise ValueError(f"teacher_lookahead must be an integer, got {self.teacher_lookahead!r}")
+            if self.teacher_lookahead < 0:
+                raise ValueError(f"teacher_lookahead must be >= 0, got {self.teacher_lookahead}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         spec = get_schedule(self.schedule)

@@ -61,8 +61,10 @@ def simulate_calibration(
     backward_pieces: int | None = None,
     batches: int = WINDOW_BATCHES,
     early: Sequence[int] | str | None = None,
+    lookahead: int | None = None,
 ) -> tuple[SimResult, Schedule, Partition]:
-    """Simulate one calibration pair under a named schedule over ``batches`` mini-batches.
+    """Simulate one calibration pair under a named schedule over ``batches`` mini-batches
+    (``lookahead``: the tspipe family's teacher lookahead L, None its own).
 
     ``early``: per-stage early teacher forwards for a schedule whose spec ``accepts_early``;
     ``"auto"`` places them from the pair's costs (:func:`core.placement.place_teacher_forwards`,
@@ -85,7 +87,7 @@ def simulate_calibration(
     elif isinstance(early, str):
         raise ValueError(f"early must be per-stage counts, 'auto' or None, got {early!r}")
     built = build_schedule(
-        schedule, stages, microbatches, cal.teacher, batches, backward_pieces, cal.views, early
+        schedule, stages, microbatches, cal.teacher, batches, backward_pieces, cal.views, early, lookahead
     )
     return simulate(built, costs, cal.batch), built, partition
 

@@ -338,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--link-gbps", type=float, default=DEFAULT_LINK_GBPS, help="GB/s (bytes)")
     parser.add_argument("--latency-us", type=float, default=DEFAULT_LATENCY_US)
     parser.add_argument("--backward-pieces", type=int, default=None)
+    parser.add_argument("--lookahead", type=int, default=None, help="tspipe family: teacher lookahead L")
     parser.add_argument("--balance", default=None, help="comma-separated student blocks per stage")
     parser.add_argument(
         "--cost-model",
@@ -361,7 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         link = Link(args.link_gbps, args.latency_us)
         balance = [int(x) for x in args.balance.split(",")] if args.balance else None
         result, built, partition = simulate_calibration(
-            cal, args.schedule, args.stages, args.microbatches, link, balance, args.backward_pieces
+            cal,
+            args.schedule,
+            args.stages,
+            args.microbatches,
+            link,
+            balance,
+            args.backward_pieces,
+            lookahead=args.lookahead,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

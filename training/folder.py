@@ -60,6 +60,7 @@ def expected_manifest(method: str, config: Config) -> dict[str, Any]:
         "world_size": p.stages,
         "microbatches": p.microbatches,
         "backward_pieces": p.pieces,
+        "teacher_lookahead": p.teacher_lookahead,
     }
 
 

@@ -88,7 +88,9 @@ class PipelineRunner(_state.RunnerState):
         )
         self.scheduler = scheduler_factory(self.optimizer) if scheduler_factory else None
         self.versions = TeacherVersions(
-            task.teacher_rule.kind == "ema", self.spec.staleness(task.teacher_rule.kind), self.rank
+            task.teacher_rule.kind == "ema",
+            self.spec.staleness(task.teacher_rule.kind, config.teacher_lookahead),
+            self.rank,
         )
         self.stage = Stage(task, config, self.student, self.teacher, self.rank, device)
         self.stage.student_fn, self.stage.teacher_fn = compile_stage(self.student, self.teacher, config)
@@ -151,6 +153,7 @@ class PipelineRunner(_state.RunnerState):
             self.task.views,
             start,
             config.teacher_early,
+            config.teacher_lookahead,
         )
         validate(program.template)
         self.versions.start(self.teacher, start)

@@ -52,6 +52,7 @@ def checkpoint_state(runner: Any) -> dict[str, Any]:
         "student": runner.student.state_dict(),
         "teacher": runner.teacher.state_dict(),
         "previous_teacher": versions.get("previous_teacher"),
+        "previous_teachers": versions.get("previous_teachers"),
         "optimizer": runner.optimizer.state_dict(),
         "scheduler": runner.scheduler.state_dict() if runner.scheduler is not None else None,
         "teacher_version": versions.get("teacher_version"),

@@ -113,6 +113,9 @@ class EndOfStep:
                 flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
                 self.agree.all_reduce(flag, "max")
                 bad = bool(flag.item())
+        if self.versions is not None and self.task.teacher_rule.kind == "ema":
+            # the version this step replaces, kept for a checkpoint (a skipped step replaces it too)
+            self.versions.before_update(step, self.teacher)
         if bad:  # no update of student, statistics or teacher; the step still counts
             self.optimizer.zero_grad(set_to_none=True)
             discard_statistics(self.student)
@@ -126,8 +129,6 @@ class EndOfStep:
                 self.scheduler.step()
             commit_all(self.student, distributed=self.distributed_bn)
             if self.task.teacher_rule.kind == "ema":
-                if self.versions is not None:
-                    self.versions.before_update(step, self.teacher)
                 ema_update_(self.teacher, self.student, self.task.teacher_rule.momentum(step))
         if self.versions is not None:
             self.versions.advance(step)

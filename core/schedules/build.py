@@ -31,6 +31,8 @@ class Schedule:
         stage_to_rank: the rank each stage runs on.
         early: per-stage early teacher forwards it was built with (tspipe's family), or None
             for the schedule's own rule.
+        lookahead: mini-batches ahead its filling teacher forwards run (tspipe's family), or
+            None for the schedule's own.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Schedule:
     lowered: tuple[tuple[Action, ...], ...]
     stage_to_rank: tuple[int, ...] = ()
     early: tuple[int, ...] | None = None
+    lookahead: int | None = None
 
     @property
     def units(self) -> int:
@@ -75,9 +78,11 @@ def build_schedule(
     backward_pieces: int | None = None,
     views: int = 1,
     early: Sequence[int] | None = None,
+    lookahead: int | None = None,
 ) -> Schedule:
     """Build, lower and return a named pipeline schedule (``early``: per-stage early teacher
-    forwards, for a schedule whose spec ``accepts_early``; None: its own rule).
+    forwards, for a schedule whose spec ``accepts_early``; ``lookahead``: mini-batches ahead its
+    teacher forwards run, for one that ``accepts_lookahead``; None: its own rule).
 
     Returns:
         A :class:`Schedule`; :func:`core.validate.validate` checks its invariants.
@@ -90,13 +95,16 @@ def build_schedule(
     if spec.build is None:
         raise ValueError(f"{name} is run by the {spec.runner} runner, not built from actions")
     pieces = spec.pieces(backward_pieces)
-    if early is None:
-        compute = spec.build(stages, microbatches, teacher, batches, pieces, views)
-    elif spec.accepts_early:
-        early = tuple(early)
-        compute = spec.build(stages, microbatches, teacher, batches, pieces, views, early=early)
-    else:
-        raise ValueError(f"{name} takes no per-stage early teacher forwards; drop early")
+    options: dict = {}
+    if early is not None:
+        if not spec.accepts_early:
+            raise ValueError(f"{name} takes no per-stage early teacher forwards; drop early")
+        early = options["early"] = tuple(early)
+    if lookahead is not None:
+        if not spec.accepts_lookahead:
+            raise ValueError(f"{name} takes no teacher lookahead; drop it")
+        options["lookahead"] = lookahead
+    compute = spec.build(stages, microbatches, teacher, batches, pieces, views, **options)
     return Schedule(
         name=name,
         stages=stages,
@@ -105,13 +113,20 @@ def build_schedule(
         teacher=teacher,
         batches=batches,
         backward_pieces=pieces,
-        staleness=spec.staleness(teacher),
+        staleness=spec.staleness(teacher, lookahead),
         split_backward=spec.split_backward,
         compute=tuple(tuple(a) for a in compute),
         lowered=tuple(tuple(a) for a in lower(compute, spec.hoist_receives, stages)),
         stage_to_rank=identity_placement(stages),
         early=early,
+        lookahead=lookahead,
     )
+
+
+def template_batches(steps: int, lookahead: int | None = None) -> int:
+    """Mini-batches of a :class:`Program`'s template: the first segment, a middle one and the
+    last ``max(1, L)`` (whose steps have no teacher forwards ``L`` ahead left to run)."""
+    return min(steps, max(3, (lookahead or 0) + 2))
 
 
 def _shift(actions: tuple[Action, ...], delta: int) -> list[Action]:
@@ -136,11 +151,12 @@ class Program:
 
     Every schedule here repeats: the segment of a middle mini-batch (the actions after the
     previous step up to its own step) is the same up to a shift of batch indices. A template of
-    three mini-batches gives the first, a middle and the last segment; :meth:`segment` shifts
-    the middle one for every other step.
+    :func:`template_batches` mini-batches gives the first segment, a middle one and the last
+    ones (three for a schedule whose teacher runs at most one mini-batch ahead: first, middle,
+    last); :meth:`segment` shifts the middle one for every other step.
 
     Args:
-        template: a schedule built with ``batches = min(steps, 3)``.
+        template: a schedule built with ``batches = template_batches(steps, lookahead)``.
         steps: number of mini-batches the program runs.
         start: index of its first mini-batch (a resumed run starts past 0); the first one
             runs the schedule's prologue.
@@ -151,10 +167,9 @@ class Program:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
-        if template.batches != min(steps, 3):
-            raise ValueError(
-                f"template needs min(steps, 3) = {min(steps, 3)} batches, has {template.batches}"
-            )
+        want = template_batches(steps, template.lookahead)
+        if template.batches != want:
+            raise ValueError(f"template needs {want} batches for {steps} steps, has {template.batches}")
         self.template = template
         self.steps = steps
         self.start = start
@@ -172,10 +187,19 @@ class Program:
         views: int = 1,
         start: int = 0,
         early: Sequence[int] | None = None,
+        lookahead: int | None = None,
     ) -> Program:
         """Build the template of a named schedule for ``steps`` mini-batches from ``start``."""
         template = build_schedule(
-            name, stages, microbatches, teacher, min(steps, 3), backward_pieces, views, early
+            name,
+            stages,
+            microbatches,
+            teacher,
+            template_batches(steps, lookahead),
+            backward_pieces,
+            views,
+            early,
+            lookahead,
         )
         return cls(template, steps, start)
 
@@ -187,11 +211,15 @@ class Program:
                 f"batch {batch} outside the program's steps {self.start}..{self.start + self.steps - 1}"
             )
         segs = self._segments[rank]
-        if index == 0:
-            return _shift(segs[0], self.start)
-        if index == self.steps - 1:
-            return _shift(segs[-1], batch - (len(segs) - 1))
-        return _shift(segs[1], batch - 1)
+        if self.steps == len(segs):  # the template is the whole program
+            k = index
+        elif index == 0:
+            k = 0
+        elif self.steps - index < len(segs) - 1:  # one of the last ones
+            k = len(segs) - (self.steps - index)
+        else:
+            k = 1
+        return _shift(segs[k], batch - k)
 
     def batches(self) -> range:
         """The mini-batch indices the program runs."""

@@ -57,6 +57,9 @@ class ScheduleSpec:
         accepts_early: its builder takes ``early``, per-stage counts of the next mini-batch's
             teacher forwards run before the backward (tspipe's family); see
             :mod:`core.placement`.
+        accepts_lookahead: its builder takes ``lookahead`` L, how many mini-batches ahead its
+            filling teacher forwards run; an EMA teacher's staleness is then L instead of
+            ``ema_staleness``.
     """
 
     name: str
@@ -80,6 +83,7 @@ class ScheduleSpec:
     subject: bool = False
     baseline: bool = False
     accepts_early: bool = False
+    accepts_lookahead: bool = False
 
     def __post_init__(self) -> None:
         if self.runner not in RUNNERS:
@@ -92,9 +96,12 @@ class ScheduleSpec:
         """True when the action interpreter runs it (its action lists can be simulated)."""
         return self.runner == "pipeline"
 
-    def staleness(self, teacher: str) -> int:
-        """Versions the teacher lags: ``ema_staleness`` for an EMA teacher, 0 for a frozen one."""
-        return self.ema_staleness if teacher == "ema" else 0
+    def staleness(self, teacher: str, lookahead: int | None = None) -> int:
+        """Versions the teacher lags: ``ema_staleness`` for an EMA teacher (``lookahead``, where
+        given, for a schedule that ``accepts_lookahead``), 0 for a frozen one."""
+        if teacher != "ema":
+            return 0
+        return lookahead if lookahead is not None and self.accepts_lookahead else self.ema_staleness
 
     def pieces(self, backward_pieces: int | None) -> int:
         """Backward pieces actually used for a requested count (None: the default)."""

@@ -50,6 +50,17 @@ def check_early(early: Sequence[int], stages: int, units: int) -> tuple[int, ...
     return counts
 
 
+def check_lookahead(lookahead: int) -> int:
+    """Check how many mini-batches ahead the teacher forwards run (``tspipe(..., lookahead=L)``).
+
+    Raises:
+        ValueError: unless ``L`` is an integer >= 0.
+    """
+    if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
+        raise ValueError(f"lookahead must be an integer >= 0, got {lookahead!r}")
+    return lookahead
+
+
 def early_counts(stages: int, units: int, pieces: int, early: Sequence[int] | None = None) -> tuple[int, ...]:
     """Per-stage early teacher forwards: ``early`` checked, or the uniform rule when None."""
     if early is None:
@@ -65,6 +76,7 @@ def tspipe(
     backward_pieces: int = 2,
     views: int = 1,
     early: Sequence[int] | None = None,
+    lookahead: int = 1,
 ) -> list[list[Action]]:
     """TSPipe: the teacher forwards of mini-batch b + 1 fill the student's bubbles of mini-batch b.
 
@@ -103,6 +115,14 @@ def tspipe(
     On stage 0, which ends the backward chain, the late teacher forwards are spread between the
     backward pieces, where they fill waits for a slower downstream backward without delaying
     anyone; on the other stages they follow the backward.
+
+    ``lookahead`` L generalises the one mini-batch ahead: the teacher forwards filling the step of
+    b are those of b + L (a prologue runs mini-batches 0 .. L - 1), so an EMA teacher serves
+    mini-batch b with version ``max(0, b - L)`` (staleness L) and the last stage holds L
+    mini-batches of teacher outputs. L = 1 is the schedule above; L = 0 runs the teacher forwards
+    of b at the start of its own step (exact, nothing filled). Every version is still read
+    before the step that replaces it, so no teacher copy is stored while a run goes on; a
+    resumed run needs the L versions before its first step (``runtime.versions``).
     """
     n_units = check_shape(stages, microbatches, teacher, batches, backward_pieces, views)
 
@@ -110,7 +130,7 @@ def tspipe(
         backward = sb(s, b, range(n_units), backward_pieces)
         return interleave(backward, late) if s == 0 else backward + late
 
-    return tspipe_order(stages, n_units, batches, backward_pieces, tail, early)
+    return tspipe_order(stages, n_units, batches, backward_pieces, tail, early, lookahead)
 
 
 def tspipe_order(
@@ -120,26 +140,33 @@ def tspipe_order(
     pieces: int,
     tail: Callable[[int, int, list[Action]], list[Action]],
     early: Sequence[int] | None = None,
+    lookahead: int = 1,
 ) -> list[list[Action]]:
     """tspipe's order, ``tail(stage, batch, late)`` giving what runs between the early teacher
-    forwards of the next batch and the step: the backward of ``batch`` with the ``late`` teacher
-    forwards of the next one (shared with ``tspipe-zb``, whose backwards are split); ``early``:
-    per-stage counts of early teacher forwards (None: the uniform rule)."""
+    forwards of the filling batch and the step: the backward of ``batch`` with the ``late``
+    teacher forwards of the filling one (shared with ``tspipe-zb``, whose backwards are split);
+    ``early``: per-stage counts of early teacher forwards (None: the uniform rule);
+    ``lookahead``: how many mini-batches ahead the filling batch is (0: a step's own teacher
+    forwards run first, filling nothing)."""
     counts = early_counts(stages, n_units, pieces, early)
+    ahead = check_lookahead(lookahead)
     last = stages - 1
     units = range(n_units)
     lists: list[list[Action]] = []
     for s in range(stages):
         early_s = counts[s]
-        actions = tf(s, 0, units)
+        actions = [a for b in range(min(ahead, batches)) for a in tf(s, b, units)]
         for b in range(batches):
-            nxt = b + 1 < batches
+            fill = b + ahead
+            nxt = ahead > 0 and fill < batches
+            if ahead == 0:
+                actions += tf(s, b, units)
             actions += sf(s, b, units)
             if s == last:
                 actions.append(Action(s, Op.LOSS, b))
             if nxt:
-                actions += tf(s, b + 1, range(early_s))
-            actions += tail(s, b, tf(s, b + 1, range(early_s, n_units)) if nxt else [])
+                actions += tf(s, fill, range(early_s))
+            actions += tail(s, b, tf(s, fill, range(early_s, n_units)) if nxt else [])
             actions.append(Action(s, Op.OPT, b))
         lists.append(actions)
     return lists
@@ -157,5 +184,6 @@ register(
         gantt=True,
         subject=True,
         accepts_early=True,
+        accepts_lookahead=True,
     )
 )

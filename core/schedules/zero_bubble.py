@@ -67,6 +67,7 @@ def tspipe_zb(
     backward_pieces: int = 2,
     views: int = 1,
     early: Sequence[int] | None = None,
+    lookahead: int = 1,
 ) -> list[list[Action]]:
     """TSPipe with split backwards: teacher forwards of the next mini-batch and weight halves
     both fill the student's bubbles.
@@ -78,7 +79,8 @@ def tspipe_zb(
     forward of b, tspipe's ``k_s`` early teacher forwards of b + 1
     (:func:`~core.schedules.teacher_fill.tspipe_early_teacher_forwards`), every input half
     ``B`` of b, then the weight halves ``W``, then the remaining teacher forwards of b + 1, then
-    the step (``early``: per-stage counts instead, as in tspipe). Stage 0, whose backward is
+    the step (``early``: per-stage counts instead, and ``lookahead``: the teacher's mini-batches
+    ahead, as in tspipe). Stage 0, whose backward is
     whole, spreads the late teacher forwards between its backward pieces as in tspipe. Of the orders tried in simulation (N 2..8, U 1..16, unit
     costs), this one was never slower than tspipe and 5 % faster on average; fewer early teacher
     forwards (sized for the shorter wait of ``B`` alone), or teacher forwards before the weight
@@ -100,7 +102,7 @@ def tspipe_zb(
         units = range(n_units)
         return sb(s, b, units, backward_pieces) + sw(s, b, units, backward_pieces) + late
 
-    return tspipe_order(stages, n_units, batches, backward_pieces, tail, early)
+    return tspipe_order(stages, n_units, batches, backward_pieces, tail, early, lookahead)
 
 
 register(
@@ -126,5 +128,6 @@ register(
         colour="#ff9da7",
         gantt=True,
         accepts_early=True,
+        accepts_lookahead=True,
     )
 )

@@ -38,6 +38,7 @@ def main() -> None:
             transport=case.get("transport", transport),
             compile=case.get("compile", "none"),
             compile_backend=case.get("compile_backend", "inductor"),
+            teacher_lookahead=case.get("lookahead"),
         )
         runner = make_runner(task, config, rank.device, sgd)
         log = runner.run(make_batches(case["steps"]), case["steps"])

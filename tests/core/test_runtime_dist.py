@@ -48,16 +48,42 @@ def cases(world: int) -> list[dict]:
         out.append(dict(schedule="tspipe-zb", teacher="ema", microbatches=2, max_grad_norm=0.05, dtype=dtype))
         out.append(dict(schedule="gpipe", teacher="frozen", microbatches=2, max_grad_norm=0.05, dtype=dtype))
     out.append(dict(schedule="tspipe", teacher="ema", microbatches=2, bn=False, dtype="float32"))
+    # teacher lookahead L (staleness L): exact at 0, two versions stale at 2, over enough steps
+    # that a middle segment runs between the first and the last L
+    for schedule in ("tspipe", "tspipe-zb"):
+        for lookahead in (0, 2):
+            out.append(
+                dict(
+                    schedule=schedule,
+                    teacher="ema",
+                    microbatches=2,
+                    lookahead=lookahead,
+                    steps=5,
+                    dtype="float64",
+                )
+            )
+    out.append(
+        dict(
+            schedule="tspipe",
+            teacher="ema",
+            microbatches=2,
+            lookahead=2,
+            steps=5,
+            max_grad_norm=0.05,
+            dtype="float32",
+        )
+    )
     amp = [
         dict(schedule=s, teacher="frozen", microbatches=2, dtype="float32", amp=True)
         for s in ("gpipe", "tspipe")
     ]
     for case in out + amp:
-        case["steps"] = STEPS
+        case.setdefault("steps", STEPS)
         case["name"] = (
             "_".join(str(case[k]) for k in ("schedule", "teacher", "microbatches", "dtype") if k in case)
             + f"_p{case.get('pieces')}_c{case.get('max_grad_norm')}_bn{case.get('bn', True)}"
             + ("_amp" if case.get("amp") else "")
+            + (f"_L{case['lookahead']}_s{case['steps']}" if "lookahead" in case else "")
         )
     return out + amp
 
@@ -107,7 +133,7 @@ def expected(case: dict) -> dict:
         spec = get_schedule(case["schedule"])
         pieces = spec.pieces(case.get("pieces"))
         micro = case["microbatches"] * (case["world"] if case["schedule"] == "ddp" else 1)
-        stale = spec.staleness(case["teacher"])
+        stale = spec.staleness(case["teacher"], case.get("lookahead"))
         return reference(task, make_batches(case["steps"]), micro, pieces, stale, case.get("max_grad_norm"))
     finally:
         torch.set_default_dtype(previous)

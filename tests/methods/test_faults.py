@@ -84,6 +84,25 @@ def test_killed_rank_then_resume_is_bit_identical(tmp_path, method, schedule, ex
 
 
 @pytest.mark.dist
+def test_a_two_batch_lookahead_resumes_bit_identical(tmp_path):
+    # a teacher two versions stale: the checkpoint of step 2 holds versions 0 and 1, which the
+    # resumed run's prologue (the teacher forwards of batches 2 and 3) reads
+    common = ["--microbatches", "2", "--schedule", "tspipe", "--stages", "2", "steps=6"]
+    common += ["checkpoint_every=2", "teacher_lookahead=2"]
+    whole = train("byol", tmp_path / "whole", "--preset", "tiny", *common)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = train("byol", tmp_path / "cut", "--preset", "tiny", *common, fault="kill:3:1")
+    assert killed.returncode != 0
+    resumed = train("byol", tmp_path / "cut", "--preset", "tiny", *common, "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_bit_identical(final_weights(tmp_path / "whole", 6), final_weights(tmp_path / "cut", 6))
+    other = train(
+        "byol", tmp_path / "cut", "--preset", "tiny", *common[:-1], "teacher_lookahead=1", "resume=auto"
+    )
+    assert other.returncode != 0 and "teacher_lookahead" in other.stderr
+
+
+@pytest.mark.dist
 def test_a_stalled_rank_times_out_and_stops_the_job(tmp_path):
     started = time.monotonic()
     proc = train(
