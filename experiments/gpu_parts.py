@@ -14,7 +14,8 @@ crosses host memory twice); none are reported. The CPU dry run: 2 processes, fp3
 
 ``compiled``: one stage holding a whole pair, per-block forward and backward over a micro-batch
 sweep, eager and compiled (``torch.compile``, on CUDA ``mode="reduce-overhead"``: CUDA graphs);
-the compiled sweep is written as a calibration (``experiments.calibrate --compile``: the pair
+the compiled sweep (micro-batch 16 and the base unit on the GPU: compiling every size
+takes minutes) is written as a calibration (``experiments.calibrate --compile``: the pair
 ``<pair>-compiled``, so ``<pair>-compiled_mbsweep_<dtype>.json``), and ``compiled/table.md``
 gives the per-sample cost at micro-batch 16 eager against compiled. The CPU dry run: KD's tiny
 pair with the ``eager`` backend (dynamo traces, nothing is generated).
@@ -147,7 +148,9 @@ def compiled(device: str, out: Path) -> dict:
     gpu = device == "cuda"
     method, preset = ("byol", "resnet50-224-8gpu") if gpu else ("soft_target", "tiny")
     mode, backend = ("reduce-overhead", "inductor") if gpu else ("default", "eager")
-    sweep = [8, 16, 32, 64, 128, 256] if gpu else [16]
+    # compiling is slow (every block, forward and backward, once per size): on the GPU micro-batch
+    # 16 and the base unit (batch / 8 = 32) only; a full sweep is ``make calibrate ARGS=--compile``
+    sweep = [16]
     overrides = [] if gpu else [*TINY_KD, "pipeline.amp_bf16=false"]
     repeats = 6 if gpu else 1
     base, sweep_file = calibrate.calibrate(

@@ -19,14 +19,22 @@ in ``log.json``):
    ``paper_calibrations.csv`` maps each paper row to its file.
 6. ``pytest``: the ``gpu``-marked tests.
 
-``--device cpu`` runs the same parts with each method's ``tiny`` preset in seconds (a dry run,
-part of ``make test``). ``python -m experiments.gpu_run [--device cuda] [--budget-s 480] [--out DIR]``
+On a GPU each part runs in a process of its own (``--part NAME``, isolation on by default
+there) with a hard limit of its own box and the time left: a part that hangs or overruns is
+killed (``log.json`` says so) and the parts after it still run, and a crash cannot take the
+run's log with it. Each part's result is kept in ``parts/<name>.json`` as it finishes.
+
+``--device cpu`` runs the same parts with each method's ``tiny`` preset in seconds, in this
+process (a dry run, part of ``make test``).
+``python -m experiments.gpu_run [--device cuda] [--budget-s 480] [--out DIR] [--isolate|--no-isolate]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,17 +73,32 @@ CPU_SETTINGS = ["run.device=cpu", "pipeline.amp_bf16=false"]
 
 
 class Clock:
-    """The run's time box: a part starts only if its estimate fits in what is left."""
+    """The run's time box: a part starts only if its estimate fits in what is left.
 
-    def __init__(self, budget_s: float) -> None:
+    Args:
+        budget_s: the whole run's time box.
+        isolate: run each part as ``python -m experiments.gpu_run --part NAME`` (``child``
+            gives the rest of that command line), killed at its box or at the end of the
+            budget, whichever comes first; otherwise call the part here.
+        child: the arguments that name the device and output folder for the child.
+        out: where the children leave ``parts/<name>.json``.
+    """
+
+    def __init__(
+        self, budget_s: float, isolate: bool = False, child: Sequence[str] = (), out: Path | None = None
+    ) -> None:
         self.start, self.budget_s = time.perf_counter(), budget_s
+        self.isolate, self.child, self.out = isolate, list(child), out
         self.log: list[dict] = []
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.start)
 
-    def run(self, name: str, estimate_s: float, fn: Callable[[], dict | None]) -> dict | None:
-        """Run ``fn`` if ``estimate_s`` fits; log its outcome (errors are logged, not raised)."""
+    def run(
+        self, name: str, estimate_s: float, fn: Callable[[], dict | None], box_s: float | None = None
+    ) -> dict | None:
+        """Run ``fn`` (or, isolated, the part ``name`` in a child) if ``estimate_s`` fits; log its
+        outcome (errors are logged, not raised). ``box_s``: the most an isolated part may take."""
         entry: dict = {"part": name, "estimate_s": estimate_s}
         if estimate_s > self.left():
             entry["status"] = f"skipped: {self.left():.0f} s left, needs about {estimate_s:.0f} s"
@@ -86,7 +109,12 @@ class Clock:
         began = time.perf_counter()
         result = None
         try:
-            result = fn()
+            if self.isolate:
+                limit = max(min(box_s if box_s is not None else self.left(), self.left()), 1.0)
+                entry["box_s"] = round(limit, 1)
+                result = self._child(name, limit)
+            else:
+                result = fn()
             entry["status"] = "done"
         except (Exception, SystemExit) as err:  # one failed part must not lose the others
             entry["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -94,6 +122,62 @@ class Clock:
         entry["wall_s"] = time.perf_counter() - began
         self.log.append(entry)
         return result
+
+    def _child(self, name: str, limit_s: float) -> dict | None:
+        """Run part ``name`` in a process group of its own; kill the group after ``limit_s``."""
+        assert self.out is not None
+        result_file = part_file(self.out, name)
+        result_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "experiments.gpu_run", *self.child, "--part", name]
+        env = {**os.environ}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise TimeoutError(f"killed after its box of {limit_s:.0f} s") from None
+        if code:
+            raise RuntimeError(f"the part's process exited {code}")
+        if not result_file.exists():
+            raise RuntimeError(f"the part wrote no {result_file.name}")
+        return json.loads(result_file.read_text())
+
+
+def part_file(out: Path, name: str) -> Path:
+    """Where part ``name`` keeps its result."""
+    return out / "parts" / (name.replace(" ", "_").replace("/", "-") + ".json")
+
+
+def run_part(name: str, device: str, out: Path) -> dict | None:
+    """Run one part by its name in the log (``overhead byol``, ``calibrate byol resnet50-224-8gpu``,
+    ...) and keep its result in :func:`part_file`."""
+    gpu = device == "cuda"
+    kind, *rest = name.split()
+    if kind == "overhead":
+        result = overhead(rest[0], device, out, 25 if gpu else 4)
+    elif kind == "train":
+        result = train(device, out, 20 if gpu else 4)
+    elif kind == "multiproc":
+        result = gpu_parts.multiproc(device, out)
+    elif kind == "compiled":
+        result = gpu_parts.compiled(device, out)
+    elif kind == "calibrate":
+        result = calibrate_pair(rest[0], rest[1], device, out)
+    elif kind == "pytest":
+        result = {
+            "exit": subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"],
+                cwd=ROOT,
+            ).returncode
+        }
+    else:
+        raise ValueError(f"no part {name!r}")
+    path = part_file(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def paper_order(paper: Path = PAPER) -> list[tuple[str, str, str, float]]:
@@ -165,8 +249,8 @@ def train(device: str, out: Path, steps: int) -> dict:
 
 def calibrate_pair(method: str, preset: str, device: str, out: Path) -> dict:
     """Calibrate one pair into ``out/calibration``."""
-    if device == "cuda":
-        base, sweep = calibrate.calibrate(method, preset, device)
+    if device == "cuda":  # three sizes and the base unit: enough for the fixed + per-sample fit
+        base, sweep = calibrate.calibrate(method, preset, device, sweep=[8, 32, 128])
     else:
         tiny = [*TINY.get(method, []), "pipeline.amp_bf16=false"]
         base, sweep = calibrate.calibrate(method, "tiny", device, sweep=[8], repeats=1, overrides=tiny)
@@ -183,6 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=480.0, help="time box of the whole run")
     parser.add_argument("--out", type=Path, default=Path("results/gpu"))
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out")
+    parser.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each part in a process of its own, killed at its box (default: on a GPU)",
+    )
+    parser.add_argument("--part", default=None, help=argparse.SUPPRESS)  # one part, in a child
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
@@ -190,33 +281,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.part:
+        run_part(args.part, args.device, args.out)
+        return 0
     gpu = args.device == "cuda"
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    clock = Clock(args.budget_s)
+    isolate = gpu if args.isolate is None else args.isolate
+    clock = Clock(
+        args.budget_s, isolate, ["--device", args.device, "--out", str(args.out.resolve())], args.out
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list] = {"overhead": [], "train": [], "calibrate": []}
+
+    def write_log() -> dict:
+        log = {
+            "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+            "torch": torch.__version__,
+            "budget_s": args.budget_s,
+            "wall_s": args.budget_s - clock.left(),
+            "isolated": isolate,
+            "parts": clock.log,
+            "results": results,
+        }
+        (args.out / "log.json").write_text(json.dumps(log, indent=1) + "\n")
+        return log
+
+    def part(name: str, estimate_s: float, box_s: float) -> dict | None:
+        result = clock.run(name, estimate_s, lambda: run_part(name, args.device, args.out), box_s)
+        write_log()  # kept after every part, should the run be cut off
+        return result
+
+    # estimates and boxes in seconds on the GPU (the dry run's parts take a second or two)
     if "overhead" not in skip:
         for method in METHODS:
-            r = clock.run(
-                f"overhead {method}",
-                45 if gpu else 1,
-                lambda m=method: overhead(m, args.device, args.out, 25 if gpu else 4),
-            )
-            results["overhead"].append(r)
-    if "train" not in skip:
-        results["train"].append(
-            clock.run("train byol", 60 if gpu else 1, lambda: train(args.device, args.out, 20 if gpu else 4))
-        )
+            results["overhead"].append(part(f"overhead {method}", 30 if gpu else 1, 60))
     if "multiproc" not in skip:
-        results["multiproc"] = [
-            clock.run(
-                "multiproc host-staged", 90 if gpu else 1, lambda: gpu_parts.multiproc(args.device, args.out)
-            )
-        ]
+        results["multiproc"] = [part("multiproc host-staged", 60 if gpu else 1, 100)]
+    if "train" not in skip:
+        results["train"].append(part("train byol", 30 if gpu else 1, 60))
+    if "pytest" not in skip and gpu:
+        results["pytest"] = [part("pytest -m gpu", 30, 60)]
     if "compiled" not in skip:
-        results["compiled"] = [
-            clock.run("compiled sweep", 150 if gpu else 1, lambda: gpu_parts.compiled(args.device, args.out))
-        ]
+        results["compiled"] = [part("compiled sweep", 90 if gpu else 1, 150)]
     mapping = []
     if "calibrate" not in skip:
         seen = set() if gpu else set(METHODS)  # the dry run calibrates one tiny pair per method
@@ -225,12 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if preset is None or (not gpu and method not in seen):
                 continue
             seen.discard(method)
-            estimate = 40.0 if gpu else 1.0
-            r = clock.run(
-                f"calibrate {method} {preset}",
-                estimate,
-                lambda m=method, p=preset: calibrate_pair(m, p, args.device, args.out),
-            )
+            r = part(f"calibrate {method} {preset}", 30.0 if gpu else 1.0, 75)
             results["calibrate"].append(r)
             if r:
                 mapping.append(
@@ -242,27 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "tspipe_over_mp": gain,
                     }
                 )
-    if mapping:
-        pd.DataFrame(mapping).to_csv(args.out / "paper_calibrations.csv", index=False)
-    if "pytest" not in skip and gpu:
-        clock.run(
-            "pytest -m gpu",
-            30,
-            lambda: {
-                "exit": subprocess.run(
-                    [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=ROOT
-                ).returncode
-            },
-        )
-    log = {
-        "device": torch.cuda.get_device_name(0) if gpu else "cpu",
-        "torch": torch.__version__,
-        "budget_s": args.budget_s,
-        "wall_s": args.budget_s - clock.left(),
-        "parts": clock.log,
-        "results": results,
-    }
-    (args.out / "log.json").write_text(json.dumps(log, indent=1) + "\n")
+            # the table so far, should the run be cut off
+            pd.DataFrame(mapping).to_csv(args.out / "paper_calibrations.csv", index=False)
+        if not mapping:
+            (args.out / "paper_calibrations.csv").unlink(missing_ok=True)
+    log = write_log()
     failed = [p["part"] for p in clock.log if p["status"].startswith("failed")]
     print(
         f"[gpu_run] {log['wall_s']:.0f} s; {len(failed)} part(s) failed {failed or ''}; {args.out / 'log.json'}",

@@ -9,7 +9,7 @@ import pandas as pd
 
 from analysis.gpu import gpu_run_section
 from core.calibration import load_calibration
-from experiments.gpu_run import PAPER, PAPER_PRESETS, main, paper_order
+from experiments.gpu_run import PAPER, PAPER_PRESETS, Clock, main, paper_order, part_file
 from methods.registry import get_method
 
 
@@ -68,3 +68,13 @@ def test_no_gpu_is_refused(capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert main(["--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_an_isolated_part_runs_in_a_child_and_is_killed_at_its_box(tmp_path):
+    clock = Clock(600, isolate=True, child=["--device", "cpu", "--out", str(tmp_path)], out=tmp_path)
+    result = clock.run("train byol", 1, lambda: None, box_s=300)
+    assert result["loss_went_down"] and json.loads(part_file(tmp_path, "train byol").read_text()) == result
+    assert clock.run("train byol", 1, lambda: None, box_s=0.5) is None  # no time to import torch
+    assert clock.log[-1]["status"].startswith("failed: TimeoutError: killed after its box")
+    assert clock.run("no such part", 1, lambda: None) is None
+    assert "exited 1" in clock.log[-1]["status"]
