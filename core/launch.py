@@ -125,7 +125,8 @@ def _pump(stream, sink, tail: collections.deque) -> None:
 
 
 def launch(nproc: int, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-    """Run ``python -m argv[0] argv[1:]`` as ``nproc`` ranks on this machine.
+    """Run ``python -m argv[0] argv[1:]`` as ``nproc`` ranks on this machine (through
+    :mod:`core.rank`).
 
     Returns:
         0 if every rank exits 0; otherwise the first failing rank's exit code (1 if that was 0
@@ -158,7 +159,7 @@ def _launch(nproc: int, argv: Sequence[str], env: dict[str, str] | None, status:
             TSPIPE_STATUS_DIR=str(status),
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", *argv],
+            [sys.executable, "-m", "core.rank", *argv],  # leaves without the teardown (core.rank)
             env=child_env,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so we can stop its children too

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from core.config import PipelineConfig
+from core.task import map_structure
 
 
 def compile_module(module: nn.Module, mode: str, backend: str = "inductor") -> Callable[..., Any]:
@@ -31,7 +32,17 @@ def compile_module(module: nn.Module, mode: str, backend: str = "inductor") -> C
     options: dict[str, Any] = {"backend": backend}
     if mode != "default" and backend == "inductor":
         options["mode"] = mode
-    return torch.compile(module, **options)
+    compiled = torch.compile(module, **options)
+    if options.get("mode") != "reduce-overhead":
+        return compiled
+
+    def outliving_replays(*args: Any, **kwargs: Any) -> Any:
+        # a CUDA graph writes its outputs into the same memory at every replay, but a pipeline
+        # keeps a micro-batch's outputs (and passes them to the next block) while the graph
+        # runs again for the next one: copy them out (the H200 run failed without this)
+        return map_structure(lambda t: t.clone(), compiled(*args, **kwargs))
+
+    return outliving_replays
 
 
 def compile_stage(
