@@ -23,6 +23,7 @@ from methods.distilbert.data import (
     parse_corpus,
     source_files,
     synthetic_blocks,
+    synthetic_tokenizer,
 )
 from methods.distilbert.distil import DistilTask
 from methods.distilbert.model import bert_config, load_teacher, minilm, random_bert
@@ -93,7 +94,7 @@ def setup(full: Config) -> Setup:
     """The run: task, masked token blocks, optimiser, schedule, held-out MLM evaluation."""
     config, run = full.method, full.run
     offline()
-    tokenizer = load_tokenizer()
+    tokenizer = synthetic_tokenizer() if config.corpus == "synthetic" else load_tokenizer()
     masking = Masking.for_tokenizer(tokenizer, config.mlm_probability, run.seed)
     if config.corpus == "synthetic":
         count = max(SYNTHETIC_BLOCKS, config.batch)

@@ -76,6 +76,26 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
 
 
+class UncasedIds:
+    """The special-token ids and size of the uncased 30,522-entry WordPiece vocabulary
+    (BERT-base-uncased's, which MiniLM uses: [PAD] 0, [CLS] 101, [SEP] 102, [MASK] 103), for
+    synthetic blocks where the tokenizer package is not installed (a GPU machine without the
+    project's offline packages): random ids need the numbers, not the words."""
+
+    pad_token_id, cls_token_id, sep_token_id, mask_token_id = 0, 101, 102, 103
+
+    def __len__(self) -> int:
+        return 30522
+
+
+def synthetic_tokenizer():
+    """The tokenizer if its package is installed, otherwise :class:`UncasedIds` (the same ids)."""
+    try:
+        return load_tokenizer()
+    except DataNotFound:
+        return UncasedIds()
+
+
 # ---- sources -----------------------------------------------------------------------------------
 
 

