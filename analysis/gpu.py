@@ -51,11 +51,53 @@ def gpu_run_section(folder: Path) -> str:
             f"(bf16: {r['amp_bf16']}): loss {r['loss_first_quarter']:.4f} over the first quarter of the steps, "
             f"{r['loss_last_quarter']:.4f} over the last ({'down' if r['loss_went_down'] else 'NOT down'}).\n"
         )
-    summary = folder / "calibration" / "summary.json"
-    if summary.exists():
-        cal = pd.DataFrame(json.loads(summary.read_text()))
+    errors = folder / "multiproc" / "errors.jsonl"
+    if errors.exists():
+        rows = pd.DataFrame(_rows(errors))
+        out.append(
+            "Several processes on the one GPU over the host-staged transport, against the same "
+            "schedule on one process after 3 steps (relative error of the whole student and "
+            "teacher; timings in this mode are not pipeline throughput).\n\n"
+            + markdown(
+                rows[
+                    [
+                        "processes",
+                        "schedule",
+                        "dtype",
+                        "student_rel_err",
+                        "teacher_rel_err",
+                        "tolerance",
+                        "within",
+                    ]
+                ].assign(
+                    **{
+                        c: rows[c].map(lambda v: f"{v:.1e}")
+                        for c in ("student_rel_err", "teacher_rel_err", "tolerance")
+                    }
+                )
+            )
+        )
+    # the base calibration files (not the sweeps, not the summary, which may not have come back)
+    files = sorted(
+        f for f in folder.glob("calibration/*.json") if f.name != "summary.json" and "_mbsweep_" not in f.name
+    )
+    if files:
+        cal = pd.DataFrame([json.loads(f.read_text()) for f in files])
+        cal["sweep file"] = [
+            (f.parent / f.name.replace("_bf16", "_mbsweep_bf16").replace("_fp32", "_mbsweep_fp32")).exists()
+            for f in files
+        ]
         shown = cal[
-            ["pair", "batch", "amp_bf16", "seq_step_ms", "seq_samples_per_s", "peak_mem_GiB", "wall_s"]
+            [
+                "pair",
+                "batch",
+                "amp_bf16",
+                "seq_step_ms",
+                "seq_samples_per_s",
+                "peak_mem_GiB",
+                "wall_s",
+                "sweep file",
+            ]
         ]
         out.append(
             "Calibrated pairs (per view for SSL pairs; files under `"
@@ -63,4 +105,15 @@ def gpu_run_section(folder: Path) -> str:
             + "/calibration/`).\n\n"
             + markdown(shown, digits=2)
         )
+    calibrated = [r for r in log.get("results", {}).get("calibrate", []) if r]
+    missing = [r for r in calibrated if not (folder / "calibration" / r["file"]).exists()]
+    if missing:
+        out.append(
+            "Pairs the run calibrated whose files did not come back from the GPU machine (their "
+            "sequential step, per view for SSL pairs, from `log.json`).\n\n"
+            + markdown(pd.DataFrame(missing)[["file", "seq_step_ms", "wall_s"]], digits=2)
+        )
+    earlier = folder / "first-run"
+    if (earlier / "log.json").exists():
+        out.append("### The first run\n\n" + gpu_run_section(earlier))
     return "\n".join(out)
