@@ -143,8 +143,10 @@ def calibration_memory(cal: Calibration, built: Schedule, partition: Partition) 
     Stored activations of one unit: the outputs of the stage's student blocks (from the
     calibration's output shapes, 2 bytes under bf16, else 4), which is a lower bound of what
     autograd keeps (a block also saves its inner activations); on the last stage the teacher's
-    outputs held for the loss. Static: ``16 x`` student and ``4 x`` teacher parameters, spread
-    over the stages by block count (calibration files carry only the totals).
+    outputs held for the loss. Static: ``16 x`` student and ``4 x`` teacher parameters, and
+    another ``4 x`` teacher parameters for each older teacher version an EMA teacher keeps
+    (its staleness: L under teacher lookahead L), spread over the stages by block count
+    (calibration files carry only the totals).
     """
     samples = cal.batch / built.microbatches
     dtype_bytes = 2 if cal.amp_bf16 else 4
@@ -156,7 +158,7 @@ def calibration_memory(cal: Calibration, built: Schedule, partition: Partition) 
     s_blocks, t_blocks = len(cal.student_fwd), len(cal.teacher_fwd)
     static = [
         STUDENT_STATE_BYTES * cal.student_params * ns / s_blocks
-        + TEACHER_STATE_BYTES * cal.teacher_params * nt / t_blocks
+        + (1 + built.staleness) * TEACHER_STATE_BYTES * cal.teacher_params * nt / t_blocks
         for ns, nt in zip(partition.student, partition.teacher)
     ]
     return stage_peaks(built, act, teacher, static)

@@ -8,6 +8,14 @@ peak memory (:func:`core.paper_scale.calibration_memory`), drops what exceeds th
 the tspipe family's early teacher forwards from costs at each schedule's best configuration
 (:mod:`core.placement`), and ranks the rest by predicted samples/s.
 
+The search simulates a short window (``SEARCH_BATCHES``); each schedule's three best are
+simulated again over the full window of ``make simulate`` (``WINDOW_BATCHES``) before the
+ranking, so the figures the planner reports are those of the simulated table
+(``Candidate.window``). With ``max_lookahead`` L > 1 (``--max-lookahead``), the tspipe family's
+best with an EMA teacher is also tried with teacher lookahead 2..L (a staler teacher: the one
+serving batch b is version b - L; opt-in, since it changes what is trained), reported in the
+``L`` column.
+
 The search over M stops for a schedule and partition after two larger M that fit the limit did
 no better (as :func:`core.paper_scale.best_configuration`): smaller micro-batches only cost more.
 
@@ -35,7 +43,7 @@ from core.paper_scale import (
 )
 from core.partition import uniform_balance
 from core.schedules import get_schedule, schedules
-from core.simulate import Link
+from core.simulate import WINDOW_BATCHES, Link
 
 GIB = 2**30
 PARTITIONS = ("cost", "uniform")
@@ -58,6 +66,9 @@ class Candidate:
         efficiency: samples/s over the bubble-free bound.
         bubble_fraction: idle share of the stages (None for ddp).
         stage_mem_gib: peak memory of each stage (each replica, for ddp), GiB.
+        lookahead: the teacher lookahead L it was simulated with (None: the schedule's own).
+        window: mini-batches simulated (the search's short window, or the full one; None for
+            ddp's analytic step).
     """
 
     schedule: str
@@ -72,6 +83,8 @@ class Candidate:
     efficiency: float
     bubble_fraction: float | None
     stage_mem_gib: tuple[float, ...]
+    lookahead: int | None = None
+    window: int | None = SEARCH_BATCHES
 
     @property
     def peak_gib(self) -> float:
@@ -97,7 +110,7 @@ def pipeline_schedules(gpus: int, names: Sequence[str] | None = None) -> list[st
     return out
 
 
-def _candidate(cal: Calibration, found: tuple, partition: str) -> Candidate:
+def _candidate(cal: Calibration, found: tuple, partition: str, lookahead: int | None = None) -> Candidate:
     result, built, part = found
     memory = tuple(p.bytes / GIB for p in calibration_memory(cal, built, part))
     early = teacher_early(built)
@@ -114,7 +127,45 @@ def _candidate(cal: Calibration, found: tuple, partition: str) -> Candidate:
         efficiency=result.efficiency,
         bubble_fraction=result.bubble_fraction,
         stage_mem_gib=memory,
+        lookahead=lookahead,
+        window=built.batches,
     )
+
+
+def _settle(cal: Calibration, cand: Candidate, link: Link, lookahead: int | None = None) -> Candidate:
+    """``cand`` simulated again over the full window (with teacher lookahead ``lookahead``)."""
+    balance = None if cand.partition == "cost" else list(cand.balance)
+    early = list(cand.teacher_early) if cand.teacher_early is not None else None
+    found = simulate_calibration(
+        cal, cand.schedule, cand.gpus, cand.microbatches, link, balance, cand.backward_pieces,
+        WINDOW_BATCHES, early, lookahead,
+    )  # fmt: skip
+    return _candidate(cal, found, cand.partition, lookahead)
+
+
+def _settled(
+    cal: Calibration, found: list[Candidate], link: Link, memory_gib: float | None, max_lookahead: int
+) -> list[Candidate]:
+    """Each schedule's three best that fit, simulated over the full window, and its best with
+    teacher lookahead 2..``max_lookahead`` where the schedule and the teacher allow it."""
+    fits = lambda c: memory_gib is None or c.peak_gib <= memory_gib  # noqa: E731
+    ranked = sorted((c for c in found if fits(c)), key=lambda c: -c.samples_per_s)
+    out, counts = [], {}
+    for cand in ranked:
+        if counts.get(cand.schedule, 0) < 3:
+            counts[cand.schedule] = counts.get(cand.schedule, 0) + 1
+            out.append(_settle(cal, cand, link))
+    if max_lookahead > 1 and cal.teacher == "ema":
+        for name in counts:
+            if not get_schedule(name).accepts_lookahead:
+                continue
+            best = max((c for c in out if c.schedule == name), key=lambda c: c.samples_per_s)
+            for lookahead in range(2, max_lookahead + 1):
+                try:
+                    out.append(_settle(cal, best, link, lookahead))
+                except ValueError:
+                    continue
+    return [c for c in out if fits(c)]
 
 
 def ddp_candidate(cal: Calibration, gpus: int, link: Link) -> Candidate:
@@ -139,6 +190,7 @@ def ddp_candidate(cal: Calibration, gpus: int, link: Link) -> Candidate:
         efficiency=ddp["efficiency"],
         bubble_fraction=None,
         stage_mem_gib=tuple((act + static) / GIB for _ in range(gpus)),
+        window=None,
     )
 
 
@@ -201,9 +253,11 @@ def plan(
     names: Sequence[str] | None = None,
     link: Link | None = None,
     ddp: bool = True,
+    max_lookahead: int = 1,
 ) -> list[Candidate]:
-    """Every configuration the search simulated that fits ``memory_gib`` (None: no limit), fastest
-    first (ties: less memory first).
+    """The configurations that fit ``memory_gib`` (None: no limit), fastest first (ties: less
+    memory first): each schedule's three best of the search, simulated over the full window
+    (see the module docstring).
 
     Args:
         cal: the pair's calibration.
@@ -212,10 +266,14 @@ def plan(
         names: schedules to consider (default: every one of the registry that can run the pair).
         link: the link between GPUs (default: :class:`core.simulate.Link`'s).
         ddp: also model data parallelism (when ``names`` is None, or names it).
+        max_lookahead: also try the tspipe family's teacher lookahead up to this L (EMA teachers).
 
     Raises:
-        ValueError: for ``gpus < 1``, a limit <= 0, or a schedule that cannot run on ``gpus``.
+        ValueError: for ``gpus < 1``, a limit <= 0, ``max_lookahead < 1``, or a schedule that
+            cannot run on ``gpus``.
     """
+    if not isinstance(max_lookahead, int) or max_lookahead < 1:
+        raise ValueError(f"max_lookahead must be an integer >= 1, got {max_lookahead!r}")
     if not isinstance(gpus, int) or gpus < 1:
         raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
     if memory_gib is not None and memory_gib <= 0:
@@ -231,6 +289,7 @@ def plan(
     if gpus <= blocks:
         for name in pipelines:
             found += _search(cal, name, gpus, link, memory_gib)
+        found = _settled(cal, found, link, memory_gib, max_lookahead)
     if ddp and gpus >= 2 and cal.student_params and (not wanted or set(wanted) & ddp_names):
         found.append(ddp_candidate(cal, gpus, link))
     fitting = [c for c in found if memory_gib is None or c.peak_gib <= memory_gib]
@@ -251,7 +310,18 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 def table(candidates: Sequence[Candidate], top: int | None = None) -> str:
     """The ranked list as a plain-text table."""
-    headers = ["#", "schedule", "M", "pieces", "partition", "teacher early", "samples/s", "eff.", "bubble"]
+    headers = [
+        "#",
+        "schedule",
+        "M",
+        "pieces",
+        "L",
+        "partition",
+        "teacher early",
+        "samples/s",
+        "eff.",
+        "bubble",
+    ]
     headers += ["peak GiB per stage", "max GiB"]
     lines = [
         [
@@ -259,6 +329,7 @@ def table(candidates: Sequence[Candidate], top: int | None = None) -> str:
             c.schedule,
             str(c.microbatches),
             "-" if c.backward_pieces is None else str(c.backward_pieces),
+            "-" if c.lookahead is None else str(c.lookahead),
             c.partition,
             "-" if c.teacher_early is None else ",".join(map(str, c.teacher_early)),
             f"{c.samples_per_s:.1f}",
@@ -283,10 +354,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", choices=("realistic", "linear"), default="realistic")
     parser.add_argument("--link-gbps", type=float, default=Link().gbps)
     parser.add_argument("--top", type=int, default=20, help="rows of the table (0: all)")
+    parser.add_argument(
+        "--max-lookahead", type=int, default=1, help="also try teacher lookahead 2..L (EMA teachers; staler)"
+    )
     args = parser.parse_args(argv)
     try:
         cal = load_calibration(args.calibration, args.model)
-        ranked = plan(cal, args.gpus, args.memory_gib, args.schedules, Link(args.link_gbps))
+        ranked = plan(
+            cal,
+            args.gpus,
+            args.memory_gib,
+            args.schedules,
+            Link(args.link_gbps),
+            max_lookahead=args.max_lookahead,
+        )
     except (OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
