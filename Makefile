@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format data simulate bench-engine bench-byol bench-micro accuracy-byol report gpu-check calibrate clean
+.PHONY: setup test lint format data simulate bench-engine bench-byol bench-micro accuracy-byol staleness-byol report gpu-check calibrate clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,16 @@ bench-byol: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)
 accuracy-byol: $(STAMP) data
 	$(PY) -m experiments.accuracy byol --out results/byol/accuracy
 	$(PY) -m analysis.accuracy results/byol/accuracy --command "make accuracy-byol" --title "BYOL accuracy parity"
+
+# Staleness as a knob: tspipe with teacher lookahead L = 0, 1, 2, 4 (the teacher serving batch b
+# is version b - L), 3 paired seeds, on the accuracy preset (CPU, two single-thread runs at a
+# time: twice accuracy-byol's runs). STALENESS_PRESET / STALENESS_SEEDS choose others.
+STALENESS_PRESET ?= accuracy
+STALENESS_SEEDS ?= 0 1 2
+staleness-byol: $(STAMP) data
+	$(PY) -m experiments.staleness byol --preset $(STALENESS_PRESET) --seeds $(STALENESS_SEEDS) --out results/byol/staleness
+	$(PY) -m analysis.staleness results/byol/staleness --command "make staleness-byol" \
+		--title "BYOL: final accuracy against teacher staleness"
 
 # The engine's own costs with pytest-benchmark: its one-stage step against a plain PyTorch loop,
 # a message's round trip through the transport by size, building a 16-stage schedule (about 1.5 min).

@@ -1,7 +1,7 @@
 # MoCo-v3 with a ViT (methods/moco_v3): throughput of every schedule, accuracy parity of tspipe.
 # Included by the main Makefile (PY, STAMP, data, DEVICE, NPROC come from there).
 
-.PHONY: bench-mocov3 accuracy-mocov3
+.PHONY: bench-mocov3 accuracy-mocov3 staleness-mocov3
 
 # Every schedule at 2 stages, sequential, ddp and the torch pipelining peer on the small CPU ViT
 # (Fashion-MNIST 32x32, batch 64; about 15 min on 2 idle cores). On a GPU node:
@@ -16,3 +16,11 @@ accuracy-mocov3: $(STAMP) data
 	$(PY) -m experiments.accuracy moco_v3 --out results/moco_v3/accuracy
 	$(PY) -m analysis.accuracy results/moco_v3/accuracy --command "make accuracy-mocov3" \
 		--title "MoCo-v3 accuracy parity (ViT, Fashion-MNIST 16x16)"
+
+# Staleness as a knob: tspipe with teacher lookahead L = 0, 1, 2, 4, 3 paired seeds (see
+# staleness-byol in the Makefile; STALENESS_PRESET / STALENESS_SEEDS come from there).
+staleness-mocov3: $(STAMP) data
+	$(PY) -m experiments.staleness moco_v3 --preset $(STALENESS_PRESET) --seeds $(STALENESS_SEEDS) \
+		--out results/moco_v3/staleness
+	$(PY) -m analysis.staleness results/moco_v3/staleness --command "make staleness-mocov3" \
+		--title "MoCo-v3: final kNN accuracy against teacher staleness"

@@ -11,7 +11,7 @@ import pytest
 from core.calibration import load_calibration
 from core.plan import main, per_schedule, plan
 from core.schedules import get_schedule
-from core.simulate import Link
+from core.simulate import WINDOW_BATCHES, Link
 
 FAST = Link(gbps=1e6, latency_us=0.0)
 MIB = 2**20
@@ -96,3 +96,30 @@ def test_a_missing_file_gives_a_one_line_error(tmp_path, capsys):
 def test_gpus_below_one_is_refused(tiny):
     with pytest.raises(ValueError, match="gpus"):
         plan(load_calibration(tiny), 0)
+
+
+def test_figures_come_from_the_full_window_and_lookahead_is_opt_in(tiny, tmp_path):
+    ranked = plan(load_calibration(tiny), 2, link=FAST, max_lookahead=2)
+    assert ranked and all(c.window in (WINDOW_BATCHES, None) for c in ranked)
+    assert all(c.lookahead is None for c in ranked)  # a frozen teacher has no lookahead to choose
+    data = json.loads(tiny.read_text())
+    data.update(pair="byol_tiny", teacher_params_M=1.0, student_params_M=1.0)  # EMA, with weights
+    path = tmp_path / "byol_tiny_fp32.json"
+    path.write_text(json.dumps(data))
+    cal = load_calibration(path)
+    assert cal.teacher == "ema"
+    assert all(c.lookahead is None for c in plan(cal, 2, link=FAST))
+    found = plan(cal, 2, link=FAST, max_lookahead=2)
+    staler = [c for c in found if c.lookahead == 2]
+    assert staler and all(get_schedule(c.schedule).accepts_lookahead for c in staler)
+    for c in staler:  # the same configuration at L = 1 keeps one teacher version fewer
+        same = [
+            o
+            for o in found
+            if o.lookahead is None
+            and (o.schedule, o.microbatches, o.backward_pieces, o.partition)
+            == (c.schedule, c.microbatches, c.backward_pieces, c.partition)
+        ]
+        assert same and c.peak_gib > same[0].peak_gib
+    with pytest.raises(ValueError, match="max_lookahead"):
+        plan(cal, 2, max_lookahead=0)

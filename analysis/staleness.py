@@ -1,0 +1,118 @@
+"""The staleness curve (``make staleness-*``) from result rows only: per teacher lookahead L,
+the final metric's mean over seeds, and the paired difference to L = 0 (by seed) with its 95 %
+Student-t interval; a plot of the metric against L.
+
+``python -m analysis.staleness results/moco_v3/staleness --title ... --command ...`` writes
+``TABLE.md`` and ``staleness.png`` in that folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import t as student_t  # noqa: E402
+
+from analysis import rows as R  # noqa: E402
+from analysis.compare import paired_difference  # noqa: E402
+from analysis.tables import markdown  # noqa: E402
+
+
+def _final(rows: pd.DataFrame) -> pd.DataFrame:
+    """One final metric per (label, seed), with L from the label ``L<k>``."""
+    runs = rows[rows["label"].astype(str).str.fullmatch(r"L\d+") & rows["metric_value"].notna()].copy()
+    runs["lookahead"] = runs["label"].str[1:].astype(int)
+    return runs
+
+
+def staleness_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per L: seeds, mean and spread of the metric (in %), and ``L - L0`` paired by seed: its
+    mean and 95 % interval in points (empty where fewer than two seeds pair up)."""
+    runs = _final(rows)
+    out = []
+    for lookahead, group in sorted(runs.groupby("lookahead"), key=lambda kv: kv[0]):
+        values = group.sort_values("seed")["metric_value"].astype(float) * 100
+        d = paired_difference(runs, "L0", f"L{lookahead}") if lookahead else None
+        out.append(
+            {
+                "L": lookahead,
+                "seeds": len(values),
+                "mean %": values.mean(),
+                "std %": values.std() if len(values) > 1 else 0.0,
+                "per seed %": ", ".join(f"{v:.2f}" for v in values),
+                "L - L0 (points)": None if d is None else 100 * d["mean"],
+                "95 % interval": None if d is None else f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]",
+                "interval excludes 0": None if d is None else bool(d["low"] > 0 or d["high"] < 0),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def plot(rows: pd.DataFrame, out: Path, title: str) -> Path | None:
+    """The metric against L: each seed's runs (thin) and the mean with its 95 % interval."""
+    runs = _final(rows)
+    if runs.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for _, group in runs.groupby("seed"):
+        g = group.sort_values("lookahead")
+        ax.plot(g["lookahead"], 100 * g["metric_value"], color="0.75", lw=0.8, marker=".")
+    stats = runs.groupby("lookahead")["metric_value"].agg(["mean", "std", "count"]).sort_index()
+    half = [
+        (student_t.ppf(0.975, n - 1) * s / n**0.5 if n > 1 else 0.0)
+        for s, n in zip(stats["std"], stats["count"])
+    ]
+    ax.errorbar(
+        stats.index, 100 * stats["mean"], yerr=[100 * h for h in half], color="C0", marker="o", capsize=3
+    )
+    ax.set_xlabel("teacher lookahead L (versions behind)")
+    ax.set_ylabel(f"final {runs['metric'].iloc[0]} (%)")
+    ax.set_xticks(list(stats.index))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_report(folder: Path, title: str, command: str) -> Path:
+    """``TABLE.md`` and ``staleness.png`` in ``folder`` from its ``rows.jsonl``."""
+    rows = R.read(folder / "rows.jsonl")
+    table = staleness_table(rows)
+    image = plot(rows, folder / "staleness.png", title)
+    first = rows.iloc[0]
+    text = [
+        f"# {title}\n",
+        f"Made by `{command}` (git {first['git_sha']}, {first['date']}): per teacher lookahead L, the final "
+        f"{first['metric']} over seeds, and L - L0 paired by seed with its 95 % Student-t interval.\n",
+        markdown(table, digits=2),
+    ]
+    if image:
+        text.append(f"\n![staleness]({image.name})\n")
+    path = folder / "TABLE.md"
+    path.write_text("\n".join(text))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.staleness", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--title", default="Staleness")
+    parser.add_argument("--command", default="make staleness")
+    args = parser.parse_args(argv)
+    if not (args.folder / "rows.jsonl").exists():
+        print(f"error: {args.folder / 'rows.jsonl'} does not exist; run the sweep first", file=sys.stderr)
+        return 2
+    print(write_report(args.folder, args.title, args.command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

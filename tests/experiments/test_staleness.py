@@ -1,0 +1,72 @@
+"""The staleness sweep: its runs (paired seeds, L = 0 required) and its table and plot from rows
+(paired differences to L = 0 with a Student-t interval, checked by hand)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analysis.staleness import main as analyse
+from analysis.staleness import staleness_table
+from core.metrics import make_row, write_rows
+from experiments.staleness import main, staleness_runs
+
+
+def test_runs_pair_every_lookahead_with_every_seed():
+    runs = staleness_runs([0, 1, 2, 4], [0, 1, 2])
+    assert [(r.label, r.seed) for r in runs[:4]] == [("L0", 0), ("L1", 0), ("L2", 0), ("L4", 0)]
+    assert len(runs) == 12 and {r.schedule for r in runs} == {"tspipe"}
+    assert runs[3].overrides == ("pipeline.teacher_lookahead=4",)
+    for bad in ([1, 2], [0, 0, 1], [0, -1]):
+        with pytest.raises(ValueError):
+            staleness_runs(bad, [0, 1])
+    with pytest.raises(ValueError):
+        staleness_runs([0, 1], [])
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+    assert main(["byol", "--lookaheads", "1", "2"]) == 2
+    assert "must include 0" in capsys.readouterr().err
+    assert main(["byol", "--preset", "no-such-preset"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def _rows(values: dict[int, list[float]]) -> list[dict]:
+    return [
+        make_row(
+            method="moco_v3",
+            schedule="tspipe",
+            label=f"L{lookahead}",
+            seed=seed,
+            metric="knn_top1",
+            metric_value=v,
+            simulated=False,
+        )
+        for lookahead, per_seed in values.items()
+        for seed, v in enumerate(per_seed)
+    ]
+
+
+def test_table_and_plot_from_rows(tmp_path):
+    # L1 - L0 by seed: +0.01, +0.02, +0.03 -> mean 2 points, sd 1 point, t(0.975, 2) = 4.3027
+    rows = _rows({0: [0.50, 0.60, 0.70], 1: [0.51, 0.62, 0.73], 4: [0.40, 0.50, 0.60]})
+    write_rows(tmp_path / "rows.jsonl", rows)
+
+    table = staleness_table(pd.DataFrame(rows))
+    assert list(table["L"]) == [0, 1, 4] and list(table["seeds"]) == [3, 3, 3]
+    assert table["mean %"][0] == pytest.approx(60.0)
+    l1 = table.iloc[1]
+    assert l1["L - L0 (points)"] == pytest.approx(2.0)
+    half = 4.302653 / 3**0.5
+    assert l1["95 % interval"] == f"[{2 - half:+.2f}, {2 + half:+.2f}]" and not l1["interval excludes 0"]
+    l4 = table.iloc[2]  # -10 points on every seed: sd 0, the interval is the point itself
+    assert l4["L - L0 (points)"] == pytest.approx(-10.0) and l4["interval excludes 0"]
+    assert pd.isna(table.iloc[0]["L - L0 (points)"])
+    assert analyse([str(tmp_path), "--title", "t", "--command", "make staleness-mocov3"]) == 0
+    text = (tmp_path / "TABLE.md").read_text()
+    assert (
+        "make staleness-mocov3" in text
+        and "| 4 |" in text
+        and (tmp_path / "staleness.png").stat().st_size > 0
+    )
+    assert analyse([str(tmp_path / "missing")]) == 2
