@@ -76,7 +76,8 @@ accuracy-byol: $(STAMP) data
 STALENESS_PRESET ?= accuracy
 STALENESS_SEEDS ?= 0 1 2
 staleness-byol: $(STAMP) data
-	$(PY) -m experiments.staleness byol --preset $(STALENESS_PRESET) --seeds $(STALENESS_SEEDS) --out results/byol/staleness
+	$(PY) -m experiments.staleness byol --preset $(STALENESS_PRESET) --seeds $(STALENESS_SEEDS) --out results/byol/staleness \
+		--command "make staleness-byol"
 	$(PY) -m analysis.staleness results/byol/staleness --command "make staleness-byol" \
 		--title "BYOL: final accuracy against teacher staleness"
 

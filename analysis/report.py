@@ -36,6 +36,7 @@ from analysis.compare import (  # noqa: E402
 from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
 from analysis.provenance import code_paths, golden_digests, staleness  # noqa: E402
+from analysis.staleness import staleness_section  # noqa: E402
 from analysis.tables import markdown, markdown_table  # noqa: E402
 from core.schedules import order_of  # noqa: E402
 
@@ -258,6 +259,9 @@ def accuracy_section(
         stale = next((k for k in STALE_LABELS if k in means.index), None)
         if sync and stale:
             body += "\n" + paired_table(runs, sync, stale)
+        sweep = staleness_section(results / method / "staleness", f"{method}/staleness")
+        if sweep:
+            body += "\n" + sweep
         text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
         if sync and stale:
             headline.append(

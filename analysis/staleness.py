@@ -82,6 +82,24 @@ def plot(rows: pd.DataFrame, out: Path, title: str) -> Path | None:
     return out
 
 
+def staleness_section(folder: Path, rel: str) -> str | None:
+    """The report's staleness table for the sweep under ``folder`` (None without rows);
+    ``rel``: the folder as the report links it."""
+    if not (folder / "rows.jsonl").exists():
+        return None
+    rows = R.read(folder / "rows.jsonl")
+    first = rows.iloc[0]
+    text = (
+        f"Staleness (teacher lookahead L: the teacher serving batch b is version b - L; made by "
+        f"`{first.get('command') or 'experiments.staleness'}`, git {first['git_sha']}): final "
+        f"{first['metric']} per L, and L - L0 paired by seed with its 95 % Student-t interval.\n\n"
+        + markdown(staleness_table(rows), digits=2)
+    )
+    if (folder / "staleness.png").exists():
+        text += f"\n![staleness]({rel}/staleness.png)\n"
+    return text
+
+
 def write_report(folder: Path, title: str, command: str) -> Path:
     """``TABLE.md`` and ``staleness.png`` in ``folder`` from its ``rows.jsonl``."""
     rows = R.read(folder / "rows.jsonl")

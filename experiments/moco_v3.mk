@@ -21,6 +21,6 @@ accuracy-mocov3: $(STAMP) data
 # staleness-byol in the Makefile; STALENESS_PRESET / STALENESS_SEEDS come from there).
 staleness-mocov3: $(STAMP) data
 	$(PY) -m experiments.staleness moco_v3 --preset $(STALENESS_PRESET) --seeds $(STALENESS_SEEDS) \
-		--out results/moco_v3/staleness
+		--out results/moco_v3/staleness --command "make staleness-mocov3"
 	$(PY) -m analysis.staleness results/moco_v3/staleness --command "make staleness-mocov3" \
 		--title "MoCo-v3: final kNN accuracy against teacher staleness"

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.metrics import write_rows
 from experiments.accuracy import AccuracyRun, run_matrix
 from methods.registry import get_method
 
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/METHOD/staleness")
+    parser.add_argument("--command", default=None, help="what the rows say made them (default: this command)")
     args = parser.parse_args(argv)
     try:
         get_method(args.method).preset(args.preset)  # an unknown method or preset fails here
@@ -66,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     out = args.out or Path("results") / args.method / "staleness"
-    run_matrix(args.method, args.preset, runs, out, args.parallel)
+    rows = run_matrix(args.method, args.preset, runs, out, args.parallel)
+    command = args.command or f"python -m experiments.staleness {args.method} --preset {args.preset}"
+    write_rows(out / "rows.jsonl", [{**row, "command": command} for row in rows])
     return 0
 
 

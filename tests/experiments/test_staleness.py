@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis.staleness import main as analyse
-from analysis.staleness import staleness_table
+from analysis.staleness import staleness_section, staleness_table
 from core.metrics import make_row, write_rows
 from experiments.staleness import main, staleness_runs
 
@@ -70,3 +70,6 @@ def test_table_and_plot_from_rows(tmp_path):
         and (tmp_path / "staleness.png").stat().st_size > 0
     )
     assert analyse([str(tmp_path / "missing")]) == 2
+    section = staleness_section(tmp_path, "moco_v3/staleness")  # the report's part
+    assert "| 4 |" in section and "](moco_v3/staleness/staleness.png)" in section
+    assert staleness_section(tmp_path / "missing", "x") is None
