@@ -100,8 +100,12 @@ report: $(STAMP)
 # results/gpu-cpu/ (not kept; the tests run it too).
 GPU_DEVICE = $(if $(filter command line environment,$(origin DEVICE)),$(DEVICE),cuda)
 GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
+# GPU_OUT=DIR writes elsewhere; ARCHIVE=F.tar.gz also keeps it all in one file, renewed after
+# every part (the lent machine returns only a few files: PYTHONPATH=. make gpu-check
+# GPU_OUT=$OUT/gpu ARCHIVE=$OUT/gpu.tgz)
+GPU_OUT ?= results/gpu$(if $(filter cpu,$(GPU_DEVICE)),-cpu)
 gpu-check:
-	$(GPU_PY) -m experiments.gpu_run --device $(GPU_DEVICE) --out results/gpu$(if $(filter cpu,$(GPU_DEVICE)),-cpu)
+	$(GPU_PY) -m experiments.gpu_run --device $(GPU_DEVICE) --out $(GPU_OUT) $(if $(ARCHIVE),--archive $(ARCHIVE))
 
 # Calibrate one pair on this machine (experiments.calibrate), in the H200 files' format:
 # make calibrate ARGS="--method byol --preset resnet50-224-8gpu --device cuda"

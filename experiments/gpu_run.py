@@ -26,7 +26,8 @@ run's log with it. Each part's result is kept in ``parts/<name>.json`` as it fin
 
 ``--device cpu`` runs the same parts with each method's ``tiny`` preset in seconds, in this
 process (a dry run, part of ``make test``).
-``python -m experiments.gpu_run [--device cuda] [--budget-s 480] [--out DIR] [--isolate|--no-isolate]``
+``python -m experiments.gpu_run [--device cuda] [--budget-s 480] [--out DIR] [--archive F.tar.gz]
+[--isolate|--no-isolate]``
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -143,6 +145,16 @@ class Clock:
         if not result_file.exists():
             raise RuntimeError(f"the part wrote no {result_file.name}")
         return json.loads(result_file.read_text())
+
+
+def pack(folder: Path, archive: Path) -> Path:
+    """``folder`` as a .tar.gz at ``archive`` (written beside it, then moved into place)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    partial.replace(archive)
+    return archive
 
 
 def part_file(out: Path, name: str) -> Path:
@@ -273,6 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="each part in a process of its own, killed at its box (default: on a GPU)",
     )
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        help="also keep everything under --out in this .tar.gz, renewed after every part (one file "
+        "to copy back from a machine that returns few files)",
+    )
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)  # one part, in a child
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -304,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "results": results,
         }
         (args.out / "log.json").write_text(json.dumps(log, indent=1) + "\n")
+        if args.archive:
+            pack(args.out, args.archive)
         return log
 
     def part(name: str, estimate_s: float, box_s: float) -> dict | None:

@@ -4,6 +4,7 @@ tiny shapes and writes what the GPU run writes; the time box skips what does not
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pandas as pd
 
@@ -49,7 +50,16 @@ def test_dry_run_writes_every_part(tmp_path):
 
 
 def test_time_box_skips_what_does_not_fit(tmp_path):
-    assert main(["--device", "cpu", "--out", str(tmp_path), "--budget-s", "0"]) == 0
+    archive = tmp_path / "packed" / "gpu.tgz"
+    assert (
+        main(
+            ["--device", "cpu", "--out", str(tmp_path / "gpu"), "--budget-s", "0", "--archive", str(archive)]
+        )
+        == 0
+    )
+    with tarfile.open(archive) as tar:  # everything in one file, for a machine that returns few
+        assert "gpu/log.json" in tar.getnames()
+    tmp_path = tmp_path / "gpu"
     log = json.loads((tmp_path / "log.json").read_text())
     assert log["parts"] and all(p["status"].startswith("skipped") for p in log["parts"])
     assert not (tmp_path / "paper_calibrations.csv").exists()
