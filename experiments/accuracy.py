@@ -57,9 +57,15 @@ class AccuracyRun:
 
 
 def run_matrix(
-    method: str, preset: str, runs: Sequence[AccuracyRun], out: Path, parallel: int = 2
+    method: str,
+    preset: str,
+    runs: Sequence[AccuracyRun],
+    out: Path,
+    parallel: int = 2,
+    command: str | None = None,
 ) -> list[dict]:
-    """Run every training run (``parallel`` at a time), collect their rows into ``out/rows.jsonl``.
+    """Run every training run (``parallel`` at a time), collect their rows into ``out/rows.jsonl``
+    (``command``: what the rows say made them; default the method's accuracy command).
 
     Raises:
         RuntimeError: if a run fails (its log is named).
@@ -128,18 +134,23 @@ def run_matrix(
         }
         for run in runs
     ]
-    rows = [provenance(method, row) for row in rows]
+    rows = [provenance(method, row, command) for row in rows]
     write_rows(out / "rows.jsonl", rows)
     return rows
 
 
-def provenance(method: str, row: dict) -> dict:
+def provenance(method: str, row: dict, command: str | None = None) -> dict:
     """A row with what the report needs to judge it: the method's title, the command that makes
     its rows, and its numerics fingerprint (``tests/golden``), on which its freshness depends."""
     spec = get_method(method)
     golden = ROOT / "tests" / "golden" / "fingerprints.json"
     digest = json.loads(golden.read_text())["methods"].get(method) if golden.exists() else None
-    return {**row, "method_title": spec.title, "command": spec.accuracy_command, "fingerprint": digest}
+    return {
+        **row,
+        "method_title": spec.title,
+        "command": command or spec.accuracy_command,
+        "fingerprint": digest,
+    }
 
 
 def teacher_drift(sync_dir: Path, stale_dir: Path) -> list[tuple[int, float]]:

@@ -20,7 +20,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.metrics import write_rows
 from experiments.accuracy import AccuracyRun, run_matrix
 from methods.registry import get_method
 
@@ -68,9 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     out = args.out or Path("results") / args.method / "staleness"
-    rows = run_matrix(args.method, args.preset, runs, out, args.parallel)
     command = args.command or f"python -m experiments.staleness {args.method} --preset {args.preset}"
-    write_rows(out / "rows.jsonl", [{**row, "command": command} for row in rows])
+    run_matrix(args.method, args.preset, runs, out, args.parallel, command)
     return 0
 
 
