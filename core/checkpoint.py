@@ -28,12 +28,16 @@ MANIFEST_KEYS = (
     "method",
     "schedule",
     "world_size",
+    "dp",
     "microbatches",
     "backward_pieces",
     "teacher_lookahead",
     "balance",
     "teacher_balance",
 )
+
+# what a manifest written before a key existed means by its absence
+MANIFEST_DEFAULTS = {"dp": 1}
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
@@ -116,9 +120,9 @@ def check_manifest(found: dict[str, Any], expected: dict[str, Any]) -> None:
         ValueError: naming every differing key, its checkpoint and its current value.
     """
     diffs = [
-        f"{key}: checkpoint {found.get(key)!r}, now {expected.get(key)!r}"
+        f"{key}: checkpoint {found.get(key, MANIFEST_DEFAULTS.get(key))!r}, now {expected.get(key)!r}"
         for key in MANIFEST_KEYS
-        if key in expected and _norm(found.get(key)) != _norm(expected.get(key))
+        if key in expected and _norm(found.get(key, MANIFEST_DEFAULTS.get(key))) != _norm(expected.get(key))
     ]
     if diffs:
         raise ValueError(

@@ -23,6 +23,9 @@ class PipelineConfig:
         schedule: a name of the registry (``core.schedules.SCHEDULES``): a pipeline schedule, or
             a runner (ddp, the torch peer).
         stages: pipeline stages, one process each (for ``ddp``: the number of replicas).
+        dp: data-parallel replicas of the pipeline (``dp x stages`` processes on a ``("dp",
+            "pp")`` mesh, see ``core.runtime.replicas``); each takes its 1/dp of the mini-batch.
+            Pipeline schedules only (ddp is data parallel already; the torch peer runs one pipeline).
         microbatches: micro-batches per mini-batch (each of a task's views is its own unit).
         backward_pieces: pieces each student backward is split into; None takes the schedule's
             default (2 for tspipe, 1 otherwise). Each piece's forward is its own graph, so with
@@ -74,6 +77,7 @@ class PipelineConfig:
     transport: str = "auto"
     compile: str = "none"
     compile_backend: str = "inductor"
+    dp: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.stages, int) or self.stages < 1:
@@ -81,6 +85,13 @@ class PipelineConfig:
         if not isinstance(self.microbatches, int) or self.microbatches < 1:
             raise ValueError(f"microbatches must be an integer >= 1, got {self.microbatches!r}")
         get_schedule(self.schedule).check(self.stages, self.microbatches, self.backward_pieces)
+        if isinstance(self.dp, bool) or not isinstance(self.dp, int) or self.dp < 1:
+            raise ValueError(f"dp must be an integer >= 1, got {self.dp!r}")
+        if self.dp > 1 and get_schedule(self.schedule).runner != "pipeline":
+            raise ValueError(
+                f"dp={self.dp} replicates a pipeline schedule; {self.schedule} is a runner of its own "
+                "(ddp is data parallel already): use dp=1"
+            )
         if self.balance_by not in ("cost", "uniform"):
             raise ValueError(f"balance_by must be cost or uniform, got {self.balance_by!r}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
@@ -142,7 +153,12 @@ class PipelineConfig:
     @property
     def replicas(self) -> int:
         """Data-parallel replicas the mini-batch is split over (ddp: one per process)."""
-        return self.stages if get_schedule(self.schedule).runner == "ddp" else 1
+        return self.stages if get_schedule(self.schedule).runner == "ddp" else self.dp
+
+    @property
+    def world(self) -> int:
+        """Processes the run needs: one per stage and replica (ddp: one per replica)."""
+        return self.stages if get_schedule(self.schedule).runner == "ddp" else self.stages * self.dp
 
     @property
     def is_pipeline(self) -> bool:

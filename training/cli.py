@@ -27,6 +27,7 @@ from training.faults import Faults
 FLAGS = {
     "schedule": "pipeline.schedule",
     "stages": "pipeline.stages",
+    "dp": "pipeline.dp",
     "microbatches": "pipeline.microbatches",
     "device": "run.device",
     "run_dir": "run.run_dir",
@@ -47,6 +48,9 @@ def parse_args(argv: Sequence[str]) -> tuple[MethodSpec, Config]:
     parser.add_argument("--preset", default=None, help="a preset of the method (default: its CPU default)")
     parser.add_argument("--schedule")
     parser.add_argument("--stages", type=int)
+    parser.add_argument(
+        "--dp", type=int, help="data-parallel replicas of the pipeline (dp x stages processes)"
+    )
     parser.add_argument("--microbatches", type=int)
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--run-dir", dest="run_dir")
@@ -83,13 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         Faults()  # a malformed TSPIPE_FAULT fails here, not in a rank
         spec, config = parse_args(argv)
         spec.check(config)
-        stages = config.pipeline.stages
+        world = config.pipeline.world
         if config.run.device == "cuda":
             if not torch.cuda.is_available():
                 raise ConfigError("device=cuda but CUDA is not available; use --device cpu")
-            if not in_launched_job() and stages > torch.cuda.device_count():
+            if not in_launched_job() and world > torch.cuda.device_count():
                 raise ConfigError(
-                    f"{stages} processes but {torch.cuda.device_count()} GPUs: NCCL refuses two ranks "
+                    f"{world} processes but {torch.cuda.device_count()} GPUs: NCCL refuses two ranks "
                     "on one GPU; use at most one stage per GPU"
                 )
         check_blocks(spec, config)
@@ -103,9 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataNotFound, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    if stages > 1 and not in_launched_job():
+    if world > 1 and not in_launched_job():
         argv = [a for a in argv if not a.startswith(("run_dir=", "run.run_dir="))]
-        return launch(stages, ["training", *argv, f"run.run_dir={config.run.run_dir}"])
+        return launch(world, ["training", *argv, f"run.run_dir={config.run.run_dir}"])
     from training.run import run
 
     run(spec, config)

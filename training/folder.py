@@ -24,7 +24,10 @@ def default_run_dir(method: str, config: Config) -> Path:
     """``runs/<method>/<time>-<schedule>-N<stages>-M<micro>-s<seed>`` under the repository."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     p = config.pipeline
-    return ROOT / "runs" / method / f"{stamp}-{p.schedule}-N{p.stages}-M{p.microbatches}-s{config.run.seed}"
+    dp = f"-D{p.dp}" if p.dp > 1 else ""
+    return (
+        ROOT / "runs" / method / f"{stamp}-{p.schedule}{dp}-N{p.stages}-M{p.microbatches}-s{config.run.seed}"
+    )
 
 
 def check_output(run_dir: Path, min_free_gb: float) -> None:
@@ -57,7 +60,8 @@ def expected_manifest(method: str, config: Config) -> dict[str, Any]:
     return {
         "method": method,
         "schedule": p.schedule,
-        "world_size": p.stages,
+        "world_size": p.world,
+        "dp": p.dp,
         "microbatches": p.microbatches,
         "backward_pieces": p.pieces,
         "teacher_lookahead": p.teacher_lookahead,

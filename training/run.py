@@ -111,6 +111,7 @@ def run(spec: MethodSpec, config: Config) -> dict | None:
         schedule=pipeline.schedule,
         model=setup.model,
         stages=pipeline.stages,
+        dp=pipeline.dp,
         microbatches=pipeline.microbatches,
         global_batch=setup.samples_per_step,
         device=torch.cuda.get_device_name(rank.device) if rank.device.type == "cuda" else "cpu",

@@ -6,7 +6,7 @@
   grid), ``transport`` (torch.distributed, or in process), ``step`` (guard, clipping, optimizer,
   BatchNorm commit, EMA) and ``versions`` (teacher versions, the stale snapshot).
 - ``ddp`` and ``torchpipe``: data parallelism and PyTorch's own pipelining, on the same end of
-  step and state.
+  step and state; ``replicas``: data-parallel replicas of a pipeline (dp x pp).
 - ``models`` (prepared models, balances, partitions) and ``state`` (checkpoints, weights).
 """
 

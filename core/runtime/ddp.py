@@ -21,52 +21,10 @@ from torch.nn.parallel import DistributedDataParallel
 from core.config import PipelineConfig
 from core.runtime import state as _state
 from core.runtime.models import prepare_models
+from core.runtime.replicas import all_gather_structure
 from core.runtime.runner import OnStep, OptimizerFactory, SchedulerFactory, StepLog, step_loop
 from core.runtime.step import EndOfStep
-from core.task import Structure, Task, map_structure, rebuild, scatter, tensors, upcast
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dimension 0 (sizes may differ per rank); the backward sums the
-    gradient over ranks and returns this rank's slice (a reduce-scatter)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, counts: list[int], rank: int) -> torch.Tensor:
-        ctx.counts, ctx.rank = counts, rank
-        return _plain_gather(x, counts)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        start = sum(ctx.counts[: ctx.rank])
-        return grad[start : start + ctx.counts[ctx.rank]], None, None
-
-
-def all_gather_structure(x: Structure, with_grad: bool) -> Structure:
-    """Concatenate a structure over all ranks along dimension 0, in rank order."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    out = []
-    for t in tensors(x):
-        count = torch.tensor([t.shape[0]], device=t.device)
-        counts = [torch.zeros_like(count) for _ in range(world)]
-        dist.all_gather(counts, count)
-        sizes = [int(c) for c in counts]
-        if with_grad and t.requires_grad:
-            out.append(_GatherWithGrad.apply(t, sizes, rank))
-        else:
-            out.append(_plain_gather(t.detach(), sizes))
-    return rebuild(x, out)
-
-
-def _plain_gather(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """All-gather along dimension 0 with per-rank sizes ``counts`` (padded to the largest)."""
-    biggest = max(counts)
-    padded = torch.zeros((biggest, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:n] for p, n in zip(parts, counts)])
+from core.task import Structure, Task, map_structure, scatter, upcast
 
 
 class _Views(nn.Module):

@@ -51,10 +51,17 @@ class HostStagedTransport(TorchTransport):
     Args:
         device: this rank's device (where received tensors are delivered).
         timeout_s: how long a receive may wait before the run is declared stuck.
+        pipelines, group: data-parallel replicas, as for :class:`TorchTransport`.
     """
 
-    def __init__(self, device: torch.device, timeout_s: float = 300.0) -> None:
-        super().__init__(torch.device("cpu"), timeout_s)
+    def __init__(
+        self,
+        device: torch.device,
+        timeout_s: float = 300.0,
+        pipelines: list[list[int]] | None = None,
+        group: Any = None,
+    ) -> None:
+        super().__init__(torch.device("cpu"), timeout_s, pipelines, group)
         self.target = torch.device(device)
         self.pin = torch.cuda.is_available()
 

@@ -21,6 +21,7 @@ from core.runtime.compiled import compile_stage
 from core.runtime.hoststaged import HostStagedTransport, choose_transport
 from core.runtime.interpreter import Interpreter
 from core.runtime.models import prepare_models, resolve_balances, stage_partition
+from core.runtime.replicas import Replicas, make_replicas
 from core.runtime.runner import OnStep, OptimizerFactory, SchedulerFactory, StepLog, step_loop
 from core.runtime.stage import Stage
 from core.runtime.step import EndOfStep, clip_grad_norm_across_stages
@@ -31,12 +32,14 @@ from core.task import Task
 from core.validate import validate
 
 
-def network(config: PipelineConfig, device: torch.device) -> Transport:
+def network(config: PipelineConfig, device: torch.device, replicas: Replicas | None = None) -> Transport:
     """The ``torch.distributed`` transport ``config.transport`` names (host-staged when
-    ``auto`` finds the ranks sharing a GPU)."""
+    ``auto`` finds the ranks sharing a GPU), inside this rank's replica."""
+    replicas = replicas or Replicas()
+    mesh = (replicas.pipelines or None, replicas.pp_group)
     if choose_transport(config.transport, device.type, dist.get_world_size()) == "host":
-        return HostStagedTransport(device, config.timeout_s)
-    return TorchTransport(device, config.timeout_s)
+        return HostStagedTransport(device, config.timeout_s, *mesh)
+    return TorchTransport(device, config.timeout_s, *mesh)
 
 
 class PipelineRunner(_state.RunnerState):
@@ -51,8 +54,11 @@ class PipelineRunner(_state.RunnerState):
         transport: the network to the other stages (default: ``torch.distributed`` when a
             process group is up, else a single process).
 
+    With ``config.dp`` > 1 the job's ranks form ``dp`` replicas of the pipeline (see
+    :mod:`core.runtime.replicas`); this rank is stage ``rank`` of replica ``replicas.index``.
+
     Raises:
-        ValueError: if the world size differs from the stage count, or balances do not fit.
+        ValueError: if the world size differs from the stage count (times dp), or balances do not fit.
     """
 
     def __init__(
@@ -64,9 +70,14 @@ class PipelineRunner(_state.RunnerState):
         scheduler_factory: SchedulerFactory | None = None,
         transport: Transport | None = None,
     ) -> None:
+        self.replicas = Replicas()
+        if config.dp > 1:
+            if transport is not None:
+                raise ValueError("dp > 1 runs over torch.distributed; pass no transport")
+            self.replicas = make_replicas(config.dp, config.stages, device)
         if transport is None:
             distributed = dist.is_initialized() and dist.get_world_size() > 1
-            transport = network(config, device) if distributed else Solo()
+            transport = network(config, device, self.replicas) if distributed else Solo()
         if transport.world != config.stages:
             raise ValueError(
                 f"{config.schedule} with {config.stages} stages needs {config.stages} processes, got {transport.world}"
@@ -92,7 +103,7 @@ class PipelineRunner(_state.RunnerState):
             self.spec.staleness(task.teacher_rule.kind, config.teacher_lookahead),
             self.rank,
         )
-        self.stage = Stage(task, config, self.student, self.teacher, self.rank, device)
+        self.stage = Stage(task, config, self.student, self.teacher, self.rank, device, self.replicas)
         self.stage.student_fn, self.stage.teacher_fn = compile_stage(self.student, self.teacher, config)
         self.end_step = EndOfStep(
             task,
@@ -106,6 +117,8 @@ class PipelineRunner(_state.RunnerState):
             agree=transport if config.stages > 1 else None,
             versions=self.versions,
             rank=self.rank,
+            distributed_bn=config.dp > 1,
+            bn_group=self.replicas.group,
         )
 
     def _clip(self) -> None:
@@ -118,6 +131,7 @@ class PipelineRunner(_state.RunnerState):
         self.stage.teacher_forward(a, self.versions.teacher_for(a.batch, self.teacher))
 
     def _step(self, a: Any) -> None:
+        self.replicas.reduce_grads(self.student.parameters())
         self.end_step(a.batch)
         self.stage.finish(a.batch)
 

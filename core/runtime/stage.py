@@ -20,6 +20,7 @@ from torch.distributed.pipelining._backward import stage_backward_input, stage_b
 
 from core.action import Action
 from core.config import PipelineConfig
+from core.runtime.replicas import Replicas
 from core.schedules import get_schedule
 from core.task import (
     Structure,
@@ -44,6 +45,8 @@ class Stage:
         student, teacher: this stage's partitions (on ``device``).
         rank: the stage index (0: reads the inputs; last: computes the loss).
         device: where the partitions live.
+        replicas: the data-parallel replicas of this stage (default: none); stage 0 reads its
+            replica's slice of each mini-batch, the last stage computes the loss of the whole.
     """
 
     def __init__(
@@ -54,8 +57,10 @@ class Stage:
         teacher: nn.Module,
         rank: int,
         device: torch.device,
+        replicas: Replicas | None = None,
     ) -> None:
         self.task, self.config = task, config
+        self.replicas = replicas or Replicas()
         self.student, self.teacher = student, teacher
         # what runs the forwards: the partitions, or their compiled forms (core.runtime.compiled)
         self.student_fn: Callable[..., Any] = student
@@ -102,8 +107,8 @@ class Stage:
                     f"split_inputs returned {len(s_views)}/{len(t_views)} views, task declares {self.views}"
                 )
             m = self.config.microbatches
-            s_parts = [scatter(self._to_device(v), m) for v in s_views]
-            t_parts = [scatter(self._to_device(v), m) for v in t_views]
+            s_parts = [scatter(self._to_device(self.replicas.part(v, m)), m) for v in s_views]
+            t_parts = [scatter(self._to_device(self.replicas.part(v, m)), m) for v in t_views]
             self._unit_inputs[b] = (
                 [s_parts[u % self.views][u // self.views] for u in range(self.units)],
                 [t_parts[u % self.views][u // self.views] for u in range(self.units)],
@@ -158,14 +163,29 @@ class Stage:
         m = self.config.microbatches
         return upcast(gather([self.store[(kind, b, k * self.views + view, None)] for k in range(m)]))
 
+    def _teacher_outputs(self, b: int) -> list[Structure]:
+        """The teacher's outputs of mini-batch ``b`` per view (every replica's, with dp)."""
+        key = ("teachers", b, None, None)
+        if key not in self.store:
+            self.store[key] = [
+                self.replicas.gather(self._unit_outputs("teacher", b, v), with_grad=False)
+                for v in range(self.views)
+            ]
+        return self.store[key]
+
     def loss(self, a: Action) -> None:
         """Last stage: the loss of the whole mini-batch (``a.microbatch`` None) or of one unit,
-        and the gradients of the unit outputs it covers, split into backward pieces."""
+        and the gradients of the unit outputs it covers, split into backward pieces. With dp
+        replicas the whole mini-batch is every replica's, and a unit is numbered as one of a
+        pipeline with ``dp x M`` micro-batches."""
         b = a.batch
         context = self.task.loss_context(self.batch(b), b)
-        teacher = [self._unit_outputs("teacher", b, v) for v in range(self.views)]
+        teacher = self._teacher_outputs(b)
         if a.microbatch is None:
-            student = [self._unit_outputs("student", b, v) for v in range(self.views)]
+            student = [
+                self.replicas.gather(self._unit_outputs("student", b, v), with_grad=True)
+                for v in range(self.views)
+            ]
             out = self.task.loss(student, teacher, context)
             self._check_loss(out["loss"], b)
             out["loss"].backward()
@@ -175,15 +195,22 @@ class Stage:
         else:
             u = a.microbatch
             m, v = divmod(u, self.views)
+            micro, dp = self.config.microbatches, self.replicas.size
+            student = upcast(self.store[("student", b, u, None)])
             term = self.task.microbatch_loss(
-                v, m, self.config.microbatches, upcast(self.store[("student", b, u, None)]), teacher, context
+                v, self.replicas.index * micro + m, dp * micro, student, teacher, context
             )
             self._check_loss(term, b)
             term.backward()
             acc = self.losses.setdefault(b, {"loss": 0.0})
             acc["loss"] += float(term.detach())
             self._split_grad(b, u)
+            if u == self.units - 1 and dp > 1:  # the loss of the whole mini-batch
+                total = torch.tensor([acc["loss"]], dtype=torch.float64, device=self.device)
+                self.replicas.sum_(total)
+                acc["loss"] = float(total)
         if a.microbatch is None or a.microbatch == self.units - 1:
+            self.store.pop(("teachers", b, None, None), None)
             for u in range(self.units):
                 self.store.pop(("teacher", b, u, None), None)
 

@@ -66,6 +66,7 @@ class EndOfStep:
             or None (every rank already holds the same gradients, or there is one rank).
         versions: the teacher's version bookkeeping (None: no versions kept).
         distributed_bn: sum BatchNorm statistics over ranks before committing (data parallel).
+        bn_group: the ranks ``distributed_bn`` sums over (None: all).
         rank: for messages.
     """
 
@@ -83,12 +84,13 @@ class EndOfStep:
         versions: TeacherVersions | None = None,
         distributed_bn: bool = False,
         rank: int = 0,
+        bn_group: Any = None,
     ) -> None:
         self.task, self.student, self.teacher = task, student, teacher
         self.optimizer, self.scheduler = optimizer, scheduler
         self.nan_guard, self.clip, self.device = nan_guard, clip, device
         self.agree, self.versions = agree, versions
-        self.distributed_bn, self.rank = distributed_bn, rank
+        self.distributed_bn, self.rank, self.bn_group = distributed_bn, rank, bn_group
         self.skipped_steps = 0
 
     def __call__(self, step: int, loss: torch.Tensor | None = None) -> bool:
@@ -127,7 +129,7 @@ class EndOfStep:
             self.optimizer.zero_grad(set_to_none=True)
             if self.scheduler is not None:
                 self.scheduler.step()
-            commit_all(self.student, distributed=self.distributed_bn)
+            commit_all(self.student, self.bn_group, distributed=self.distributed_bn)
             if self.task.teacher_rule.kind == "ema":
                 ema_update_(self.teacher, self.student, self.task.teacher_rule.momentum(step))
         if self.versions is not None:

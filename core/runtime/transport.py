@@ -148,15 +148,17 @@ class Solo:
 
 
 class Collectives:
-    """Reductions and barriers over every rank of ``torch.distributed``'s default group (what
-    runners that exchange no messages of their own need of a transport)."""
+    """Reductions over ``group`` (default: every rank of ``torch.distributed``'s default group)
+    and barriers over every rank of the job (what runners that exchange no messages of their own
+    need of a transport)."""
 
-    def __init__(self) -> None:
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+    def __init__(self, group: Any = None) -> None:
+        self.group = group
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> None:
-        """Reduce ``tensor`` in place over every rank of the default group."""
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        """Reduce ``tensor`` in place over every rank of the group."""
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=self.group)
 
     def barrier(self) -> None:
         dist.barrier()
@@ -164,19 +166,33 @@ class Collectives:
 
 class TorchTransport(Collectives):
     """The three message groups of a pipeline over ``torch.distributed`` and the sends still in
-    flight; reductions and barriers on the default group.
+    flight; reductions over the pipeline's ranks, barriers over the job's.
 
     Args:
         device: where received tensors live (CUDA for NCCL, CPU for gloo).
         timeout_s: how long a receive may wait before the run is declared stuck.
+        pipelines: with data-parallel replicas, the global ranks of every replica's stages
+            (``pipelines[d][p]``, see ``core.runtime.replicas``); ``rank`` and ``world`` are then
+            this rank's stage and the stage count, and messages stay inside its replica.
+        group: the process group of this rank's pipeline (with ``pipelines``).
     """
 
-    def __init__(self, device: torch.device, timeout_s: float = 300.0) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        device: torch.device,
+        timeout_s: float = 300.0,
+        pipelines: list[list[int]] | None = None,
+        group: Any = None,
+    ) -> None:
+        super().__init__(group)
         self.device = device
         self.timeout = _dt.timedelta(seconds=timeout_s)
-        ranks = list(range(dist.get_world_size()))
-        self.groups = {name: dist.new_group(ranks) for name in CHANNELS}
+        pipelines = pipelines or [list(range(dist.get_world_size()))]
+        self.ranks = next(r for r in pipelines if dist.get_rank() in r)
+        if len(pipelines) == 1:
+            self.groups = {name: dist.new_group(self.ranks) for name in CHANNELS}
+        else:  # every rank creates every replica's groups, in the same order
+            self.groups = {name: dist.new_subgroups_by_enumeration(pipelines)[0] for name in CHANNELS}
         self._pending: list[tuple[list[Any], list[torch.Tensor]]] = []
         self._headers: dict[tuple[str, Any], list[int]] = {}
         self._posted: dict[tuple[str, int], deque] = {}
@@ -186,7 +202,7 @@ class TorchTransport(Collectives):
         group = self.groups[channel]
         header = torch.tensor(encode_header(x), dtype=torch.int64, device=self.device)
         payload = [header] + [t.detach().contiguous() for t in tensors(x)]
-        works = [dist.isend(t, dst, group=group) for t in payload]
+        works = [dist.isend(t, self.ranks[dst], group=group) for t in payload]
         self._pending.append((works, payload))
         self.poll()
 
@@ -205,7 +221,7 @@ class TorchTransport(Collectives):
         head = torch.empty(HEADER, dtype=torch.int64, device=self.device)
         _, specs = decode_header(header)
         buffers = [self._buffer(shape, dtype) for _, dtype, shape in specs]
-        works = [dist.irecv(t, src, group=group) for t in [head, *buffers]]
+        works = [dist.irecv(t, self.ranks[src], group=group) for t in [head, *buffers]]
         self._posted.setdefault((channel, src), deque()).append((key, head, buffers, works))
         return True
 
@@ -239,11 +255,11 @@ class TorchTransport(Collectives):
         else:
             group = self.groups[channel]
             head = torch.empty(HEADER, dtype=torch.int64, device=self.device)
-            self._wait(dist.irecv(head, src, group=group), channel, src)
+            self._wait(dist.irecv(head, self.ranks[src], group=group), channel, src)
             header = head.tolist()
             is_dict, specs = decode_header(header)
             buffers = [self._buffer(shape, dtype) for _, dtype, shape in specs]
-            works = [dist.irecv(t, src, group=group) for t in buffers]
+            works = [dist.irecv(t, self.ranks[src], group=group) for t in buffers]
             for work in works:
                 self._wait(work, channel, src)
             if key is not None:

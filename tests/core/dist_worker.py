@@ -12,11 +12,30 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from core.config import PipelineConfig
 from core.launch import init_distributed
 from core.runtime import gather_state, make_runner
 from tests.core.toy import ToyTask, make_batches, sgd
+
+
+def equal_replicas(runner) -> bool:
+    """True on rank 0 when every replica of every stage holds bit-equal weights (dp runs)."""
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(runner.stage_state(), parts, dst=0)
+    if dist.get_rank() != 0:
+        return False
+    stages = runner.config.stages
+    return all(
+        parts[r].keys() == parts[r % stages].keys()
+        and all(
+            parts[r][kind].keys() == parts[r % stages][kind].keys()
+            and all(torch.equal(t, parts[r % stages][kind][k]) for k, t in parts[r][kind].items())
+            for kind in parts[r]
+        )
+        for r in range(len(parts))
+    )
 
 
 def main() -> None:
@@ -29,7 +48,8 @@ def main() -> None:
         task = ToyTask(case["teacher"], case.get("bn", True), case["steps"], fail_at=case.get("fail_at", -1))
         config = PipelineConfig(
             schedule=case["schedule"],
-            stages=rank.world,
+            stages=rank.world // case.get("dp", 1),
+            dp=case.get("dp", 1),
             microbatches=case["microbatches"],
             backward_pieces=case.get("pieces"),
             max_grad_norm=case.get("max_grad_norm"),
@@ -43,10 +63,12 @@ def main() -> None:
         runner = make_runner(task, config, rank.device, sgd)
         log = runner.run(make_batches(case["steps"]), case["steps"])
         state = gather_state(runner.stage_state())
+        replicas_equal = equal_replicas(runner) if case.get("dp", 1) > 1 else None
         network = type(getattr(runner, "transport", None)).__name__
         runner.close()
         if rank.rank == 0:
             state["transport"] = network
+            state["replicas_equal"] = replicas_equal
             torch.save(state, out / f"{case['name']}.pt")
         if log.losses:
             torch.save(log.losses, out / f"{case['name']}.losses.pt")

@@ -73,6 +73,19 @@ def cases(world: int) -> list[dict]:
             dtype="float32",
         )
     )
+    # data-parallel replicas of the pipeline: dp 2 x pp world/2 (dp 2 x pp 1 on two processes)
+    for dtype in ("float32", "float64"):
+        for teacher in ("ema", "frozen"):
+            for schedule, micro in (("gpipe", 2), ("1f1b", 3), ("tspipe", 2), ("zb", 3), ("tspipe-zb", 2)):
+                out.append(dict(schedule=schedule, teacher=teacher, microbatches=micro, dp=2, dtype=dtype))
+    out.append(
+        dict(schedule="tspipe", teacher="ema", microbatches=2, dp=2, max_grad_norm=0.05, dtype="float32")
+    )
+    out.append(
+        dict(schedule="1f1b", teacher="frozen", microbatches=3, dp=2, max_grad_norm=0.05, dtype="float32")
+    )
+    if world == 4:
+        out.append(dict(schedule="mp", teacher="ema", microbatches=1, dp=2, dtype="float64"))
     amp = [
         dict(schedule=s, teacher="frozen", microbatches=2, dtype="float32", amp=True)
         for s in ("gpipe", "tspipe")
@@ -84,6 +97,7 @@ def cases(world: int) -> list[dict]:
             + f"_p{case.get('pieces')}_c{case.get('max_grad_norm')}_bn{case.get('bn', True)}"
             + ("_amp" if case.get("amp") else "")
             + (f"_L{case['lookahead']}_s{case['steps']}" if "lookahead" in case else "")
+            + (f"_dp{case['dp']}" if "dp" in case else "")
         )
     return out + amp
 
@@ -132,7 +146,7 @@ def expected(case: dict) -> dict:
         task = ToyTask(case["teacher"], case.get("bn", True), case["steps"])
         spec = get_schedule(case["schedule"])
         pieces = spec.pieces(case.get("pieces"))
-        micro = case["microbatches"] * (case["world"] if case["schedule"] == "ddp" else 1)
+        micro = case["microbatches"] * (case["world"] if case["schedule"] == "ddp" else case.get("dp", 1))
         stale = spec.staleness(case["teacher"], case.get("lookahead"))
         return reference(task, make_batches(case["steps"]), micro, pieces, stale, case.get("max_grad_norm"))
     finally:
@@ -147,6 +161,8 @@ def check(results: dict, case: dict) -> None:
         tolerance = 5e-2
     assert relative_difference(got["student"], want["student"]) <= tolerance
     assert relative_difference(got["teacher"], want["teacher"]) <= tolerance
+    if case.get("dp", 1) > 1:  # every replica ends with the same student and teacher, bit for bit
+        assert got["replicas_equal"] is True
 
 
 @pytest.mark.dist

@@ -73,11 +73,21 @@ def merged(run_dir, steps, stages):
     return out
 
 
+def flat_stage(run_dir, rank, steps=3):
+    state = torch.load(run_dir / "checkpoints" / f"step{steps:07d}" / f"rank{rank}.pt", weights_only=True)[
+        "stage"
+    ]
+    return torch.cat(
+        [state[kind][k].double().flatten() for kind in ("student", "teacher") for k in sorted(state[kind])]
+    )
+
+
 @pytest.mark.dist
-@pytest.mark.parametrize("schedule, staleness", [("tspipe", 1), ("gpipe", 0)])
-def test_two_process_run_equals_the_reference(tmp_path, schedule, staleness):
+@pytest.mark.parametrize("schedule, staleness, dp", [("tspipe", 1, 1), ("gpipe", 0, 1), ("tspipe", 1, 2)])
+def test_two_process_run_equals_the_reference(tmp_path, schedule, staleness, dp):
     # float64: the engine equals the reference to rounding (in float32 BYOL's tiny network
-    # amplifies rounding to about 1e-4 in three steps)
+    # amplifies rounding to about 1e-4 in three steps). dp 2: two replicas of the 2-stage
+    # pipeline on 4 processes, equal to one pipeline with 2 x 2 micro-batches.
     args = ["optimizer=sgd", "lr=0.05", "warmup_steps=1", "steps=3", "backward_pieces=1", "dtype=float64"]
     proc = launch_module(
         "training",
@@ -91,19 +101,23 @@ def test_two_process_run_equals_the_reference(tmp_path, schedule, staleness):
         "2",
         "--microbatches",
         "2",
+        "--dp",
+        str(dp),
         *args,
         f"run_dir={tmp_path}",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = merged(tmp_path, 3, 2)
+    for r in range(2, 2 * dp):  # the second replica ends equal to the first
+        assert torch.equal(flat_stage(tmp_path, r), flat_stage(tmp_path, r - 2))
     config = apply_overrides(METHOD.preset("tiny"), args)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         run = setup(config)
         want = reference(
-            run.task, list(run.batches(0, 3)), 2, 1, staleness, None, run.optimizer, run.scheduler
+            run.task, list(run.batches(0, 3)), 2 * dp, 1, staleness, None, run.optimizer, run.scheduler
         )
     finally:
         torch.set_default_dtype(previous)

@@ -4,7 +4,8 @@ single-process reference, in-batch negatives under pipelines and ddp, and traini
 The multi-process tests share one 2-process launch: this module run as
 ``python -m core.launch --nproc 2 tests.methods.test_moco_v3 OUT`` trains the ``tiny`` preset
 (float64, 3 steps) under every 2-process schedule through the trainer of ``training.run``
-(run folder, checkpoints, row), and records the logits the loss saw.
+(run folder, checkpoints, row), and records the logits the loss saw. With ``--nproc 4 ... OUT
+dp`` it runs :data:`DP_CASES` as 2 replicas of a 2-stage pipeline instead.
 """
 
 import dataclasses
@@ -46,6 +47,9 @@ CASES = (
     ("torch-gpipe", 2),
     ("torch-1f1b", 2),
 )
+# (schedule, micro-batches) of the 4-process launch: dp 2 x pp 2 (a whole-batch loss and a
+# per-micro-batch one)
+DP_CASES = (("tspipe", 2), ("1f1b", 2))
 # float64 and SGD: the runs equal the reference to rounding. (AdamW turns the rounding noise of
 # gradients that are zero in exact arithmetic, such as the key bias of attention or a bias
 # before BatchNorm, into lr-sized steps, about 1e-10 relative after three steps.)
@@ -247,18 +251,23 @@ def logits_by_step(records, microbatches):
     return out
 
 
-def worker(out: Path) -> None:
+def worker(out: Path, dp: bool = False) -> None:
     """One rank of the shared launch: every case through the trainer, logits recorded."""
     import torch.distributed as dist
 
     destroy = dist.destroy_process_group
     dist.destroy_process_group = lambda *a, **k: None  # keep the group for the next case
     try:
-        for schedule, micro in CASES:
+        for schedule, micro in DP_CASES if dp else CASES:
             _RECORD.clear()
             folder = out / schedule
             config = tiny(
-                *EXACT, f"schedule={schedule}", "stages=2", f"microbatches={micro}", f"run_dir={folder}"
+                *EXACT,
+                f"schedule={schedule}",
+                "stages=2",
+                f"dp={2 if dp else 1}",
+                f"microbatches={micro}",
+                f"run_dir={folder}",
             )
             started = time.perf_counter()
             run(RECORDING, config)
@@ -398,5 +407,81 @@ def test_train_cli_sequential_smoke(tmp_path):
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1  # log_every=10: step 0
 
 
+# ---- data-parallel replicas of the pipeline (dp 2 x pp 2) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world4_dp(tmp_path_factory):
+    out = tmp_path_factory.mktemp("moco4dp")
+    proc = launch_module("tests.methods.test_moco_v3", 4, str(out), "dp", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("schedule, micro", DP_CASES, ids=[c[0] for c in DP_CASES])
+def test_dp_replicas_equal_the_reference_with_every_key_as_negative(world4_dp, schedule, micro):
+    folder = world4_dp / schedule
+    got = merged(folder)  # ranks 0-1: replica 0, ranks 2-3: replica 1
+    want, want_logits = _reference(
+        2 * micro, get_schedule(schedule).pieces(None), get_schedule(schedule).staleness("ema")
+    )
+    assert relative_difference(got["student"], want["student"]) <= 1e-12
+    assert relative_difference(got["teacher"], want["teacher"]) <= 1e-12
+    for replica in (2, 3):  # the second replica's stages hold the first one's weights exactly
+        stage = torch.load(
+            folder / "checkpoints" / f"step{STEPS:07d}" / f"rank{replica}.pt", weights_only=True
+        )["stage"]
+        first = torch.load(
+            folder / "checkpoints" / f"step{STEPS:07d}" / f"rank{replica - 2}.pt", weights_only=True
+        )["stage"]
+        for kind in ("student", "teacher"):
+            assert all(torch.equal(t, first[kind][k]) for k, t in stage[kind].items())
+    # the negatives: every query against every key of the whole mini-batch (both replicas'),
+    # from the last stage of each replica (rank 1: replica 0, rank 3: replica 1)
+    by_rank = [torch.load(folder / f"logits_rank{rank}.pt", weights_only=True) for rank in (1, 3)]
+    if get_schedule(schedule).per_unit_loss:  # each replica saw its own queries: interleave the steps
+        n = 2 * micro
+        records = [r for s in range(STEPS) for mine in by_rank for r in mine[s * n : (s + 1) * n]]
+    else:  # each replica computed the loss of the whole mini-batch
+        records = by_rank[0]
+        assert all(torch.equal(a[2], b[2]) for a, b in zip(by_rank[0], by_rank[1]))
+    got_logits = logits_by_step(records, 2 * micro)
+    batch = tiny().method.batch
+    for step in range(STEPS):
+        for v in range(2):
+            assert got_logits[step][v].shape == (batch, batch)
+            torch.testing.assert_close(got_logits[step][v], want_logits[step][v], rtol=1e-10, atol=1e-10)
+    # the logged loss is the loss of the whole mini-batch
+    logged = [json.loads(line)["loss"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    t = tiny().method.temperature
+    full = [sum(float(info_nce_from_logits(want_logits[s][v], t)) for v in range(2)) for s in range(STEPS)]
+    assert logged == pytest.approx(full, rel=1e-10)
+    row = json.loads((folder / "row.json").read_text())
+    assert row["dp"] == 2 and row["stages"] == 2
+
+
+@pytest.mark.dist
+def test_a_resume_with_another_dp_is_refused_with_one_line(world4_dp, capsys):
+    folder = world4_dp / "tspipe"
+    status = main(
+        [
+            "moco_v3",
+            "--preset",
+            "tiny",
+            *EXACT,
+            "schedule=tspipe",
+            "stages=2",
+            "microbatches=2",
+            f"run_dir={folder}",
+            "resume=auto",
+            f"steps={STEPS + 1}",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert "dp: checkpoint 2, now 1" in err and "cannot resume" in err
+
+
 if __name__ == "__main__":  # a rank of the shared launch (see the module docstring)
-    worker(Path(sys.argv[1]))
+    worker(Path(sys.argv[1]), dp=len(sys.argv) > 2 and sys.argv[2] == "dp")
