@@ -141,6 +141,61 @@ def plan_table(rows: Sequence[dict]) -> str:
     return markdown_table(headers, lines)
 
 
+def _best(block: pd.DataFrame) -> dict | None:
+    return None if block.empty else R.records(block.sort_values("samples_per_s", ascending=False))[0]
+
+
+def hybrid_table(rows: Sequence[dict]) -> str:
+    """Per pair and GPU count of the ``kind: hybrid`` rows: ddp, the best single pipeline and the
+    best dp x pp (realistic model, 450 GB/s), each with its peak memory per GPU."""
+    df = R.frame(rows)
+    if df.empty or "dp" not in df or not (df["kind"] == "hybrid").any():
+        return "missing: no dp x pp rows; run `make simulate`.\n"
+    df = df[(df["link"] == "nvlink") & (df["cost_model"] != "linear")]
+    hybrid = df[df["kind"] == "hybrid"]
+    sims = df[df["kind"] == "sim"]
+    lines = []
+    for (cal, gpus), block in hybrid.groupby(["calibration", "gpus"], sort=True):
+        same = sims[(sims["calibration"] == cal) & (sims["stages"] == gpus)]
+        ddp = _best(same[same["schedule"] == "ddp"])
+        pipe = _best(same[same["schedule"] != "ddp"])
+        top = _best(block)
+        rival = max((r["samples_per_s"] for r in (ddp, pipe) if r), default=None)
+
+        def cells(r: dict | None, name: str) -> list:
+            return [
+                name if r else None,
+                r["samples_per_s"] if r else None,
+                r.get("mem_lower_bound_gib") if r else None,
+            ]
+
+        lines.append(
+            [
+                cal.removesuffix(".json"),
+                _count(gpus),
+                *cells(ddp, "ddp"),
+                *cells(pipe, f"{pipe['schedule']} M{_count(pipe['microbatches'])}" if pipe else ""),
+                *cells(
+                    top,
+                    f"{_count(top['dp'])} x {top['schedule']} N{_count(top['stages'])} M{_count(top['microbatches'])}",
+                ),
+                top["samples_per_s"] / rival if rival else None,
+            ]
+        )
+    headers = [
+        "calibration",
+        "GPUs",
+        "ddp",
+        "samples/s",
+        "peak GiB",
+        "best pipeline",
+        "samples/s",
+        "peak GiB",
+    ]
+    headers += ["best dp x pp", "samples/s", "peak GiB", "dp x pp / best other"]
+    return markdown_table(headers, lines)
+
+
 def plot_throughput(rows: Sequence[dict], out_dir: Path) -> list[Path]:
     """Simulated samples/s against N per schedule (each at its best configuration, realistic
     model), one PNG per calibration."""
@@ -209,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     realistic = [r for r in sims if r["cost_model"] != "linear"]
     linear = [r for r in sims if r["cost_model"] == "linear"]
     planned = R.records(df[df["kind"] == "plan"])
+    hybrid = R.records(df[df["kind"].isin(["sim", "hybrid"])])
     text = (
         "# Simulated throughput at paper scale (H200 calibration)\n\n"
         "**Every number here is simulated** by `core/simulate.py` from the per-block costs measured on one "
@@ -240,6 +296,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ranked by samples/s (rank 1: the planner's pick), with peak memory per stage (lower bound, as above; "
         "ddp: per replica). No memory limit here: `--memory-gib X` drops what does not fit.\n\n"
         + plan_table(planned)
+        + "\n## Data-parallel replicas of a pipeline (dp x pp) beside ddp and one pipeline (realistic model, "
+        "450 GB/s)\n\n"
+        "G GPUs as dp replicas of a G / dp-stage pipeline (`core.runtime.replicas`), every pipeline schedule at "
+        "its best M and pieces per replica, every dp >= 2 that leaves at least 2 stages; modelled as the runtime "
+        "runs it (`core/paper_scale.py`): units of batch / (dp M) samples, the loss of the whole mini-batch, and "
+        "each stage's optimizer step longer by a ring all-reduce over dp of its share of the fp32 student "
+        "gradients, not overlapped with the backward. Beside it ddp (overlapped all-reduce, its best case) and "
+        "the best single G-stage pipeline (empty where the pair has fewer blocks than G). Peak GiB: the fullest "
+        "GPU's lower bound, as above (ddp: one replica holds the whole pair); one H200 holds about 139 GiB.\n\n"
+        + hybrid_table(hybrid)
     )
     (args.folder / "TABLE.md").write_text(text)
     pngs = plot_throughput(sims, args.folder)

@@ -1,10 +1,19 @@
 """Paper-scale predictions from a calibration: one configuration of a schedule, each schedule at
-its best configuration, data parallelism, and the check of the one-device sequential step
-against the measured one."""
+its best configuration, data parallelism, data-parallel replicas of a pipeline (dp x pp), and
+the check of the one-device sequential step against the measured one.
+
+dp x pp (``dp`` D > 1) is modelled as the runtime runs it (``core.runtime.replicas``): each
+replica is the N-stage pipeline on units of ``batch / (D x M)`` samples (costs at that size, so
+the micro-batch sweep's penalty applies), the loss is the whole mini-batch's, and each stage's
+``OPT`` is longer by a ring all-reduce over D of its share of the fp32 student gradients (by
+block count; not overlapped with the backward, as in the runtime). Samples/s count the whole
+mini-batch.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from core.calibration import Calibration
 from core.memory import StagePeak, stage_peaks
@@ -12,7 +21,16 @@ from core.partition import Partition, plan_partition, stage_slices
 from core.placement import place_teacher_forwards
 from core.schedules import Schedule, build_schedule, get_schedule
 from core.schedules.teacher_fill import early_counts
-from core.simulate import WINDOW_BATCHES, CostModel, Link, SimResult, ddp_step, simulate, stage_cost_model
+from core.simulate import (
+    WINDOW_BATCHES,
+    CostModel,
+    Link,
+    SimResult,
+    ddp_step,
+    ring_allreduce_ms,
+    simulate,
+    stage_cost_model,
+)
 
 
 def calibration_partition(
@@ -51,6 +69,28 @@ def calibration_costs(
     )
 
 
+def check_dp(cal: Calibration, dp: int) -> None:
+    """Raises ValueError unless ``dp`` >= 1 divides the pair's batch."""
+    if not isinstance(dp, int) or dp < 1 or cal.batch % dp:
+        raise ValueError(f"dp must be an integer >= 1 dividing the batch {cal.batch}, got {dp!r}")
+
+
+def with_allreduce(
+    costs: CostModel, cal: Calibration, partition: Partition, dp: int, link: Link
+) -> CostModel:
+    """``costs`` with each stage's ``OPT`` longer by the ring all-reduce over ``dp`` replicas of
+    its share (by block count) of the fp32 student gradients.
+
+    Raises:
+        ValueError: if the calibration lacks the student's parameter count.
+    """
+    if not cal.student_params:
+        raise ValueError(f"{cal.source} has no student_params_M; cannot model the dp all-reduce")
+    blocks = len(cal.student_fwd)
+    allreduce = [ring_allreduce_ms(4 * cal.student_params * n / blocks, dp, link) for n in partition.student]
+    return replace(costs, opt_ms=tuple(o + a for o, a in zip(costs.opt_ms, allreduce)))
+
+
 def simulate_calibration(
     cal: Calibration,
     schedule: str,
@@ -62,9 +102,11 @@ def simulate_calibration(
     batches: int = WINDOW_BATCHES,
     early: Sequence[int] | str | None = None,
     lookahead: int | None = None,
+    dp: int = 1,
 ) -> tuple[SimResult, Schedule, Partition]:
     """Simulate one calibration pair under a named schedule over ``batches`` mini-batches
-    (``lookahead``: the tspipe family's teacher lookahead L, None its own).
+    (``lookahead``: the tspipe family's teacher lookahead L, None its own; ``dp``: replicas of
+    the pipeline, each with ``microbatches`` micro-batches, see the module docstring).
 
     ``early``: per-stage early teacher forwards for a schedule whose spec ``accepts_early``;
     ``"auto"`` places them from the pair's costs (:func:`core.placement.place_teacher_forwards`,
@@ -73,8 +115,11 @@ def simulate_calibration(
     Returns:
         (result, built schedule, partition used).
     """
-    partition = calibration_partition(cal, stages, balance, cal.batch / microbatches)
-    costs = calibration_costs(cal, partition, microbatches, link)
+    check_dp(cal, dp)
+    partition = calibration_partition(cal, stages, balance, cal.batch / (dp * microbatches))
+    costs = calibration_costs(cal, partition, dp * microbatches, link)
+    if dp > 1:
+        costs = with_allreduce(costs, cal, partition, dp, link or Link())
     if early == "auto":
         spec = get_schedule(schedule)
         early = (
@@ -137,7 +182,9 @@ STUDENT_STATE_BYTES = 16  # per student parameter: fp32 weight, gradient, two op
 TEACHER_STATE_BYTES = 4  # per teacher parameter: fp32 weight
 
 
-def calibration_memory(cal: Calibration, built: Schedule, partition: Partition) -> list[StagePeak]:
+def calibration_memory(
+    cal: Calibration, built: Schedule, partition: Partition, dp: int = 1
+) -> list[StagePeak]:
     """Each stage's peak memory for a pair under a built schedule (:mod:`core.memory`).
 
     Stored activations of one unit: the outputs of the stage's student blocks (from the
@@ -146,15 +193,16 @@ def calibration_memory(cal: Calibration, built: Schedule, partition: Partition) 
     outputs held for the loss. Static: ``16 x`` student and ``4 x`` teacher parameters, and
     another ``4 x`` teacher parameters for each older teacher version an EMA teacher keeps
     (its staleness: L under teacher lookahead L), spread over the stages by block count
-    (calibration files carry only the totals).
+    (calibration files carry only the totals). With ``dp`` replicas a unit is ``batch / (dp M)``
+    samples and the last stage holds the whole mini-batch's teacher outputs for the loss.
     """
-    samples = cal.batch / built.microbatches
+    samples = cal.batch / (dp * built.microbatches)
     dtype_bytes = 2 if cal.amp_bf16 else 4
     act = [
         sum(cal.student_out[i] for i in blocks) * samples * dtype_bytes
         for blocks in stage_slices(partition.student)
     ]
-    teacher = cal.teacher_out[-1] * samples * dtype_bytes
+    teacher = cal.teacher_out[-1] * samples * dtype_bytes * dp
     s_blocks, t_blocks = len(cal.student_fwd), len(cal.teacher_fwd)
     static = [
         STUDENT_STATE_BYTES * cal.student_params * ns / s_blocks
@@ -165,16 +213,17 @@ def calibration_memory(cal: Calibration, built: Schedule, partition: Partition) 
 
 
 def result_dict(
-    cal: Calibration, built: Schedule, partition: Partition, result: SimResult, link: Link
+    cal: Calibration, built: Schedule, partition: Partition, result: SimResult, link: Link, dp: int = 1
 ) -> dict:
     """The JSON summary of one simulation (the CLI's ``--format json``)."""
-    penalty = cal.microbatch_penalty(cal.batch / built.microbatches)
-    memory = [p.bytes / 2**30 for p in calibration_memory(cal, built, partition)]
+    penalty = cal.microbatch_penalty(cal.batch / (dp * built.microbatches))
+    memory = [p.bytes / 2**30 for p in calibration_memory(cal, built, partition, dp)]
     return {
         "pair": cal.pair,
         "calibration": cal.source,
         "schedule": built.name,
         "stages": built.stages,
+        "dp": dp,
         "microbatches": built.microbatches,
         "views": built.views,
         "backward_pieces": built.backward_pieces,
@@ -232,17 +281,20 @@ def divisors(n: int) -> list[int]:
 
 
 def configurations(
-    cal: Calibration, schedule: str, stages: int, max_per_stage: int = 4
+    cal: Calibration, schedule: str, stages: int, max_per_stage: int = 4, dp: int = 1
 ) -> Iterator[tuple[int, int | None]]:
     """``(micro-batches, backward pieces)`` a schedule may run a pair with on ``stages`` stages,
-    M ascending: the divisors of the batch up to ``max_per_stage x stages`` (the schedule's own
-    M if it fixes one), and pieces 1 and 2 for the schedules that pipeline micro-batches and may
-    split their backward (every piece keeps at least one sample)."""
+    M ascending: the divisors of the batch (of a replica's, with ``dp``) up to
+    ``max_per_stage x stages`` (the schedule's own M if it fixes one), and pieces 1 and 2 for
+    the schedules that pipeline micro-batches and may split their backward (every piece keeps
+    at least one sample)."""
     spec = get_schedule(schedule)
+    check_dp(cal, dp)
+    batch = cal.batch // dp
     micros = (
         [spec.microbatches]
         if spec.microbatches
-        else [m for m in divisors(cal.batch) if m <= max_per_stage * stages]
+        else [m for m in divisors(batch) if m <= max_per_stage * stages]
     )
     split = spec.splits_backward and spec.microbatches is None and spec.stages is None
     for m in micros:
@@ -251,7 +303,7 @@ def configurations(
                 spec.check(stages, m, pieces, cal.views)
             except ValueError:
                 continue
-            if cal.batch // m >= (pieces or 1):
+            if batch // m >= (pieces or 1):
                 yield m, pieces
 
 
@@ -262,12 +314,14 @@ def best_configuration(
     link: Link | None = None,
     pieces: int | None = None,
     early: str | None = "auto",
+    dp: int = 1,
 ) -> tuple[SimResult, Schedule, Partition]:
     """A schedule at its best configuration for a pair (highest simulated samples/s over
     :func:`configurations`; ``pieces`` fixes the backward pieces, for comparisons of schedules
-    alone at equal pieces). M and pieces are searched with the uniform rule of early teacher
-    forwards; ``early="auto"`` then places them from costs at the configuration found (a
-    schedule whose spec ``accepts_early``; never slower than the uniform rule), None keeps it.
+    alone at equal pieces; ``dp``: replicas of the pipeline). M and pieces are searched with the
+    uniform rule of early teacher forwards; ``early="auto"`` then places them from costs at the
+    configuration found (a schedule whose spec ``accepts_early``; never slower than the uniform
+    rule), None keeps it.
 
     Returns:
         (result, built schedule, partition) of the best configuration.
@@ -276,7 +330,7 @@ def best_configuration(
         ValueError: if no configuration fits.
     """
     by_m: dict[int, list[int | None]] = {}
-    for m, p in configurations(cal, schedule, stages):
+    for m, p in configurations(cal, schedule, stages, dp=dp):
         if pieces is None or p is None or p == pieces:
             by_m.setdefault(m, []).append(p)
     best, misses = None, 0
@@ -284,7 +338,7 @@ def best_configuration(
         results = [
             (
                 simulate_calibration(
-                    cal, schedule, stages, m, link, backward_pieces=p, batches=SEARCH_BATCHES
+                    cal, schedule, stages, m, link, backward_pieces=p, batches=SEARCH_BATCHES, dp=dp
                 ),
                 m,
                 p,
@@ -301,4 +355,4 @@ def best_configuration(
     if best is None:
         raise ValueError(f"{schedule} has no configuration for {cal.pair} on {stages} stages")
     _, m, p = best
-    return simulate_calibration(cal, schedule, stages, m, link, backward_pieces=p, early=early)
+    return simulate_calibration(cal, schedule, stages, m, link, backward_pieces=p, early=early, dp=dp)

@@ -14,7 +14,9 @@ ranking, so the figures the planner reports are those of the simulated table
 (``Candidate.window``). With ``max_lookahead`` L > 1 (``--max-lookahead``), the tspipe family's
 best with an EMA teacher is also tried with teacher lookahead 2..L (a staler teacher: the one
 serving batch b is version b - L; opt-in, since it changes what is trained), reported in the
-``L`` column.
+``L`` column. With ``hybrid`` (``--hybrid``) it also searches every schedule as ``dp``
+replicas of a ``G / dp``-stage pipeline, for every dp >= 2 that leaves 2 stages or more
+(``dp`` column; modelled as in :mod:`core.paper_scale`).
 
 The search over M stops for a schedule and partition after two larger M that fit the limit did
 no better (as :func:`core.paper_scale.best_configuration`): smaller micro-batches only cost more.
@@ -37,11 +39,13 @@ from core.paper_scale import (
     TEACHER_STATE_BYTES,
     calibration_memory,
     configurations,
+    divisors,
     simulate_calibration,
     simulate_ddp,
     teacher_early,
 )
 from core.partition import uniform_balance
+from core.plan_table import table
 from core.schedules import get_schedule, schedules
 from core.simulate import WINDOW_BATCHES, Link
 
@@ -55,7 +59,7 @@ class Candidate:
 
     Attributes:
         schedule: registry name.
-        gpus: GPUs (pipeline stages, or ddp replicas).
+        gpus: GPUs (pipeline stages x dp, or ddp replicas).
         microbatches: micro-batches per mini-batch (1 for ddp).
         backward_pieces: pieces of each backward (None for ddp).
         partition: ``cost`` (auto-balanced) or ``uniform`` (by block count); ``replicas`` for ddp.
@@ -85,6 +89,12 @@ class Candidate:
     stage_mem_gib: tuple[float, ...]
     lookahead: int | None = None
     window: int | None = SEARCH_BATCHES
+    dp: int = 1
+
+    @property
+    def stages(self) -> int:
+        """Pipeline stages (GPUs per replica)."""
+        return self.gpus // self.dp
 
     @property
     def peak_gib(self) -> float:
@@ -110,13 +120,15 @@ def pipeline_schedules(gpus: int, names: Sequence[str] | None = None) -> list[st
     return out
 
 
-def _candidate(cal: Calibration, found: tuple, partition: str, lookahead: int | None = None) -> Candidate:
+def _candidate(
+    cal: Calibration, found: tuple, partition: str, lookahead: int | None = None, dp: int = 1
+) -> Candidate:
     result, built, part = found
-    memory = tuple(p.bytes / GIB for p in calibration_memory(cal, built, part))
+    memory = tuple(p.bytes / GIB for p in calibration_memory(cal, built, part, dp))
     early = teacher_early(built)
     return Candidate(
         schedule=built.name,
-        gpus=built.stages,
+        gpus=built.stages * dp,
         microbatches=built.microbatches,
         backward_pieces=built.backward_pieces,
         partition=partition,
@@ -129,6 +141,7 @@ def _candidate(cal: Calibration, found: tuple, partition: str, lookahead: int | 
         stage_mem_gib=memory,
         lookahead=lookahead,
         window=built.batches,
+        dp=dp,
     )
 
 
@@ -137,10 +150,10 @@ def _settle(cal: Calibration, cand: Candidate, link: Link, lookahead: int | None
     balance = None if cand.partition == "cost" else list(cand.balance)
     early = list(cand.teacher_early) if cand.teacher_early is not None else None
     found = simulate_calibration(
-        cal, cand.schedule, cand.gpus, cand.microbatches, link, balance, cand.backward_pieces,
-        WINDOW_BATCHES, early, lookahead,
+        cal, cand.schedule, cand.stages, cand.microbatches, link, balance, cand.backward_pieces,
+        WINDOW_BATCHES, early, lookahead, cand.dp,
     )  # fmt: skip
-    return _candidate(cal, found, cand.partition, lookahead)
+    return _candidate(cal, found, cand.partition, lookahead, cand.dp)
 
 
 def _settled(
@@ -151,15 +164,15 @@ def _settled(
     fits = lambda c: memory_gib is None or c.peak_gib <= memory_gib  # noqa: E731
     ranked = sorted((c for c in found if fits(c)), key=lambda c: -c.samples_per_s)
     out, counts = [], {}
-    for cand in ranked:
-        if counts.get(cand.schedule, 0) < 3:
-            counts[cand.schedule] = counts.get(cand.schedule, 0) + 1
+    for cand in ranked:  # per schedule and dp
+        if counts.get((cand.schedule, cand.dp), 0) < 3:
+            counts[(cand.schedule, cand.dp)] = counts.get((cand.schedule, cand.dp), 0) + 1
             out.append(_settle(cal, cand, link))
     if max_lookahead > 1 and cal.teacher == "ema":
-        for name in counts:
+        for name, dp in counts:
             if not get_schedule(name).accepts_lookahead:
                 continue
-            best = max((c for c in out if c.schedule == name), key=lambda c: c.samples_per_s)
+            best = max((c for c in out if (c.schedule, c.dp) == (name, dp)), key=lambda c: c.samples_per_s)
             for lookahead in range(2, max_lookahead + 1):
                 try:
                     out.append(_settle(cal, best, link, lookahead))
@@ -194,13 +207,16 @@ def ddp_candidate(cal: Calibration, gpus: int, link: Link) -> Candidate:
     )
 
 
-def _search(cal: Calibration, name: str, gpus: int, link: Link, memory_gib: float | None) -> list[Candidate]:
-    """Every configuration of one schedule the early stop reaches (over the memory limit
-    included: the caller drops them), and the best that fits with its teacher forwards placed."""
+def _search(
+    cal: Calibration, name: str, gpus: int, link: Link, memory_gib: float | None, dp: int = 1
+) -> list[Candidate]:
+    """Every configuration of one schedule on ``gpus`` stages (times ``dp`` replicas) the early
+    stop reaches (over the memory limit included: the caller drops them), and the best that
+    fits with its teacher forwards placed."""
     found: list[Candidate] = []
     fits = lambda c: memory_gib is None or c.peak_gib <= memory_gib  # noqa: E731
     options: dict[int, list[int | None]] = {}
-    for m, p in configurations(cal, name, gpus):
+    for m, p in configurations(cal, name, gpus, dp=dp):
         options.setdefault(m, []).append(p)
     balances: dict[str, list[int] | None] = {"cost": None}
     try:
@@ -214,10 +230,10 @@ def _search(cal: Calibration, name: str, gpus: int, link: Link, memory_gib: floa
             top = None
             for p in pieces:
                 try:
-                    sim = simulate_calibration(cal, name, gpus, m, link, balance, p, SEARCH_BATCHES)
+                    sim = simulate_calibration(cal, name, gpus, m, link, balance, p, SEARCH_BATCHES, dp=dp)
                 except ValueError:
                     continue
-                cand = _candidate(cal, sim, partition)
+                cand = _candidate(cal, sim, partition, dp=dp)
                 key = (cand.microbatches, cand.backward_pieces, cand.balance)
                 if partition != "cost" and key in balanced:
                     continue  # the uniform split is the balanced one: simulated already
@@ -238,9 +254,18 @@ def _search(cal: Calibration, name: str, gpus: int, link: Link, memory_gib: floa
         top = max(fitting, key=lambda c: c.samples_per_s)
         balance = None if top.partition == "cost" else list(top.balance)
         sim = simulate_calibration(
-            cal, name, gpus, top.microbatches, link, balance, top.backward_pieces, SEARCH_BATCHES, "auto"
+            cal,
+            name,
+            gpus,
+            top.microbatches,
+            link,
+            balance,
+            top.backward_pieces,
+            SEARCH_BATCHES,
+            "auto",
+            dp=dp,
         )
-        placed = _candidate(cal, sim, top.partition)
+        placed = _candidate(cal, sim, top.partition, dp=dp)
         if fits(placed) and placed.samples_per_s > top.samples_per_s:
             found[found.index(top)] = placed
     return found
@@ -254,6 +279,7 @@ def plan(
     link: Link | None = None,
     ddp: bool = True,
     max_lookahead: int = 1,
+    hybrid: bool = False,
 ) -> list[Candidate]:
     """The configurations that fit ``memory_gib`` (None: no limit), fastest first (ties: less
     memory first): each schedule's three best of the search, simulated over the full window
@@ -267,6 +293,7 @@ def plan(
         link: the link between GPUs (default: :class:`core.simulate.Link`'s).
         ddp: also model data parallelism (when ``names`` is None, or names it).
         max_lookahead: also try the tspipe family's teacher lookahead up to this L (EMA teachers).
+        hybrid: also try dp replicas of a ``gpus / dp``-stage pipeline (dp >= 2, 2 stages or more).
 
     Raises:
         ValueError: for ``gpus < 1``, a limit <= 0, ``max_lookahead < 1``, or a schedule that
@@ -286,9 +313,19 @@ def plan(
         raise ValueError(f"none of {', '.join(wanted)} runs as a pipeline on {gpus} GPUs")
     blocks = min(len(cal.teacher_fwd), len(cal.student_fwd))
     found: list[Candidate] = []
-    if gpus <= blocks:
-        for name in pipelines:
-            found += _search(cal, name, gpus, link, memory_gib)
+    shapes = [(gpus, 1)] if gpus <= blocks else []
+    if hybrid:
+        shapes += [(gpus // d, d) for d in divisors(gpus) if 2 <= d <= gpus // 2 and gpus // d <= blocks]
+    for stages, dp in shapes:
+        if cal.batch % dp == 0:
+            names = (
+                pipelines
+                if dp == 1
+                else pipeline_schedules(stages, [n for n in wanted if n not in ddp_names] if wanted else None)
+            )
+            for name in names:
+                found += _search(cal, name, stages, link, memory_gib, dp)
+    if shapes:
         found = _settled(cal, found, link, memory_gib, max_lookahead)
     if ddp and gpus >= 2 and cal.student_params and (not wanted or set(wanted) & ddp_names):
         found.append(ddp_candidate(cal, gpus, link))
@@ -297,51 +334,11 @@ def plan(
 
 
 def per_schedule(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Each schedule's best of a ranked list, in rank order."""
-    seen: dict[str, Candidate] = {}
+    """Each schedule's best of a ranked list (per schedule and dp), in rank order."""
+    seen: dict[tuple[str, int], Candidate] = {}
     for c in candidates:
-        seen.setdefault(c.schedule, c)
+        seen.setdefault((c.schedule, c.dp), c)
     return list(seen.values())
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def table(candidates: Sequence[Candidate], top: int | None = None) -> str:
-    """The ranked list as a plain-text table."""
-    headers = [
-        "#",
-        "schedule",
-        "M",
-        "pieces",
-        "L",
-        "partition",
-        "teacher early",
-        "samples/s",
-        "eff.",
-        "bubble",
-    ]
-    headers += ["peak GiB per stage", "max GiB"]
-    lines = [
-        [
-            str(i + 1),
-            c.schedule,
-            str(c.microbatches),
-            "-" if c.backward_pieces is None else str(c.backward_pieces),
-            "-" if c.lookahead is None else str(c.lookahead),
-            c.partition,
-            "-" if c.teacher_early is None else ",".join(map(str, c.teacher_early)),
-            f"{c.samples_per_s:.1f}",
-            _fmt(c.efficiency),
-            _fmt(c.bubble_fraction),
-            " ".join(f"{g:.2f}" for g in c.stage_mem_gib),
-            f"{c.peak_gib:.2f}",
-        ]
-        for i, c in enumerate(candidates[:top] if top else candidates)
-    ]
-    widths = [max(len(r[i]) for r in [headers, *lines]) for i in range(len(headers))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [headers, *lines])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -357,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-lookahead", type=int, default=1, help="also try teacher lookahead 2..L (EMA teachers; staler)"
     )
+    parser.add_argument("--hybrid", action="store_true", help="also try dp replicas of shorter pipelines")
     args = parser.parse_args(argv)
     try:
         cal = load_calibration(args.calibration, args.model)
@@ -367,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.schedules,
             Link(args.link_gbps),
             max_lookahead=args.max_lookahead,
+            hybrid=args.hybrid,
         )
     except (OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)

@@ -289,6 +289,13 @@ def stage_cost_model(
     )
 
 
+def ring_allreduce_ms(nbytes: float, replicas: int, link: Link) -> float:
+    """A ring all-reduce of ``nbytes`` over ``replicas`` ranks: ``2 (R - 1) / R x nbytes`` over
+    the link and ``2 (R - 1)`` message latencies (0 for one rank)."""
+    ring = 2 * (replicas - 1) / replicas
+    return ring * nbytes / (link.gbps * 1e9) * 1e3 + 2 * (replicas - 1) * link.latency_us / 1e3
+
+
 def ddp_step(
     forward_ms: float,
     backward_ms: float,
@@ -317,8 +324,7 @@ def ddp_step(
         raise ValueError(f"ddp needs at least 2 replicas, got {replicas}")
     if not 0.0 <= overlap <= 1.0:
         raise ValueError(f"overlap must lie in [0, 1], got {overlap}")
-    ring = 2 * (replicas - 1) / replicas
-    allreduce = ring * grad_bytes / (link.gbps * 1e9) * 1e3 + 2 * (replicas - 1) * link.latency_us / 1e3
+    allreduce = ring_allreduce_ms(grad_bytes, replicas, link)
     hidden = min(overlap * allreduce, backward_ms)
     return forward_ms + backward_ms + allreduce - hidden + other_ms, allreduce
 

@@ -14,6 +14,10 @@ For every calibrated pair, link and stage count:
 - per pair and N in ``PLAN_STAGES`` (realistic model, 450 GB/s), the planner's best
   configuration of every schedule (``core.plan``, ``kind: plan``, ``plan_rank`` 1 the best),
   with its peak memory per stage;
+- per pair at ``HYBRID_GPUS`` GPUs (realistic model, 450 GB/s), every pipeline schedule at its
+  best configuration as ``dp`` replicas of a ``G / dp``-stage pipeline, for every dp >= 2 that
+  leaves at least 2 stages (``kind: hybrid``, columns ``dp`` and ``gpus``; the model:
+  ``core.paper_scale``), beside ddp and the single pipelines of the same G, with peak memory;
 - per pair, the check of the simulated one-device sequential step against the measured one and
   the fixed + per-sample fit that extends the sweep (``kind: check``).
 
@@ -35,12 +39,13 @@ from core.calibration import Calibration, load_calibration
 from core.metrics import make_row, write_rows
 from core.paper_scale import (
     best_configuration,
+    divisors,
     result_dict,
     sequential_check,
     simulate_calibration,
     simulate_ddp,
 )
-from core.plan import per_schedule, plan
+from core.plan import ddp_candidate, per_schedule, plan
 from core.schedules import get_schedule, schedules
 from core.simulate import Link
 
@@ -62,6 +67,7 @@ FILES = (
 GANTT_STAGES, GANTT_LINK = 4, "nvlink"  # timelines kept for Gantt charts
 LINEAR_PIECES = 2  # the linear ablation compares schedules at equal backward pieces
 PLAN_STAGES, PLAN_LINK = (4, 8), "nvlink"  # the planner's choice per pair
+HYBRID_GPUS = (8, 16)  # dp x pp beside ddp and the single pipeline (on PLAN_LINK)
 
 
 def _device(link: Link) -> str:
@@ -125,11 +131,12 @@ def _sim_fields(cal: Calibration, link_name: str) -> dict:
     )
 
 
-def _sim_row(cal: Calibration, link_name: str, found: tuple, best_of: str) -> dict:
+def _sim_row(cal: Calibration, link_name: str, found: tuple, best_of: str, dp: int = 1) -> dict:
     result, built, partition = found
-    summary = result_dict(cal, built, partition, result, LINKS[link_name])
+    summary = result_dict(cal, built, partition, result, LINKS[link_name], dp)
+    hybrid = {"kind": "hybrid", "dp": dp, "gpus": dp * built.stages} if dp > 1 else {}
     return make_row(
-        **_sim_fields(cal, link_name),
+        **{**_sim_fields(cal, link_name), **hybrid},
         schedule=built.name,
         stages=built.stages,
         microbatches=built.microbatches,
@@ -181,6 +188,46 @@ def plan_rows(cal: Calibration, link_name: str) -> list[dict]:
     return out
 
 
+def hybrid_rows(cal: Calibration, link_name: str) -> list[dict]:
+    """Every pipeline schedule at its best as dp replicas of a pipeline, at each of
+    ``HYBRID_GPUS`` GPUs and every dp >= 2 that leaves at least 2 stages the pair can fill."""
+    out = []
+    units = min(len(cal.teacher_fwd), len(cal.student_fwd))
+    for gpus in HYBRID_GPUS:
+        for dp in divisors(gpus):
+            stages = gpus // dp
+            if dp < 2 or stages < 2 or stages > units or cal.batch % dp:
+                continue
+            for schedule in SCHEDULES:
+                try:
+                    found = best_configuration(cal, schedule, stages, LINKS[link_name], dp=dp)
+                except ValueError:
+                    continue
+                out.append(_sim_row(cal, link_name, found, "its best M and pieces, per replica", dp))
+    return out
+
+
+def ddp_row(cal: Calibration, link_name: str, stages: int) -> dict:
+    """ddp on ``stages`` replicas, modelled, with one replica's peak memory."""
+    link = LINKS[link_name]
+    ddp = simulate_ddp(cal, stages, link)
+    return make_row(
+        **_sim_fields(cal, link_name),
+        schedule=DDP,
+        stages=stages,
+        microbatches=1,
+        samples_per_s=ddp["samples_per_s"],
+        step_ms=ddp["step_ms"],
+        efficiency=ddp["efficiency"],
+        bound_samples_per_s=ddp["bound_samples_per_s"],
+        best_of="one replica per GPU",
+        allreduce_ms=ddp["allreduce_ms"],
+        ddp_model="ring all-reduce of fp32 student gradients, fully overlapped with the backward",
+        microbatch_penalty=cal.microbatch_penalty(cal.batch / stages),
+        mem_lower_bound_gib=ddp_candidate(cal, stages, link).peak_gib,
+    )
+
+
 def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | None]]:
     """Every schedule at every stage count the pair's blocks allow: at its best configuration
     under the calibration's model (and ddp), or at M = N with equal pieces under the linear one.
@@ -207,24 +254,10 @@ def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | Non
             records = [r.to_dict() for r in found[0].records if not r.op.startswith(("SEND", "RECV"))]
             out.append((row, records if keep and get_schedule(schedule).gantt else None))
         if cal.model != "linear":
-            ddp = simulate_ddp(cal, stages, link)
-            row = make_row(
-                **_sim_fields(cal, link_name),
-                schedule=DDP,
-                stages=stages,
-                microbatches=1,
-                samples_per_s=ddp["samples_per_s"],
-                step_ms=ddp["step_ms"],
-                efficiency=ddp["efficiency"],
-                bound_samples_per_s=ddp["bound_samples_per_s"],
-                best_of="one replica per GPU",
-                allreduce_ms=ddp["allreduce_ms"],
-                ddp_model="ring all-reduce of fp32 student gradients, fully overlapped with the backward",
-                microbatch_penalty=cal.microbatch_penalty(cal.batch / stages),
-            )
-            out.append((row, None))
+            out.append((ddp_row(cal, link_name, stages), None))
     if cal.model != "linear" and link_name == PLAN_LINK:
         out += [(row, None) for row in plan_rows(cal, link_name)]
+        out += [(row, None) for row in hybrid_rows(cal, link_name)]
     return out
 
 

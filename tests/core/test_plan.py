@@ -123,3 +123,22 @@ def test_figures_come_from_the_full_window_and_lookahead_is_opt_in(tiny, tmp_pat
         assert same and c.peak_gib > same[0].peak_gib
     with pytest.raises(ValueError, match="max_lookahead"):
         plan(cal, 2, max_lookahead=0)
+
+
+def test_hybrid_adds_dp_replicas_of_shorter_pipelines_known_by_hand(tiny, tmp_path, capsys):
+    data = json.loads(tiny.read_text())
+    data.update(student_params_M=1.0, teacher_params_M=1.0)
+    path = tmp_path / "kd_tiny_fp32.json"
+    path.write_text(json.dumps(data))
+    cal = load_calibration(path)
+    # 4 GPUs, 2 blocks: no single pipeline fits, ddp does; without --hybrid nothing else
+    assert {(c.schedule, c.dp) for c in plan(cal, 4, link=FAST)} == {("ddp", 1)}
+    mixed = plan(cal, 4, link=FAST, hybrid=True)
+    hybrid = [c for c in mixed if c.dp == 2]
+    assert hybrid and all(c.gpus == 4 and c.stages == 2 and len(c.stage_mem_gib) == 2 for c in hybrid)
+    # 2 replicas of 4 samples each: every stage has 2 ms of work a step, which a schedule that
+    # fills every bubble runs back to back (a free link): 8 samples / 2 ms
+    assert max(c.samples_per_s for c in hybrid) == pytest.approx(4000.0, rel=1e-6)
+    assert main(["--calibration", str(path), "--gpus", "4", "--hybrid"]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert header.split()[:3] == ["#", "schedule", "dp"]
