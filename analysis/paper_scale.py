@@ -5,6 +5,7 @@ models' simulated figures."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -79,6 +80,66 @@ def calibration_check_section(df: pd.DataFrame) -> str:
             lines,
         )
     )
+
+
+def _int(x: object) -> int | None:
+    """An integer cell of a frame column that holds gaps (read back as floats)."""
+    return None if x is None or pd.isna(x) else int(x)
+
+
+def _best(block: pd.DataFrame) -> dict | None:
+    return None if block.empty else R.records(block.sort_values("samples_per_s", ascending=False))[0]
+
+
+def hybrid_table(rows: Sequence[dict]) -> str:
+    """Per pair and GPU count of the ``kind: hybrid`` rows: ddp, the best single pipeline and the
+    best dp x pp (realistic model, 450 GB/s), each with its peak memory per GPU."""
+    df = R.frame(rows)
+    if df.empty or "dp" not in df or not (df["kind"] == "hybrid").any():
+        return "missing: no dp x pp rows; run `make simulate`.\n"
+    df = df[(df["link"] == "nvlink") & (df["cost_model"] != "linear")]
+    hybrid = df[df["kind"] == "hybrid"]
+    sims = df[df["kind"] == "sim"]
+    lines = []
+    for (cal, gpus), block in hybrid.groupby(["calibration", "gpus"], sort=True):
+        same = sims[(sims["calibration"] == cal) & (sims["stages"] == gpus)]
+        ddp = _best(same[same["schedule"] == "ddp"])
+        pipe = _best(same[same["schedule"] != "ddp"])
+        top = _best(block)
+        rival = max((r["samples_per_s"] for r in (ddp, pipe) if r), default=None)
+
+        def cells(r: dict | None, name: str) -> list:
+            return [
+                name if r else None,
+                r["samples_per_s"] if r else None,
+                r.get("mem_lower_bound_gib") if r else None,
+            ]
+
+        lines.append(
+            [
+                cal.removesuffix(".json"),
+                _int(gpus),
+                *cells(ddp, "ddp"),
+                *cells(pipe, f"{pipe['schedule']} M{_int(pipe['microbatches'])}" if pipe else ""),
+                *cells(
+                    top,
+                    f"{_int(top['dp'])} x {top['schedule']} N{_int(top['stages'])} M{_int(top['microbatches'])}",
+                ),
+                top["samples_per_s"] / rival if rival else None,
+            ]
+        )
+    headers = [
+        "calibration",
+        "GPUs",
+        "ddp",
+        "samples/s",
+        "peak GiB",
+        "best pipeline",
+        "samples/s",
+        "peak GiB",
+    ]
+    headers += ["best dp x pp", "samples/s", "peak GiB", "dp x pp / best other"]
+    return markdown_table(headers, lines)
 
 
 def simulated_section(data: dict[str, pd.DataFrame]) -> tuple[str, list[dict]]:
@@ -172,6 +233,15 @@ def simulated_section(data: dict[str, pd.DataFrame]) -> tuple[str, list[dict]]:
         "a micro-batch sweep (`realistic, no sweep`) scales its per-block costs linearly, scaled to its measured "
         "networks.\n\n" + body
     )
+    if "dp" in df and (df["kind"] == "hybrid").any():
+        text += (
+            "\n### Data-parallel replicas of a pipeline (dp x pp) at 8 and 16 GPUs (realistic model, 450 GB/s)\n\n"
+            "dp replicas of a G / dp-stage pipeline, every schedule at its best per replica, beside ddp and the best "
+            "single pipeline of the same G; each stage's optimizer step pays a ring all-reduce over dp of its "
+            "gradients (not overlapped); peak GiB is the fullest GPU's lower bound (model in "
+            "`results/simulated/TABLE.md`).\n\n"
+            + hybrid_table(R.records(df[df["kind"].isin(["sim", "hybrid"])]))
+        )
     if ablation:
         text += (
             "\n### The schedules alone (linear model, ablation)\n\n"

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from analysis import rows as R  # noqa: E402
 from analysis.bench import colour  # noqa: E402
 from analysis.compare import subject_name  # noqa: E402
-from analysis.paper_scale import calibration_check_section  # noqa: E402
+from analysis.paper_scale import calibration_check_section, hybrid_table  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
 from core.schedules import order_of, schedules  # noqa: E402
@@ -138,61 +138,6 @@ def plan_table(rows: Sequence[dict]) -> str:
     ]
     headers = ["calibration", "N", "rank", "schedule", "M", "pieces", "partition", "teacher early"]
     headers += ["samples/s", "eff.", "bubble", "peak GiB per stage", "max GiB"]
-    return markdown_table(headers, lines)
-
-
-def _best(block: pd.DataFrame) -> dict | None:
-    return None if block.empty else R.records(block.sort_values("samples_per_s", ascending=False))[0]
-
-
-def hybrid_table(rows: Sequence[dict]) -> str:
-    """Per pair and GPU count of the ``kind: hybrid`` rows: ddp, the best single pipeline and the
-    best dp x pp (realistic model, 450 GB/s), each with its peak memory per GPU."""
-    df = R.frame(rows)
-    if df.empty or "dp" not in df or not (df["kind"] == "hybrid").any():
-        return "missing: no dp x pp rows; run `make simulate`.\n"
-    df = df[(df["link"] == "nvlink") & (df["cost_model"] != "linear")]
-    hybrid = df[df["kind"] == "hybrid"]
-    sims = df[df["kind"] == "sim"]
-    lines = []
-    for (cal, gpus), block in hybrid.groupby(["calibration", "gpus"], sort=True):
-        same = sims[(sims["calibration"] == cal) & (sims["stages"] == gpus)]
-        ddp = _best(same[same["schedule"] == "ddp"])
-        pipe = _best(same[same["schedule"] != "ddp"])
-        top = _best(block)
-        rival = max((r["samples_per_s"] for r in (ddp, pipe) if r), default=None)
-
-        def cells(r: dict | None, name: str) -> list:
-            return [
-                name if r else None,
-                r["samples_per_s"] if r else None,
-                r.get("mem_lower_bound_gib") if r else None,
-            ]
-
-        lines.append(
-            [
-                cal.removesuffix(".json"),
-                _count(gpus),
-                *cells(ddp, "ddp"),
-                *cells(pipe, f"{pipe['schedule']} M{_count(pipe['microbatches'])}" if pipe else ""),
-                *cells(
-                    top,
-                    f"{_count(top['dp'])} x {top['schedule']} N{_count(top['stages'])} M{_count(top['microbatches'])}",
-                ),
-                top["samples_per_s"] / rival if rival else None,
-            ]
-        )
-    headers = [
-        "calibration",
-        "GPUs",
-        "ddp",
-        "samples/s",
-        "peak GiB",
-        "best pipeline",
-        "samples/s",
-        "peak GiB",
-    ]
-    headers += ["best dp x pp", "samples/s", "peak GiB", "dp x pp / best other"]
     return markdown_table(headers, lines)
 
 

@@ -89,12 +89,28 @@ def init_distributed(device: str = "cpu", timeout_s: float = 300.0, transport: s
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         timeout = _dt.timedelta(seconds=timeout_s)
+        store = _attempt_store(world, timeout)
         if dev.type == "cuda" and not staged:
-            dist.init_process_group("nccl", timeout=timeout, device_id=dev)
+            dist.init_process_group(
+                "nccl", timeout=timeout, device_id=dev, store=store, rank=rank, world_size=world
+            )
         else:
-            dist.init_process_group("gloo", timeout=timeout)
+            dist.init_process_group("gloo", timeout=timeout, store=store, rank=rank, world_size=world)
     _configure_logging(rank)
     return Rank(rank, world, local_rank, dev)
+
+
+def _attempt_store(world: int, timeout: _dt.timedelta) -> dist.Store | None:
+    """Under torchrun's agent store, the job's store seen through a prefix of this attempt
+    (``TORCHELASTIC_RESTART_COUNT``): a group torchrun restarted must not read the addresses
+    the dead attempt's ranks left in the store, or connecting to them is refused. None
+    elsewhere (``init_process_group`` reads the environment as usual)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"tspipe/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def _configure_logging(rank: int) -> None:

@@ -5,6 +5,7 @@ here or with one process per stage."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -16,7 +17,7 @@ from core.config import Config
 from core.launch import in_launched_job, launch
 from core.overrides import ConfigError, apply_overrides
 from core.runtime import resolve_balances
-from core.schedules import schedules
+from core.schedules import get_schedule, schedules
 from methods.common.data import DataNotFound
 from methods.registry import get_method, method_names
 from methods.spec import MethodSpec
@@ -67,6 +68,27 @@ def parse_args(argv: Sequence[str]) -> tuple[MethodSpec, Config]:
     return spec, apply_overrides(base, [*flags, *args.overrides])
 
 
+def replicas_from_world(config: Config) -> Config:
+    """Inside a launched job (torchrun, ``core.launch``): a pipeline schedule without ``dp``
+    takes ``dp = WORLD_SIZE / stages``; a world that does not fit the config is refused.
+
+    Raises:
+        ConfigError: if the job's world size is not ``stages x dp``.
+    """
+    if not in_launched_job():
+        return config
+    world, p = int(os.environ["WORLD_SIZE"]), config.pipeline
+    if p.dp == 1 and get_schedule(p.schedule).runner == "pipeline" and world > p.stages:
+        if world % p.stages == 0:
+            config = replace(config, pipeline=replace(p, dp=world // p.stages))
+    if config.pipeline.world != world:
+        raise ConfigError(
+            f"the job has {world} processes but {p.schedule} with {p.stages} stages x dp {config.pipeline.dp} "
+            f"needs {config.pipeline.world}; start {config.pipeline.world} processes or change --stages/--dp"
+        )
+    return config
+
+
 def check_blocks(spec: MethodSpec, config: Config) -> None:
     """Stages and balances must fit the task's blocks (raises ValueError saying what to change)."""
     task = spec.make_task(config)
@@ -86,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         Faults()  # a malformed TSPIPE_FAULT fails here, not in a rank
         spec, config = parse_args(argv)
+        config = replicas_from_world(config)
         spec.check(config)
         world = config.pipeline.world
         if config.run.device == "cuda":

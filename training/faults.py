@@ -1,6 +1,7 @@
 """A test and demonstration hook: make a rank die, hang, or the loss turn NaN at a chosen step,
 to show that nothing is lost and nothing hangs. Set ``TSPIPE_FAULT`` to ``kill:STEP:RANK``,
-``hang:STEP:RANK`` or ``nan:STEP``; it never comes from a config."""
+``hang:STEP:RANK`` or ``nan:STEP``; it never comes from a config. A fault strikes the first
+attempt only: a group that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) runs on."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class Faults:
     def __init__(self, spec: str | None = None) -> None:
         spec = os.environ.get(VARIABLE, "") if spec is None else spec
         self.kind, self.step, self.rank = "", -1, -1
-        if not spec:
+        if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
             return
         parts = spec.split(":")
         try:

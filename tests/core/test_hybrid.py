@@ -73,7 +73,7 @@ def test_a_replica_searches_the_divisors_of_its_own_batch(cal):
 
 
 def test_make_simulate_rows_and_table_set_dp_x_pp_beside_ddp_and_one_pipeline(cal):
-    from analysis.simulated import hybrid_table
+    from analysis.paper_scale import hybrid_table
     from experiments.simulate import HYBRID_GPUS, ddp_row, hybrid_rows
 
     rows = hybrid_rows(cal, "nvlink")

@@ -83,6 +83,49 @@ def test_killed_rank_then_resume_is_bit_identical(tmp_path, method, schedule, ex
     assert_bit_identical(final_weights(tmp_path / "whole", 6), final_weights(tmp_path / "cut", 6))
 
 
+def torchrun(run_dir, *args: str, fault: str = "", nproc: int = 4, timeout: int = 300):
+    """``torchrun --standalone --nproc-per-node N --max-restarts 1 -m core.rank training ...``."""
+    env = {**os.environ, "TSPIPE_FAULT": fault, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    command += ["--max-restarts", "1", "--monitor-interval", "0.5", "-m", "core.rank", "training"]
+    return subprocess.run(
+        [*command, *args, f"run_dir={run_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_group_which_resumes_by_itself_bit_identical(tmp_path):
+    # 4 processes and 2 stages: dp 2 from the world size; rank 3 (stage 1 of replica 1) dies
+    # at step 3; torchrun restarts the group, which resumes from the checkpoint of step 2
+    common = ["byol", "--preset", "tiny", "--microbatches", "2", "--schedule", "tspipe", "--stages", "2"]
+    common += ["steps=6", "checkpoint_every=2", "resume=auto"]
+    whole = torchrun(tmp_path / "whole", *common)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut = torchrun(tmp_path / "cut", *common, fault="kill:3:3")
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    assert (tmp_path / "cut" / "fault.json").exists()  # the first attempt did die
+    row = json.loads((tmp_path / "cut" / "row.json").read_text())
+    assert row["resumed_from"] == 2 and row["dp"] == 2 and row["stages"] == 2
+    assert_bit_identical(final_weights(tmp_path / "whole", 6), final_weights(tmp_path / "cut", 6))
+
+
+def test_a_world_that_does_not_fit_the_stages_is_refused_with_one_line(tmp_path, monkeypatch, capsys):
+    from training.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun --nproc-per-node 3 would
+    assert (
+        main(["byol", "--preset", "tiny", "--schedule", "gpipe", "--stages", "2", f"run_dir={tmp_path}"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the job has 3 processes" in err
+
+
 @pytest.mark.dist
 def test_a_two_batch_lookahead_resumes_bit_identical(tmp_path):
     # a teacher two versions stale: the checkpoint of step 2 holds versions 0 and 1, which the
@@ -282,3 +325,11 @@ def test_an_unwritable_output_folder_is_refused(tmp_path):
     blocker.write_text("not a folder")
     proc = train("byol", blocker / "run", "--preset", "tiny")
     assert proc.returncode == 2 and "is not writable" in proc.stderr, proc.stderr
+
+
+def test_a_fault_strikes_the_first_attempt_only(monkeypatch):
+    from training.faults import Faults
+
+    assert Faults("kill:3:1").kind == "kill"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # a group torchrun restarted
+    assert Faults("kill:3:1").kind == ""
