@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis import rows as R
 from analysis.compare import best_of, comparison_groups, subject_name
-from analysis.tables import markdown_table
+from analysis.tables import int_cell, markdown_table
 from core.schedules import order_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,11 +82,6 @@ def calibration_check_section(df: pd.DataFrame) -> str:
     )
 
 
-def _int(x: object) -> int | None:
-    """An integer cell of a frame column that holds gaps (read back as floats)."""
-    return None if x is None or pd.isna(x) else int(x)
-
-
 def _best(block: pd.DataFrame) -> dict | None:
     return None if block.empty else R.records(block.sort_values("samples_per_s", ascending=False))[0]
 
@@ -118,12 +113,12 @@ def hybrid_table(rows: Sequence[dict]) -> str:
         lines.append(
             [
                 cal.removesuffix(".json"),
-                _int(gpus),
+                int_cell(gpus),
                 *cells(ddp, "ddp"),
-                *cells(pipe, f"{pipe['schedule']} M{_int(pipe['microbatches'])}" if pipe else ""),
+                *cells(pipe, f"{pipe['schedule']} M{int_cell(pipe['microbatches'])}" if pipe else ""),
                 *cells(
                     top,
-                    f"{_int(top['dp'])} x {top['schedule']} N{_int(top['stages'])} M{_int(top['microbatches'])}",
+                    f"{int_cell(top['dp'])} x {top['schedule']} N{int_cell(top['stages'])} M{int_cell(top['microbatches'])}",
                 ),
                 top["samples_per_s"] / rival if rival else None,
             ]

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
-import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -17,7 +16,7 @@ from analysis import rows as R  # noqa: E402
 from analysis.bench import colour  # noqa: E402
 from analysis.compare import subject_name  # noqa: E402
 from analysis.paper_scale import calibration_check_section, hybrid_table  # noqa: E402
-from analysis.tables import markdown_table  # noqa: E402
+from analysis.tables import int_cell, markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
 from core.schedules import order_of, schedules  # noqa: E402
 
@@ -104,11 +103,6 @@ def config_table(rows: Sequence[dict]) -> str:
     return markdown_table([*headers, "peak GiB/stage (lower bound)"], lines)
 
 
-def _count(x: object) -> int | None:
-    """An integer cell of a frame column that holds gaps (read back as floats)."""
-    return None if x is None or pd.isna(x) else int(x)
-
-
 def plan_table(rows: Sequence[dict]) -> str:
     """The planner's choice (``kind: plan`` rows): per pair and N, every schedule at the best
     configuration the planner found, ranked (rank 1: the planner's pick), with peak memory."""
@@ -120,10 +114,10 @@ def plan_table(rows: Sequence[dict]) -> str:
         [
             r["calibration"].removesuffix(".json"),
             r["stages"],
-            _count(r["plan_rank"]),
+            int_cell(r["plan_rank"]),
             r["schedule"],
-            _count(r["microbatches"]),
-            _count(r.get("backward_pieces")),
+            int_cell(r["microbatches"]),
+            int_cell(r.get("backward_pieces")),
             r.get("partition"),
             ",".join(str(k) for k in r["teacher_early"])
             if isinstance(r.get("teacher_early"), list)

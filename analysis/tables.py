@@ -20,6 +20,11 @@ def fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+def int_cell(x: object) -> int | None:
+    """An integer cell of a frame column that holds gaps (read back as floats), or None."""
+    return None if x is None or pd.isna(x) else int(x)
+
+
 def _is_number(value: object) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
