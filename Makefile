@@ -65,9 +65,11 @@ bench-engine: $(STAMP)
 bench-byol: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)
 	$(call bench,byol,)
 
-# BYOL accuracy parity: synchronous vs tspipe (one-step-stale teacher), 3 seeds (CPU, < 60 min).
+# BYOL accuracy parity: synchronous vs tspipe (one-step-stale teacher) vs the symmetric ablation
+# (tspipe with the student also one step late, training.delay), 5 paired seeds; rows whose
+# numerics fingerprint is current are kept, not re-run (CPU, about 100 min from nothing).
 accuracy-byol: $(STAMP) data
-	$(PY) -m experiments.accuracy byol --out results/byol/accuracy
+	$(PY) -m experiments.accuracy byol --seeds 0 1 2 3 4 --symmetric --out results/byol/accuracy
 	$(PY) -m analysis.accuracy results/byol/accuracy --command "make accuracy-byol" --title "BYOL accuracy parity"
 
 # Staleness as a knob: tspipe with teacher lookahead L = 0, 1, 2, 4 (the teacher serving batch b

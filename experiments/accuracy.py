@@ -12,7 +12,13 @@ tests show tspipe's weights on 1, 2 and 4 processes equal the one-step-stale ref
 seeds, data order, augmentations and initial weights; one backward piece in both, so staleness
 is the only difference. For the first seed both save the teacher every epoch, and the relative
 L2 distance between the two teachers is recorded per epoch (rows with metric
-``teacher_drift_rel_l2``).
+``teacher_drift_rel_l2``). ``--symmetric`` adds the paper's ablation: ``tspipe`` with the
+student's gradients also applied one step late (``training.delay``; label ``symmetric``).
+
+A row already in ``OUT/rows.jsonl`` for the same label, seed and overrides whose numerics
+fingerprint is still the method's current one is kept, not re-run (the run would reproduce it:
+one thread, seeded data, augmentations and weights); so more seeds or labels can be added to a
+matrix without redoing what holds.
 """
 
 from __future__ import annotations
@@ -72,7 +78,13 @@ def run_matrix(
     """
     out.mkdir(parents=True, exist_ok=True)
     run_root = ROOT / "runs" / method / f"accuracy-{preset}"
-    pending = [r for r in runs if not (run_root / r.name / "row.json").exists()]
+    kept = current_rows(method, out / "rows.jsonl", runs)
+    pending = [r for r in runs if r.name not in kept and not (run_root / r.name / "row.json").exists()]
+    if kept:
+        print(
+            f"[accuracy] kept {len(kept)} current rows of {out / 'rows.jsonl'}: {', '.join(kept)}",
+            file=sys.stderr,
+        )
     active: list[tuple[AccuracyRun, subprocess.Popen, float]] = []
     failures = []
     bar = tqdm(
@@ -127,7 +139,9 @@ def run_matrix(
     if failures:
         raise RuntimeError(f"accuracy runs failed: {', '.join(failures)}")
     rows = [
-        {
+        kept[run.name]
+        if run.name in kept
+        else {
             **json.loads((run_root / run.name / "row.json").read_text()),
             "label": run.label,
             "overrides": list(run.overrides),
@@ -137,6 +151,23 @@ def run_matrix(
     rows = [provenance(method, row, command) for row in rows]
     write_rows(out / "rows.jsonl", rows)
     return rows
+
+
+def current_rows(method: str, path: Path, runs: Sequence[AccuracyRun]) -> dict[str, dict]:
+    """The rows of ``path`` that stand for runs of ``runs`` (same label, seed and overrides) and
+    carry the method's current numerics fingerprint, by run name."""
+    if not path.exists():
+        return {}
+    from core.metrics import read_rows
+
+    digest = provenance(method, {})["fingerprint"]
+    wanted = {(r.label, r.seed, tuple(r.overrides)): r.name for r in runs}
+    out = {}
+    for row in read_rows(path):
+        key = (row.get("label"), row.get("seed"), tuple(row.get("overrides") or ()))
+        if key in wanted and digest is not None and row.get("fingerprint") == digest:
+            out[wanted[key]] = row
+    return out
 
 
 def provenance(method: str, row: dict, command: str | None = None) -> dict:
@@ -170,13 +201,20 @@ def teacher_drift(sync_dir: Path, stale_dir: Path) -> list[tuple[int, float]]:
 
 
 def stale_teacher_parity(
-    method: str, preset_name: str, seeds: Sequence[int], out: Path, parallel: int = 2
+    method: str,
+    preset_name: str,
+    seeds: Sequence[int],
+    out: Path,
+    parallel: int = 2,
+    symmetric: bool = False,
 ) -> list[dict]:
     """Synchronous training (``sequential``: exact EMA teacher) against ``tspipe`` (one-step-stale
     teacher) for every seed, on one process each (``tspipe`` on one stage reads exactly the
     teacher it reads on several: the engine tests show its weights on 1, 2 and 4 processes agree
     to rounding). The first seed saves the teacher every epoch, and the relative L2 distance of
-    the two teachers per epoch is added to the rows (metric ``teacher_drift_rel_l2``).
+    the two teachers per epoch is added to the rows (metric ``teacher_drift_rel_l2``; kept from
+    the previous rows when both runs of the first seed were kept). ``symmetric`` adds ``tspipe``
+    with the student's gradients one step late (label ``symmetric``).
 
     Returns:
         The rows written to ``out/rows.jsonl``.
@@ -190,10 +228,23 @@ def stale_teacher_parity(
         extra = (f"checkpoint_every={per_epoch}",) if seed == seeds[0] else ()
         runs.append(AccuracyRun("sync", "sequential", extra, seed))
         runs.append(AccuracyRun("tspipe", "tspipe", extra, seed))
+        if symmetric:
+            runs.append(AccuracyRun("symmetric", "tspipe", ("--student-delay=1",), seed))
+    previous = read_rows(out / "rows.jsonl") if (out / "rows.jsonl").exists() else []
+    digest = provenance(method, {})["fingerprint"]
+    old_drift = [
+        r
+        for r in previous
+        if r.get("metric") == "teacher_drift_rel_l2"
+        and r.get("seed") == seeds[0]
+        and r.get("fingerprint") == digest
+    ]
     run_matrix(method, preset_name, runs, out, parallel)
     root = ROOT / "runs" / method / f"accuracy-{preset_name}"
     drift = teacher_drift(root / f"sync-s{seeds[0]}", root / f"tspipe-s{seeds[0]}")
     rows = read_rows(out / "rows.jsonl")
+    if not drift:  # the first seed's runs were kept, not re-run: so is their drift
+        rows += old_drift
     rows += [
         make_row(
             method=method,
@@ -222,9 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/METHOD/accuracy")
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="also tspipe with the student's gradients one step late (the paper's ablation)",
+    )
     args = parser.parse_args(argv)
     out = args.out or Path("results") / args.method / "accuracy"
-    stale_teacher_parity(args.method, args.preset, args.seeds, out, args.parallel)
+    stale_teacher_parity(args.method, args.preset, args.seeds, out, args.parallel, args.symmetric)
     return 0
 
 

@@ -35,8 +35,9 @@ FLAGS = {
 }
 
 
-def parse_args(argv: Sequence[str]) -> tuple[MethodSpec, Config]:
-    """The method and the config a command line asks for.
+def parse_args(argv: Sequence[str]) -> tuple[MethodSpec, Config, int]:
+    """The method, the config and the student delay (``training.delay``; 0: none) a command line
+    asks for.
 
     Raises:
         ConfigError: for anything wrong with the method, the preset or the config.
@@ -56,6 +57,13 @@ def parse_args(argv: Sequence[str]) -> tuple[MethodSpec, Config]:
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--run-dir", dest="run_dir")
     parser.add_argument(
+        "--student-delay",
+        type=int,
+        default=0,
+        metavar="K",
+        help="accuracy ablation only: apply the student's gradients K steps late (training.delay)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="key=value config overrides (dotted keys reach a section)"
     )
     args = parser.parse_intermixed_args(list(argv))
@@ -64,8 +72,10 @@ def parse_args(argv: Sequence[str]) -> tuple[MethodSpec, Config]:
         base = spec.preset(args.preset or spec.default_preset)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if args.student_delay < 0:
+        raise ConfigError(f"--student-delay must be >= 0 steps, got {args.student_delay}")
     flags = [f"{FLAGS[k]}={getattr(args, k)}" for k in FLAGS if getattr(args, k) is not None]
-    return spec, apply_overrides(base, [*flags, *args.overrides])
+    return spec, apply_overrides(base, [*flags, *args.overrides]), args.student_delay
 
 
 def replicas_from_world(config: Config) -> Config:
@@ -107,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         Faults()  # a malformed TSPIPE_FAULT fails here, not in a rank
-        spec, config = parse_args(argv)
+        spec, config, delay = parse_args(argv)
         config = replicas_from_world(config)
         spec.check(config)
         world = config.pipeline.world
@@ -125,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(config.run.run_dir) if config.run.run_dir else folder.default_run_dir(spec.name, config)
             )
             folder.check_output(run_dir, config.run.min_free_gb)
-            folder.check_resume(run_dir, spec.name, config)
+            folder.check_resume(run_dir, spec.name, config, delay)
             config = replace(config, run=replace(config.run, run_dir=str(run_dir)))
     except (ConfigError, DataNotFound, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
@@ -135,5 +145,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return launch(world, ["training", *argv, f"run.run_dir={config.run.run_dir}"])
     from training.run import run
 
-    run(spec, config)
+    run(spec, config, student_delay=delay)
     return 0

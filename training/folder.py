@@ -53,9 +53,10 @@ def check_output(run_dir: Path, min_free_gb: float) -> None:
         )
 
 
-def expected_manifest(method: str, config: Config) -> dict[str, Any]:
+def expected_manifest(method: str, config: Config, student_delay: int = 0) -> dict[str, Any]:
     """What a checkpoint this run resumes from must have been made with (what is known before
-    the runner exists; the balances are checked again by the ranks)."""
+    the runner exists; the balances are checked again by the ranks). ``student_delay``
+    (``training.delay``) is recorded only when set, and checked here, not by the engine."""
     p = config.pipeline
     return {
         "method": method,
@@ -65,13 +66,30 @@ def expected_manifest(method: str, config: Config) -> dict[str, Any]:
         "microbatches": p.microbatches,
         "backward_pieces": p.pieces,
         "teacher_lookahead": p.teacher_lookahead,
+        **({"student_delay": student_delay} if student_delay else {}),
     }
 
 
-def manifest(method: str, config: Config, runner: Runner, world: int) -> dict[str, Any]:
+def check_student_delay(found: dict[str, Any], expected: dict[str, Any]) -> None:
+    """A checkpoint resumes only a run with its own student delay (none recorded: 0).
+
+    Raises:
+        ValueError: saying both delays.
+    """
+    was, now = found.get("student_delay", 0), expected.get("student_delay", 0)
+    if was != now:
+        raise ValueError(
+            f"cannot resume: the checkpoint was made with a different setup (student_delay: checkpoint "
+            f"{was}, now {now}); resume with the same settings or start a new run folder"
+        )
+
+
+def manifest(
+    method: str, config: Config, runner: Runner, world: int, student_delay: int = 0
+) -> dict[str, Any]:
     """The manifest of this run's checkpoints."""
     return {
-        **expected_manifest(method, config),
+        **expected_manifest(method, config, student_delay),
         "world_size": world,
         "balance": list(runner.balance) if runner.balance else None,
         "teacher_balance": list(runner.teacher_balance) if runner.teacher_balance else None,
@@ -87,7 +105,7 @@ def resume_folder(run_dir: Path, resume: str) -> Path | None:
     return checkpoint.latest(run_dir) if resume == "auto" else Path(resume)
 
 
-def check_resume(run_dir: Path, method: str, config: Config) -> None:
+def check_resume(run_dir: Path, method: str, config: Config, student_delay: int = 0) -> None:
     """With ``resume`` set, the checkpoint must come from the same setup.
 
     Raises:
@@ -100,7 +118,9 @@ def check_resume(run_dir: Path, method: str, config: Config) -> None:
     if resume != "auto" and not checkpoint.complete(folder):
         raise ConfigError(f"resume={resume}: not a complete checkpoint folder (manifest and rank files)")
     try:
-        checkpoint.check_manifest(checkpoint.read_manifest(folder), expected_manifest(method, config))
+        found, expected = checkpoint.read_manifest(folder), expected_manifest(method, config, student_delay)
+        checkpoint.check_manifest(found, expected)
+        check_student_delay(found, expected)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

@@ -19,14 +19,16 @@ from core.overrides import to_json
 from core.runtime import gather_state, make_runner
 from methods.spec import MethodSpec
 from training import folder
+from training.delay import delayed
 from training.faults import Faults
 from training.logger import RunLogger
 
 log = logging.getLogger(__name__)
 
 
-def run(spec: MethodSpec, config: Config) -> dict | None:
-    """One rank of a training run.
+def run(spec: MethodSpec, config: Config, student_delay: int = 0) -> dict | None:
+    """One rank of a training run (``student_delay``: apply the student's gradients that many
+    steps late, an accuracy ablation: ``training.delay``).
 
     Returns:
         On rank 0 the result row (also written to ``row.json``); None elsewhere.
@@ -42,13 +44,16 @@ def run(spec: MethodSpec, config: Config) -> dict | None:
         (run_dir / "config.json").write_text(to_json(config))
     setup = spec.setup(config)
     faults = Faults()
-    runner = make_runner(faults.wrap(setup.task), pipeline, rank.device, setup.optimizer, setup.scheduler)
-    manifest = folder.manifest(spec.name, config, runner, rank.world)
+    optimizer = delayed(setup.optimizer, student_delay)
+    runner = make_runner(faults.wrap(setup.task), pipeline, rank.device, optimizer, setup.scheduler)
+    manifest = folder.manifest(spec.name, config, runner, rank.world, student_delay)
     steps, epoch_steps = setup.steps, setup.steps_per_epoch
     start = 0
     resume = folder.resume_folder(run_dir, settings.resume)
     if resume is not None:
-        checkpoint.check_manifest(checkpoint.read_manifest(resume), manifest)
+        found = checkpoint.read_manifest(resume)
+        checkpoint.check_manifest(found, manifest)
+        folder.check_student_delay(found, manifest)
         saved = checkpoint.load(resume, rank.rank)
         runner.load_checkpoint_state(saved["state"])
         start = saved["step"]
@@ -129,6 +134,7 @@ def run(spec: MethodSpec, config: Config) -> dict | None:
         backward_pieces=pipeline.pieces,
         resumed_from=start or None,
         skipped_steps=runner.skipped_steps,
+        **({"student_delay": student_delay} if student_delay else {}),
     )
     (run_dir / "row.json").write_text(json.dumps(row, indent=1))
     if dist.is_initialized():
