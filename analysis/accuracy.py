@@ -1,8 +1,9 @@
 """Accuracy tables and plots (``make accuracy-*``) from result rows only.
 
 Usage: ``python -m analysis.accuracy results/byol/accuracy --title ... --command ...`` writes
-``TABLE.md`` (final metric per label: mean, spread and every seed; the teacher drift where rows
-hold it) and ``accuracy_by_epoch.png`` (mean over seeds, shaded between min and max).
+``TABLE.md`` (final metric per label: mean, spread and every seed; each other label minus the
+first, paired by seed with its 95 % interval and what the interval supports; the teacher drift
+where rows hold it) and ``accuracy_by_epoch.png`` (mean over seeds, shaded between min and max).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from analysis import rows as R  # noqa: E402
+from analysis.compare import paired_difference, verdict  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
 
 
@@ -67,6 +70,26 @@ def summary_table(rows: Sequence[dict]) -> str:
     return markdown_table(headers, lines, digits=2)
 
 
+def paired_lines(rows: Sequence[dict]) -> str:
+    """Each label minus the first label (the synchronous run), paired by seed, in points, with
+    its 95 % Student-t interval and what it supports (``analysis.compare.verdict``)."""
+    labels = [s["label"] for s in summary(rows)]
+    frame = pd.DataFrame(
+        [{"seed": r["seed"], "label": r["label"], "metric_value": r["metric_value"]} for r in rows]
+    )
+    lines = []
+    for other in labels[1:]:
+        d = paired_difference(frame, labels[0], other)
+        if d is None:
+            lines.append(f"- {other} - {labels[0]}: fewer than two common seeds.")
+            continue
+        lines.append(
+            f"- {other} - {labels[0]}, paired by seed ({d['seeds']} seeds): {100 * d['mean']:+.2f} points, "
+            f"95 % interval [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] (Student t); {verdict(d)}."
+        )
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def plot_by_epoch(rows: Sequence[dict], out: Path, title: str, metric: str) -> Path | None:
     """Metric against epoch per label: mean over seeds, shaded min..max."""
     curves: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -106,15 +129,23 @@ def drift_table(rows: Sequence[dict]) -> str | None:
     return markdown_table(["epoch", "relative L2 (stale vs synchronous teacher)", "seed"], lines, digits=4)
 
 
+def dates(rows: Sequence[dict]) -> str:
+    """The rows' date, or their first and last dates when they were made at different times."""
+    found = sorted({str(r["date"]) for r in rows})
+    return found[0] if len(found) == 1 else f"{found[0]} to {found[-1]}"
+
+
 def write_report(folder: Path, title: str, command: str) -> Path:
     rows = R.records(R.read(folder / "rows.jsonl"))
     runs = [r for r in rows if r.get("label")]
     first = runs[0]
     text = (
         f"# {title}\n\nMeasured with `{command}` (device {first['device']}, torch {first['torch']}, "
-        f"git {first['git_sha']}, {first['date']}). Final {first['metric']} after {first.get('epochs', 0):.0f} "
+        f"git {', '.join(sorted({str(r['git_sha']) for r in runs}))}, {dates(runs)}). Final {first['metric']} after {first.get('epochs', 0):.0f} "
         f"epochs; every run of a seed sees the same data order, augmentations and initial weights.\n\n"
         + summary_table(runs)
+        + "\n"
+        + paired_lines([r for r in runs if r.get("metric_value") is not None])
     )
     drift = drift_table(rows)
     if drift:

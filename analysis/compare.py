@@ -125,3 +125,22 @@ def paired_difference(runs: pd.DataFrame, base: str, other: str) -> dict | None:
         "low": mean - half,
         "high": mean + half,
     }
+
+
+# a difference smaller than this (1 point of a metric in [0, 1]) counts as no loss: "no loss"
+# is said only where the whole 95 % interval of the paired difference lies above minus it
+NO_LOSS_MARGIN = 0.01
+
+
+def verdict(d: dict | None, margin: float = NO_LOSS_MARGIN) -> str:
+    """What a paired difference ``other - base`` (of a metric in [0, 1]) supports at 95 %: a loss
+    (the interval below 0), a gain (above 0), no loss (above ``-margin``), or none of these."""
+    if d is None:
+        return "too few seeds"
+    if d["high"] < 0:
+        return "loss: the interval lies below 0"
+    if d["low"] > 0:
+        return "gain: the interval lies above 0"
+    if d["low"] >= -margin:
+        return f"no loss: the interval lies above -{100 * margin:g} point"
+    return f"not shown: the interval reaches {100 * d['low']:+.2f} points"

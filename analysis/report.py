@@ -32,6 +32,7 @@ from analysis.compare import (  # noqa: E402
     paired_difference,
     ratio,
     subject_name,
+    verdict,
 )
 from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
@@ -178,6 +179,8 @@ def gpu_section(data: dict[str, pd.DataFrame], results: Path) -> str:
 EXTRA_METRICS = ("teacher_drift_rel_l2", "max_abs_param_diff", "max_param_diff")
 SYNC_LABELS = ("sync", "kd-sequential", "distil-sequential", "sequential")
 STALE_LABELS = ("tspipe", "kd-tspipe", "distil-tspipe")
+# also compared with the synchronous run: the symmetric ablation (student one step late too)
+ABLATION_LABELS = ("symmetric",)
 
 
 def paired_table(runs: pd.DataFrame, base: str, other: str) -> str:
@@ -186,7 +189,7 @@ def paired_table(runs: pd.DataFrame, base: str, other: str) -> str:
     if d is None:
         return f"Paired difference `{other}` - `{base}`: fewer than two common seeds.\n"
     return markdown_table(
-        ["paired difference", "seeds", "mean", "std", "95 % interval (Student t)", "half-width"],
+        ["paired difference", "seeds", "mean", "std", "95 % interval (Student t)", "half-width", "supports"],
         [
             [
                 f"{other} - {base}",
@@ -195,6 +198,7 @@ def paired_table(runs: pd.DataFrame, base: str, other: str) -> str:
                 d["std"],
                 f"[{d['low']:+.4f}, {d['high']:+.4f}]",
                 (d["high"] - d["low"]) / 2,
+                verdict(d),
             ]
         ],
         digits=4,
@@ -257,20 +261,23 @@ def accuracy_section(
         means = runs.groupby("label", sort=False)["metric_value"].mean()
         sync = next((k for k in SYNC_LABELS if k in means.index), None)
         stale = next((k for k in STALE_LABELS if k in means.index), None)
-        if sync and stale:
-            body += "\n" + paired_table(runs, sync, stale)
+        compared = [k for k in (stale, *ABLATION_LABELS) if k and sync and k in means.index]
+        for other in compared:
+            body += "\n" + paired_table(runs, sync, other)
         sweep = staleness_section(results / method / "staleness", f"{method}/staleness")
         if sweep:
             body += "\n" + sweep
         text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
-        if sync and stale:
+        for other in compared:
             headline.append(
                 {
                     "title": title,
                     "metric": runs["metric"].iloc[0],
+                    "label": other,
                     "sync": float(means[sync]),
-                    "tspipe": float(means[stale]),
-                    "seeds": int((runs["label"] == stale).sum()),
+                    "other": float(means[other]),
+                    "seeds": int((runs["label"] == other).sum()),
+                    "paired": paired_difference(runs, sync, other),
                 }
             )
     return "\n".join(text), headline
@@ -399,13 +406,17 @@ def headline_snippet(
                 ]
             )
     for h in accuracy:
+        d, name = h["paired"], ref if h["label"] in STALE_LABELS else h["label"]
+        value = f"{100 * (h['other'] - h['sync']):+.2f} points"
+        if d is not None:
+            value = f"{100 * d['mean']:+.2f} points [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
         lines.append(
             [
                 h["title"],
-                f"{h['metric']} {ref} - synchronous ({h['seeds']} seeds)",
-                "measured, CPU",
-                f"{100 * (h['tspipe'] - h['sync']):+.2f}",
-                "points",
+                f"{h['metric']} {name} - synchronous ({h['seeds']} seeds)",
+                "measured, CPU; paired by seed, 95 % interval",
+                value,
+                verdict(d),
             ]
         )
     for h in micro or []:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.compare import paired_difference
+from analysis.compare import paired_difference, verdict
 from analysis.report import paired_table
 
 
@@ -30,3 +30,23 @@ def test_unpaired_seeds_are_left_out_and_too_few_said():
     assert d["seeds"] == 2 and d["mean"] == pytest.approx(2.0)
     assert paired_difference(_runs({0: (1.0, 2.0)}), "sync", "tspipe") is None
     assert "fewer than two common seeds" in paired_table(_runs({0: (1.0, 2.0)}), "sync", "tspipe")
+
+
+@pytest.mark.parametrize(
+    "low, high, says",
+    [
+        (-0.02, -0.001, "loss: the interval lies below 0"),
+        (0.001, 0.02, "gain: the interval lies above 0"),
+        (-0.009, 0.02, "no loss: the interval lies above -1 point"),
+        (-0.0248, 0.0384, "not shown: the interval reaches -2.48 points"),
+    ],
+)
+def test_no_loss_is_said_only_where_the_interval_supports_it(low, high, says):
+    assert verdict({"low": low, "high": high}) == says
+    assert verdict(None) == "too few seeds"
+
+
+def test_the_paired_table_says_what_its_interval_supports():
+    runs = _runs({0: (0.70, 0.705), 1: (0.60, 0.604), 2: (0.65, 0.656)})
+    table = paired_table(runs, "sync", "tspipe")
+    assert "gain: the interval lies above 0" in table and "| tspipe - sync | 3 |" in table
