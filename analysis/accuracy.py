@@ -70,14 +70,26 @@ def summary_table(rows: Sequence[dict]) -> str:
     return markdown_table(headers, lines, digits=2)
 
 
+INIT = "init"  # the label of each seed's initial weights evaluated (experiments.accuracy.initial_rows)
+
+
 def paired_lines(rows: Sequence[dict]) -> str:
     """Each label minus the first label (the synchronous run), paired by seed, in points, with
-    its 95 % Student-t interval and what it supports (``analysis.compare.verdict``)."""
-    labels = [s["label"] for s in summary(rows)]
+    its 95 % Student-t interval and what it supports (``analysis.compare.verdict``); first, where
+    the rows hold the initial weights' metric, what training gained over them."""
+    labels = [s["label"] for s in summary(rows) if s["label"] != INIT]
     frame = pd.DataFrame(
         [{"seed": r["seed"], "label": r["label"], "metric_value": r["metric_value"]} for r in rows]
     )
     lines = []
+    if labels and INIT in set(frame["label"]):  # what training gained over the initial weights
+        d = paired_difference(frame, INIT, labels[0])
+        if d is not None:
+            lines.append(
+                f"- {labels[0]} - {INIT} (what training gained over each seed's initial weights, {d['seeds']} "
+                f"seeds): {100 * d['mean']:+.2f} points, 95 % interval [{100 * d['low']:+.2f}, "
+                f"{100 * d['high']:+.2f}]."
+            )
     for other in labels[1:]:
         d = paired_difference(frame, labels[0], other)
         if d is None:

@@ -33,8 +33,13 @@ def _final(rows: pd.DataFrame) -> pd.DataFrame:
 
 def staleness_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per L: seeds, mean and spread of the metric (in %), and ``L - L0`` paired by seed: its
-    mean and 95 % interval in points (empty where fewer than two seeds pair up)."""
-    runs = _final(rows)
+    mean and 95 % interval in points (empty where fewer than two seeds pair up); where the rows
+    hold each seed's initial weights evaluated, the mean gain over them."""
+    runs, init = _final(rows), initial(rows)
+    gain = None
+    if init is not None:  # per L: the mean over seeds of (final - initial), paired by seed
+        final = runs.pivot_table(index="seed", columns="lookahead", values="metric_value", aggfunc="first")
+        gain = final.sub(init, axis=0).mean()
     out = []
     for lookahead, group in sorted(runs.groupby("lookahead"), key=lambda kv: kv[0]):
         values = group.sort_values("seed")["metric_value"].astype(float) * 100
@@ -49,9 +54,16 @@ def staleness_table(rows: pd.DataFrame) -> pd.DataFrame:
                 "L - L0 (points)": None if d is None else 100 * d["mean"],
                 "95 % interval": None if d is None else f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]",
                 "interval excludes 0": None if d is None else bool(d["low"] > 0 or d["high"] < 0),
+                **({"gain over init (points)": 100 * float(gain[lookahead])} if gain is not None else {}),
             }
         )
     return pd.DataFrame(out)
+
+
+def initial(rows: pd.DataFrame) -> pd.Series | None:
+    """Each seed's metric at its initial weights (rows labelled ``init``), None without them."""
+    init = rows[(rows["label"] == "init") & rows["metric_value"].notna()]
+    return None if init.empty else init.set_index("seed")["metric_value"].astype(float)
 
 
 def plot(rows: pd.DataFrame, out: Path, title: str) -> Path | None:

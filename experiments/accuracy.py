@@ -12,7 +12,8 @@ tests show tspipe's weights on 1, 2 and 4 processes equal the one-step-stale ref
 seeds, data order, augmentations and initial weights; one backward piece in both, so staleness
 is the only difference. For the first seed both save the teacher every epoch, and the relative
 L2 distance between the two teachers is recorded per epoch (rows with metric
-``teacher_drift_rel_l2``). ``--symmetric`` adds the paper's ablation: ``tspipe`` with the
+``teacher_drift_rel_l2``); each seed's initial weights are evaluated too (label ``init``), to
+measure what training gains. ``--symmetric`` adds the paper's ablation: ``tspipe`` with the
 student's gradients also applied one step late (``training.delay``; label ``symmetric``).
 
 A row already in ``OUT/rows.jsonl`` for the same label, seed and overrides whose numerics
@@ -184,6 +185,49 @@ def provenance(method: str, row: dict, command: str | None = None) -> dict:
     }
 
 
+def initial_rows(
+    method: str, preset_name: str, seeds: Sequence[int], command: str | None = None
+) -> list[dict]:
+    """The metric of each seed's initial weights (label ``init``, step 0, schedule ``none``): what
+    training gains is measured against it. The weights are the ones every run of that seed
+    starts from (the task builds them from its seed).
+
+    Raises:
+        ValueError: for a method without an evaluation.
+    """
+    from torch import nn
+
+    from core.metrics import make_row
+    from core.overrides import apply_overrides
+    from core.runtime import prepare_models
+
+    spec, rows = get_method(method), []
+    for seed in seeds:
+        run = spec.setup(apply_overrides(spec.preset(preset_name), [f"seed={seed}"]))
+        if run.evaluate is None or run.metric is None:
+            raise ValueError(f"{method} with preset {preset_name} has no evaluation to measure")
+        student, teacher = prepare_models(run.task)
+        state = {
+            kind: nn.Sequential(*blocks).state_dict()
+            for kind, blocks in (("student", student), ("teacher", teacher))
+        }
+        value = run.evaluate(state)[run.metric]
+        row = make_row(
+            method=method,
+            schedule="none",
+            model=run.model,
+            metric=run.metric,
+            metric_value=value,
+            seed=seed,
+            simulated=False,
+            steps=0,
+            epochs=0.0,
+            device="cpu",
+        )
+        rows.append(provenance(method, {**row, "label": "init", "overrides": []}, command))
+    return rows
+
+
 def teacher_drift(sync_dir: Path, stale_dir: Path) -> list[tuple[int, float]]:
     """(step, relative L2 of the stale teacher from the synchronous one) per common checkpoint."""
     out = []
@@ -243,6 +287,7 @@ def stale_teacher_parity(
     root = ROOT / "runs" / method / f"accuracy-{preset_name}"
     drift = teacher_drift(root / f"sync-s{seeds[0]}", root / f"tspipe-s{seeds[0]}")
     rows = read_rows(out / "rows.jsonl")
+    rows += initial_rows(method, preset_name, seeds)
     if not drift:  # the first seed's runs were kept, not re-run: so is their drift
         rows += old_drift
     rows += [

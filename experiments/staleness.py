@@ -8,7 +8,8 @@ weights, so the runs of one seed differ only in the teacher's staleness (paired 
 run is one process on one stage (``tspipe`` on one stage serves exactly the teacher versions it
 serves on several: the engine's tests at L = 0, 1, 2 on 1, 2 and 4 processes), one thread,
 two at a time (``experiments.accuracy.run_matrix``); rows land in ``OUT/rows.jsonl`` labelled
-``L0``, ``L1``, ...; ``python -m analysis.staleness OUT`` makes the table and the plot.
+``L0``, ``L1``, ..., beside each seed's initial weights evaluated (label ``init``: what
+training gains); ``python -m analysis.staleness OUT`` makes the table and the plot.
 
 ``python -m experiments.staleness METHOD [--lookaheads 0 1 2 4] [--seeds 0 1 2] [--preset P] [--out DIR]``
 """
@@ -20,7 +21,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.accuracy import AccuracyRun, run_matrix
+from core.metrics import write_rows
+from experiments.accuracy import AccuracyRun, initial_rows, run_matrix
 from methods.registry import get_method
 
 
@@ -68,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = args.out or Path("results") / args.method / "staleness"
     command = args.command or f"python -m experiments.staleness {args.method} --preset {args.preset}"
-    run_matrix(args.method, args.preset, runs, out, args.parallel, command)
+    rows = run_matrix(args.method, args.preset, runs, out, args.parallel, command)
+    write_rows(out / "rows.jsonl", rows + initial_rows(args.method, args.preset, args.seeds, command))
     return 0
 
 

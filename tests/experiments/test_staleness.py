@@ -73,3 +73,39 @@ def test_table_and_plot_from_rows(tmp_path):
     section = staleness_section(tmp_path, "moco_v3/staleness")  # the report's part
     assert "| 4 |" in section and "](moco_v3/staleness/staleness.png)" in section
     assert staleness_section(tmp_path / "missing", "x") is None
+
+
+def test_the_gain_over_each_seeds_initial_weights_is_a_column():
+    rows = _rows({0: [0.50, 0.60, 0.70], 1: [0.51, 0.62, 0.73]})
+    rows += [
+        make_row(
+            method="moco_v3",
+            schedule="none",
+            label="init",
+            seed=s,
+            metric="knn_top1",
+            metric_value=v,
+            simulated=False,
+        )
+        for s, v in enumerate([0.40, 0.40, 0.50])
+    ]
+    table = staleness_table(pd.DataFrame(rows))
+    # L0: (0.10 + 0.20 + 0.20) / 3; L1: (0.11 + 0.22 + 0.23) / 3
+    assert list(table["gain over init (points)"]) == pytest.approx([50 / 3, 56 / 3])
+    assert "gain over init (points)" not in staleness_table(pd.DataFrame(_rows({0: [0.5, 0.6]})))
+
+
+def test_initial_rows_evaluate_the_weights_every_run_of_a_seed_starts_from():
+    from experiments.accuracy import initial_rows
+
+    first, second = initial_rows("byol", "tiny", [0, 1])
+    again = initial_rows("byol", "tiny", [0])[0]
+    assert (first["label"], first["steps"], first["schedule"], first["metric"]) == (
+        "init",
+        0,
+        "none",
+        "knn_top1",
+    )
+    assert 0.0 < first["metric_value"] <= 1.0 and first["fingerprint"] and first["simulated"] is False
+    assert again["metric_value"] == first["metric_value"]  # the seed fixes the weights
+    assert second["metric_value"] != first["metric_value"]

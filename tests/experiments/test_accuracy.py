@@ -1,0 +1,52 @@
+"""Accuracy matrices: rows whose numerics fingerprint is current are kept, not re-run; the
+table says what training gained over the initial weights and each label against sync."""
+
+from __future__ import annotations
+
+import json
+
+from analysis.accuracy import paired_lines
+from core.metrics import make_row, write_rows
+from experiments.accuracy import AccuracyRun, current_rows, provenance
+
+
+def _row(label: str, seed: int, value: float, overrides: list[str]) -> dict:
+    row = make_row(
+        method="byol", schedule="tspipe", metric="knn_top1", metric_value=value, seed=seed, simulated=False
+    )
+    return provenance("byol", {**row, "label": label, "overrides": overrides})
+
+
+def test_current_rows_are_kept_and_stale_or_different_ones_are_not(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    stale = {**_row("sync", 1, 0.7, []), "fingerprint": "0000000000000000"}
+    write_rows(path, [_row("sync", 0, 0.7, ["checkpoint_every=78"]), _row("tspipe", 0, 0.7, []), stale])
+    runs = [
+        AccuracyRun("sync", "sequential", ("checkpoint_every=78",), 0),
+        AccuracyRun("tspipe", "tspipe", ("checkpoint_every=78",), 0),  # other overrides: re-run
+        AccuracyRun("sync", "sequential", (), 1),  # its row's numerics changed: re-run
+        AccuracyRun("symmetric", "tspipe", ("--student-delay=1",), 0),  # no row: run
+    ]
+    kept = current_rows("byol", path, runs)
+    assert list(kept) == ["sync-s0"] and kept["sync-s0"]["metric_value"] == 0.7
+    assert current_rows("byol", tmp_path / "missing.jsonl", runs) == {}
+    assert json.loads(path.read_text().splitlines()[0])["label"] == "sync"
+
+
+def test_the_table_gives_the_gain_over_init_and_each_label_against_sync():
+    rows = [
+        {"label": label, "schedule": "s", "metric": "knn_top1", "seed": seed, "metric_value": value}
+        for label, values in (
+            ("sync", [0.70, 0.60, 0.65]),
+            ("tspipe", [0.71, 0.61, 0.66]),
+            ("init", [0.5, 0.5, 0.5]),
+        )
+        for seed, value in enumerate(values)
+    ]
+    text = paired_lines(rows)
+    assert (
+        "- sync - init (what training gained over each seed's initial weights, 3 seeds): +15.00 points"
+        in text
+    )
+    assert "- tspipe - sync, paired by seed (3 seeds): +1.00 points, 95 % interval [+1.00, +1.00]" in text
+    assert "gain: the interval lies above 0" in text and "init - sync" not in text
