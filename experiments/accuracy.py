@@ -16,10 +16,10 @@ L2 distance between the two teachers is recorded per epoch (rows with metric
 measure what training gains. ``--symmetric`` adds the paper's ablation: ``tspipe`` with the
 student's gradients also applied one step late (``training.delay``; label ``symmetric``).
 
-A row already in ``OUT/rows.jsonl`` for the same label, seed and overrides whose numerics
-fingerprint is still the method's current one is kept, not re-run (the run would reproduce it:
-one thread, seeded data, augmentations and weights); so more seeds or labels can be added to a
-matrix without redoing what holds.
+A row already in ``OUT/rows.jsonl`` for the same label and seed, made with the config the run
+would resolve now (its config digest) and with the method's current numerics fingerprint, is
+kept, not re-run (the run would reproduce it: one thread, seeded data, augmentations and
+weights); so more seeds or labels can be added to a matrix without redoing what holds.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def run_matrix(
     """
     out.mkdir(parents=True, exist_ok=True)
     run_root = ROOT / "runs" / method / f"accuracy-{preset}"
-    kept = current_rows(method, out / "rows.jsonl", runs)
+    kept = current_rows(method, preset, out / "rows.jsonl", runs)
     pending = [r for r in runs if r.name not in kept and not (run_root / r.name / "row.json").exists()]
     if kept:
         print(
@@ -100,19 +100,7 @@ def run_matrix(
             run = pending.pop(0)
             folder = run_root / run.name
             folder.mkdir(parents=True, exist_ok=True)
-            cmd = [
-                sys.executable,
-                "-m",
-                "training",
-                method,
-                "--preset",
-                preset,
-                "--schedule",
-                run.schedule,
-                f"seed={run.seed}",
-                f"run_dir={folder}",
-                *run.overrides,
-            ]
+            cmd = [sys.executable, "-m", "training", *run_args(method, preset, run), f"run_dir={folder}"]
             log = (folder / "stdout.log").open("w")
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             active.append(
@@ -154,18 +142,29 @@ def run_matrix(
     return rows
 
 
-def current_rows(method: str, path: Path, runs: Sequence[AccuracyRun]) -> dict[str, dict]:
-    """The rows of ``path`` that stand for runs of ``runs`` (same label, seed and overrides) and
-    carry the method's current numerics fingerprint, by run name."""
+def run_args(method: str, preset: str, run: AccuracyRun) -> list[str]:
+    """The ``python -m training`` arguments of one run (without its run folder)."""
+    return [method, "--preset", preset, "--schedule", run.schedule, f"seed={run.seed}", *run.overrides]
+
+
+def current_rows(method: str, preset: str, path: Path, runs: Sequence[AccuracyRun]) -> dict[str, dict]:
+    """The rows of ``path`` that a run of ``runs`` would reproduce, by run name: same label and
+    seed, the same config digest (``training.folder.config_digest``: the preset, overrides and
+    student delay as resolved now) and the method's current numerics fingerprint. Rows without
+    a config digest (made before rows carried one) are never kept."""
     if not path.exists():
         return {}
     from core.metrics import read_rows
+    from training.cli import parse_args
+    from training.folder import config_digest
 
     digest = provenance(method, {})["fingerprint"]
-    wanted = {(r.label, r.seed, tuple(r.overrides)): r.name for r in runs}
+    wanted = {
+        (r.label, r.seed, config_digest(*parse_args(run_args(method, preset, r))[1:])): r.name for r in runs
+    }
     out = {}
     for row in read_rows(path):
-        key = (row.get("label"), row.get("seed"), tuple(row.get("overrides") or ()))
+        key = (row.get("label"), row.get("seed"), row.get("config_digest"))
         if key in wanted and digest is not None and row.get("fingerprint") == digest:
             out[wanted[key]] = row
     return out
@@ -275,20 +274,17 @@ def stale_teacher_parity(
         if symmetric:
             runs.append(AccuracyRun("symmetric", "tspipe", ("--student-delay=1",), seed))
     previous = read_rows(out / "rows.jsonl") if (out / "rows.jsonl").exists() else []
-    digest = provenance(method, {})["fingerprint"]
-    old_drift = [
-        r
-        for r in previous
-        if r.get("metric") == "teacher_drift_rel_l2"
-        and r.get("seed") == seeds[0]
-        and r.get("fingerprint") == digest
-    ]
+    kept = current_rows(method, preset_name, out / "rows.jsonl", runs)
+    first = {f"sync-s{seeds[0]}", f"tspipe-s{seeds[0]}"}
+    old_drift = (
+        [r for r in previous if r.get("metric") == "teacher_drift_rel_l2"] if first <= set(kept) else []
+    )
     run_matrix(method, preset_name, runs, out, parallel)
     root = ROOT / "runs" / method / f"accuracy-{preset_name}"
     drift = teacher_drift(root / f"sync-s{seeds[0]}", root / f"tspipe-s{seeds[0]}")
     rows = read_rows(out / "rows.jsonl")
     rows += initial_rows(method, preset_name, seeds)
-    if not drift:  # the first seed's runs were kept, not re-run: so is their drift
+    if not drift:  # both runs of the first seed were kept, not re-run: so is their drift
         rows += old_drift
     rows += [
         make_row(

@@ -4,8 +4,10 @@ saving a checkpoint from every rank."""
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch.distributed as dist
 
 from core import checkpoint
 from core.config import Config
-from core.overrides import ConfigError, to_dict
+from core.overrides import ConfigError, to_dict, to_json
 from core.runtime import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,15 @@ def default_run_dir(method: str, config: Config) -> Path:
     return (
         ROOT / "runs" / method / f"{stamp}-{p.schedule}{dp}-N{p.stages}-M{p.microbatches}-s{config.run.seed}"
     )
+
+
+def config_digest(config: Config, student_delay: int = 0) -> str:
+    """What a run computes, as 16 hex digits: its resolved config without where it writes or
+    resumes from, and its student delay. Equal digests and an equal numerics fingerprint let an
+    accuracy matrix keep a row instead of running it again (``experiments.accuracy``)."""
+    run = replace(config.run, run_dir="", resume="")
+    text = to_json(replace(config, run=run)) + f"\nstudent_delay={student_delay}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def check_output(run_dir: Path, min_free_gb: float) -> None:

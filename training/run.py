@@ -135,6 +135,7 @@ def run(spec: MethodSpec, config: Config, student_delay: int = 0) -> dict | None
         resumed_from=start or None,
         skipped_steps=runner.skipped_steps,
         **({"student_delay": student_delay} if student_delay else {}),
+        config_digest=folder.config_digest(config, student_delay),
     )
     (run_dir / "row.json").write_text(json.dumps(row, indent=1))
     if dist.is_initialized():

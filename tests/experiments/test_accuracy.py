@@ -7,29 +7,55 @@ import json
 
 from analysis.accuracy import paired_lines
 from core.metrics import make_row, write_rows
-from experiments.accuracy import AccuracyRun, current_rows, provenance
+from experiments.accuracy import AccuracyRun, current_rows, provenance, run_args
 
 
-def _row(label: str, seed: int, value: float, overrides: list[str]) -> dict:
+def _row(run: AccuracyRun, value: float, **extra) -> dict:
+    from training.cli import parse_args
+    from training.folder import config_digest
+
     row = make_row(
-        method="byol", schedule="tspipe", metric="knn_top1", metric_value=value, seed=seed, simulated=False
+        method="byol",
+        schedule=run.schedule,
+        metric="knn_top1",
+        metric_value=value,
+        seed=run.seed,
+        simulated=False,
     )
-    return provenance("byol", {**row, "label": label, "overrides": overrides})
+    digest = config_digest(*parse_args(run_args("byol", "accuracy", run))[1:])
+    labelled = {**row, "label": run.label, "overrides": list(run.overrides), "config_digest": digest}
+    return {**provenance("byol", labelled), **extra}
 
 
 def test_current_rows_are_kept_and_stale_or_different_ones_are_not(tmp_path):
     path = tmp_path / "rows.jsonl"
-    stale = {**_row("sync", 1, 0.7, []), "fingerprint": "0000000000000000"}
-    write_rows(path, [_row("sync", 0, 0.7, ["checkpoint_every=78"]), _row("tspipe", 0, 0.7, []), stale])
+    sync0 = AccuracyRun("sync", "sequential", ("checkpoint_every=78",), 0)
+    tspipe0 = AccuracyRun("tspipe", "tspipe", (), 0)
+    sync1 = AccuracyRun("sync", "sequential", (), 1)
+    symmetric0 = AccuracyRun("symmetric", "tspipe", ("--student-delay=1",), 0)
+    old = {**_row(AccuracyRun("sync", "sequential", (), 2), 0.7)}
+    old.pop("config_digest")
+    write_rows(
+        path,
+        [
+            _row(sync0, 0.7),
+            _row(tspipe0, 0.7),
+            _row(sync1, 0.7, fingerprint="0000000000000000"),  # numerics changed since
+            _row(AccuracyRun("symmetric", "tspipe", (), 0), 0.7),  # made without the delay
+            old,  # made before rows carried a config digest
+        ],
+    )
     runs = [
-        AccuracyRun("sync", "sequential", ("checkpoint_every=78",), 0),
-        AccuracyRun("tspipe", "tspipe", ("checkpoint_every=78",), 0),  # other overrides: re-run
-        AccuracyRun("sync", "sequential", (), 1),  # its row's numerics changed: re-run
-        AccuracyRun("symmetric", "tspipe", ("--student-delay=1",), 0),  # no row: run
+        sync0,
+        AccuracyRun("tspipe", "tspipe", ("lr=0.5",), 0),  # another config: re-run
+        sync1,
+        symmetric0,
+        AccuracyRun("sync", "sequential", (), 2),
     ]
-    kept = current_rows("byol", path, runs)
+    kept = current_rows("byol", "accuracy", path, runs)
     assert list(kept) == ["sync-s0"] and kept["sync-s0"]["metric_value"] == 0.7
-    assert current_rows("byol", tmp_path / "missing.jsonl", runs) == {}
+    assert list(current_rows("byol", "accuracy", path, [tspipe0])) == ["tspipe-s0"]
+    assert current_rows("byol", "accuracy", tmp_path / "missing.jsonl", runs) == {}
     assert json.loads(path.read_text().splitlines()[0])["label"] == "sync"
 
 
