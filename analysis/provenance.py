@@ -40,6 +40,16 @@ def golden_digests(path: Path = GOLDEN) -> dict[str, str]:
     return json.loads(path.read_text())["methods"] if path.exists() else {}
 
 
+def digests_at(sha: str, repo: Path) -> dict[str, str]:
+    """Each method's numerics fingerprint as recorded at commit ``sha`` ({} where that commit
+    has no fingerprint file or is unknown)."""
+    base = sha.removesuffix("+dirty")
+    shown = _git("show", f"{base}:tests/golden/fingerprints.json", repo=repo)
+    if shown.returncode != 0:
+        return {}
+    return json.loads(shown.stdout).get("methods", {})
+
+
 def _git(*args: str, repo: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
@@ -50,7 +60,8 @@ def staleness(
     """For each distinct ``git_sha`` of ``rows``: ``current``, ``stale`` (the code in ``paths``
     changed since), ``made from uncommitted code`` or ``unknown``. Rows that carry their
     method's numerics ``fingerprint`` (accuracy rows) are judged by it instead: ``current``
-    while it equals the method's digest in ``digests``, ``stale: numerics changed`` otherwise."""
+    while it equals the method's digest in ``digests`` and the one recorded at the rows' own
+    commit (so a fingerprint stamped on older rows vouches for nothing), stale otherwise."""
     out = {}
     shas = rows["git_sha"].map(str)
     for sha in sorted(set(shas)):
@@ -59,8 +70,14 @@ def staleness(
             group["fingerprint"].notna() if "fingerprint" in group else pd.Series(False, index=group.index)
         )
         if digests is not None and len(group) and printed.all():
-            changed = any(digests.get(str(m)) != f for m, f in zip(group["method"], group["fingerprint"]))
-            out[sha] = "stale: numerics changed" if changed else "current (numerics fingerprint)"
+            pairs = set(zip(group["method"].map(str), group["fingerprint"].map(str)))
+            if any(digests.get(m) != f for m, f in pairs):
+                out[sha] = "stale: numerics changed"
+            elif any(digests_at(sha, repo).get(m) != f for m, f in pairs):
+                # the fingerprint was stamped on rows its code did not make: nothing vouches for them
+                out[sha] = "stale: its commit had another numerics fingerprint"
+            else:
+                out[sha] = "current (numerics fingerprint)"
             continue
         base = sha.removesuffix("+dirty")
         if sha == "None" or _git("cat-file", "-e", f"{base}^{{commit}}", repo=repo).returncode != 0:

@@ -363,7 +363,9 @@ def environment_section(data: dict[str, pd.DataFrame], repo: Path) -> str:
     return (
         "## 8. Environment and freshness\n\nEach source's rows by the commit of the code that made them. A throughput row is "
         "*stale* when the code under its source's paths changed after it; an accuracy row that carries its method's "
-        "numerics fingerprint is stale only when that fingerprint (`tests/golden/fingerprints.json`) changed.\n\n"
+        "numerics fingerprint is current while that fingerprint (`tests/golden/fingerprints.json`) is the "
+        "method's digest both now and at the rows' own commit (a fingerprint stamped on rows made before it "
+        "vouches for nothing).\n\n"
         + markdown_table(["source", "rows", "git sha", "state", "torch", "dates", "devices"], lines)
     )
 

@@ -4,6 +4,7 @@ every number in a table row traced to the row it names."""
 import json
 import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -159,11 +160,22 @@ def test_accuracy_rows_follow_their_methods_numerics_fingerprint(results):
     digest = golden_digests()["byol"]
     path = results / "byol" / "accuracy" / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for fingerprint, state in (
-        (digest, "current (numerics fingerprint)"),
-        ("0" * 16, "stale: numerics changed"),
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    root = subprocess.run(
+        ["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    before = root.stdout.split()[0][:12]  # the first commit: no fingerprint file yet
+    for fingerprint, sha, state in (
+        (digest, head.stdout.strip(), "current (numerics fingerprint)"),
+        ("0" * 16, head.stdout.strip(), "stale: numerics changed"),
+        # today's fingerprint stamped on rows made before it existed vouches for nothing
+        (digest, before, "stale: its commit had another numerics fingerprint"),
     ):
-        path.write_text("".join(json.dumps({**r, "fingerprint": fingerprint}) + "\n" for r in rows))
+        path.write_text(
+            "".join(json.dumps({**r, "fingerprint": fingerprint, "git_sha": sha}) + "\n" for r in rows)
+        )
         env = build(results, ROOT, expected=EXPECTED)[0].split("## 8. Environment and freshness")[1]
         assert re.search(
             rf"\| byol/accuracy \| {len(rows)} \| [0-9a-f]{{12}} \| {re.escape(state)} \|", env
