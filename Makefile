@@ -66,8 +66,9 @@ bench-byol: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)
 	$(call bench,byol,)
 
 # BYOL accuracy parity: synchronous vs tspipe (one-step-stale teacher) vs the symmetric ablation
-# (tspipe with the student also one step late, training.delay), 5 paired seeds; rows whose
-# numerics fingerprint is current are kept, not re-run (CPU, about 100 min from nothing).
+# (tspipe with the student also one step late, training.delay), 5 paired seeds, and each seed's
+# initial weights; rows a run would reproduce (same config digest, current numerics fingerprint)
+# are kept, not re-run (CPU, two single-thread runs at a time, about 60 min from nothing).
 accuracy-byol: $(STAMP) data
 	$(PY) -m experiments.accuracy byol --seeds 0 1 2 3 4 --symmetric --out results/byol/accuracy
 	$(PY) -m analysis.accuracy results/byol/accuracy --command "make accuracy-byol" --title "BYOL accuracy parity"

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import rows as R  # noqa: E402
-from analysis.compare import paired_difference, verdict  # noqa: E402
+from analysis.compare import SYNC_LABELS, paired_difference, verdict  # noqa: E402
 from analysis.tables import markdown_table  # noqa: E402
 
 
@@ -74,10 +74,13 @@ INIT = "init"  # the label of each seed's initial weights evaluated (experiments
 
 
 def paired_lines(rows: Sequence[dict]) -> str:
-    """Each label minus the first label (the synchronous run), paired by seed, in points, with
+    """Each label minus the synchronous run (a label of ``SYNC_LABELS``, else the first), paired
+    by seed, in points, with
     its 95 % Student-t interval and what it supports (``analysis.compare.verdict``); first, where
     the rows hold the initial weights' metric, what training gained over them."""
     labels = [s["label"] for s in summary(rows) if s["label"] != INIT]
+    base = next((k for k in SYNC_LABELS if k in labels), labels[0] if labels else None)
+    labels = [base, *(k for k in labels if k != base)] if base else []
     frame = pd.DataFrame(
         [{"seed": r["seed"], "label": r["label"], "metric_value": r["metric_value"]} for r in rows]
     )

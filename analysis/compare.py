@@ -127,6 +127,13 @@ def paired_difference(runs: pd.DataFrame, base: str, other: str) -> dict | None:
     }
 
 
+# the labels of each method's synchronous and stale-teacher accuracy runs, and the ablations
+# also compared with the synchronous run (the symmetric one: the student one step late too)
+SYNC_LABELS = ("sync", "kd-sequential", "distil-sequential", "sequential")
+STALE_LABELS = ("tspipe", "kd-tspipe", "distil-tspipe")
+ABLATION_LABELS = ("symmetric",)
+
+
 # a difference smaller than this (1 point of a metric in [0, 1]) counts as no loss: "no loss"
 # is said only where the whole 95 % interval of the paired difference lies above minus it
 NO_LOSS_MARGIN = 0.01

@@ -69,6 +69,11 @@ def staleness(
         printed = (
             group["fingerprint"].notna() if "fingerprint" in group else pd.Series(False, index=group.index)
         )
+        base = sha.removesuffix("+dirty")
+        known = sha != "None" and _git("cat-file", "-e", f"{base}^{{commit}}", repo=repo).returncode == 0
+        if digests is not None and len(group) and printed.all() and (not known or sha.endswith("+dirty")):
+            out[sha] = "unknown commit" if not known else "made from uncommitted code"
+            continue
         if digests is not None and len(group) and printed.all():
             pairs = set(zip(group["method"].map(str), group["fingerprint"].map(str)))
             if any(digests.get(m) != f for m, f in pairs):

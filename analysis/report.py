@@ -26,6 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis import rows as R  # noqa: E402
 from analysis.compare import (  # noqa: E402
+    ABLATION_LABELS,
+    STALE_LABELS,
+    SYNC_LABELS,
     best_of,
     best_per_schedule,
     comparison_groups,
@@ -177,10 +180,6 @@ def gpu_section(data: dict[str, pd.DataFrame], results: Path) -> str:
 
 # per-run comparison rows (not runs) and the labels of each method's synchronous and tspipe runs
 EXTRA_METRICS = ("teacher_drift_rel_l2", "max_abs_param_diff", "max_param_diff")
-SYNC_LABELS = ("sync", "kd-sequential", "distil-sequential", "sequential")
-STALE_LABELS = ("tspipe", "kd-tspipe", "distil-tspipe")
-# also compared with the synchronous run: the symmetric ablation (student one step late too)
-ABLATION_LABELS = ("symmetric",)
 
 
 def paired_table(runs: pd.DataFrame, base: str, other: str) -> str:
@@ -262,6 +261,8 @@ def accuracy_section(
         sync = next((k for k in SYNC_LABELS if k in means.index), None)
         stale = next((k for k in STALE_LABELS if k in means.index), None)
         compared = [k for k in (stale, *ABLATION_LABELS) if k and sync and k in means.index]
+        if sync and "init" in means.index:  # what training gained over each seed's initial weights
+            body += "\n" + paired_table(runs, "init", sync)
         for other in compared:
             body += "\n" + paired_table(runs, sync, other)
         sweep = staleness_section(results / method / "staleness", f"{method}/staleness")
@@ -276,8 +277,8 @@ def accuracy_section(
                     "label": other,
                     "sync": float(means[sync]),
                     "other": float(means[other]),
-                    "seeds": int((runs["label"] == other).sum()),
-                    "paired": paired_difference(runs, sync, other),
+                    "paired": (d := paired_difference(runs, sync, other)),
+                    "seeds": d["seeds"] if d else int((runs["label"] == other).sum()),
                 }
             )
     return "\n".join(text), headline

@@ -63,6 +63,7 @@ def staleness_table(rows: pd.DataFrame) -> pd.DataFrame:
 def initial(rows: pd.DataFrame) -> pd.Series | None:
     """Each seed's metric at its initial weights (rows labelled ``init``), None without them."""
     init = rows[(rows["label"] == "init") & rows["metric_value"].notna()]
+    init = init.drop_duplicates("seed", keep="last")
     return None if init.empty else init.set_index("seed")["metric_value"].astype(float)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +50,8 @@ class AccuracyRun:
     Attributes:
         label: name in tables (``sync``, ``tspipe``, ...).
         schedule: ``--schedule``.
-        overrides: extra ``key=value`` config overrides.
+        overrides: extra arguments of ``python -m training``: ``key=value`` config overrides
+            or a flag such as ``--student-delay=1`` (the rows list them as ``overrides``).
         seed: the run's seed.
     """
 
@@ -80,7 +82,8 @@ def run_matrix(
     out.mkdir(parents=True, exist_ok=True)
     run_root = ROOT / "runs" / method / f"accuracy-{preset}"
     kept = current_rows(method, preset, out / "rows.jsonl", runs)
-    pending = [r for r in runs if r.name not in kept and not (run_root / r.name / "row.json").exists()]
+    done = finished_runs(method, preset, run_root, runs)
+    pending = [r for r in runs if r.name not in kept and r.name not in done]
     if kept:
         print(
             f"[accuracy] kept {len(kept)} current rows of {out / 'rows.jsonl'}: {', '.join(kept)}",
@@ -99,7 +102,8 @@ def run_matrix(
         while pending and len(active) < parallel:
             run = pending.pop(0)
             folder = run_root / run.name
-            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)  # a run cut short or made by other code
+            folder.mkdir(parents=True)
             cmd = [sys.executable, "-m", "training", *run_args(method, preset, run), f"run_dir={folder}"]
             log = (folder / "stdout.log").open("w")
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -147,26 +151,59 @@ def run_args(method: str, preset: str, run: AccuracyRun) -> list[str]:
     return [method, "--preset", preset, "--schedule", run.schedule, f"seed={run.seed}", *run.overrides]
 
 
-def current_rows(method: str, preset: str, path: Path, runs: Sequence[AccuracyRun]) -> dict[str, dict]:
-    """The rows of ``path`` that a run of ``runs`` would reproduce, by run name: same label and
-    seed, the same config digest (``training.folder.config_digest``: the preset, overrides and
-    student delay as resolved now) and the method's current numerics fingerprint. Rows without
-    a config digest (made before rows carried one) are never kept."""
-    if not path.exists():
-        return {}
-    from core.metrics import read_rows
+def finished_runs(method: str, preset: str, run_root: Path, runs: Sequence[AccuracyRun]) -> set[str]:
+    """The runs whose folder under ``run_root`` holds a ``row.json`` that running them now would
+    reproduce (:func:`reproducible`): a matrix cut short resumes with them; any other folder is
+    run again from scratch."""
+    expected = config_digests(method, preset, runs)
+    return {
+        r.name
+        for r in runs
+        if (run_root / r.name / "row.json").exists()
+        and reproducible(method, json.loads((run_root / r.name / "row.json").read_text()), expected[r.name])
+    }
+
+
+def config_digests(method: str, preset: str, runs: Sequence[AccuracyRun]) -> dict[str, str]:
+    """Each run's config digest (``training.folder.config_digest``) as its arguments resolve now."""
     from training.cli import parse_args
     from training.folder import config_digest
 
-    digest = provenance(method, {})["fingerprint"]
-    wanted = {
-        (r.label, r.seed, config_digest(*parse_args(run_args(method, preset, r))[1:])): r.name for r in runs
-    }
+    return {r.name: config_digest(*parse_args(run_args(method, preset, r))[1:]) for r in runs}
+
+
+def reproducible(method: str, row: dict, digest: str) -> bool:
+    """Whether running the config of digest ``digest`` now would reproduce ``row``: the row was
+    made from committed code whose numerics fingerprint is the method's current one (checked at
+    the row's own commit, so a fingerprint stamped on it later counts for nothing), with that
+    config digest. Rows without a config digest (made before rows carried one) never are."""
+    from analysis.provenance import digests_at
+
+    current = provenance(method, {})["fingerprint"]
+    sha = str(row.get("git_sha"))
+    return (
+        current is not None
+        and row.get("config_digest") == digest
+        and not sha.endswith("+dirty")
+        and row.get("fingerprint", current) == current
+        and digests_at(sha, ROOT).get(method) == current
+    )
+
+
+def current_rows(method: str, preset: str, path: Path, runs: Sequence[AccuracyRun]) -> dict[str, dict]:
+    """The rows of ``path`` that runs of ``runs`` would reproduce (same label and seed, and
+    :func:`reproducible`), by run name."""
+    if not path.exists():
+        return {}
+    from core.metrics import read_rows
+
+    digests = config_digests(method, preset, runs)
+    wanted = {(r.label, r.seed): r.name for r in runs}
     out = {}
     for row in read_rows(path):
-        key = (row.get("label"), row.get("seed"), row.get("config_digest"))
-        if key in wanted and digest is not None and row.get("fingerprint") == digest:
-            out[wanted[key]] = row
+        name = wanted.get((row.get("label"), row.get("seed")))
+        if name is not None and reproducible(method, row, digests[name]):
+            out[name] = row
     return out
 
 
@@ -202,10 +239,16 @@ def initial_rows(
 
     spec, rows = get_method(method), []
     for seed in seeds:
-        run = spec.setup(apply_overrides(spec.preset(preset_name), [f"seed={seed}"]))
+        config = apply_overrides(spec.preset(preset_name), [f"seed={seed}"])
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(getattr(torch, config.run.dtype))  # as training.run builds them
+        try:
+            run = spec.setup(config)
+            student, teacher = prepare_models(run.task)
+        finally:
+            torch.set_default_dtype(previous)
         if run.evaluate is None or run.metric is None:
             raise ValueError(f"{method} with preset {preset_name} has no evaluation to measure")
-        student, teacher = prepare_models(run.task)
         state = {
             kind: nn.Sequential(*blocks).state_dict()
             for kind, blocks in (("student", student), ("teacher", teacher))
@@ -276,9 +319,10 @@ def stale_teacher_parity(
     previous = read_rows(out / "rows.jsonl") if (out / "rows.jsonl").exists() else []
     kept = current_rows(method, preset_name, out / "rows.jsonl", runs)
     first = {f"sync-s{seeds[0]}", f"tspipe-s{seeds[0]}"}
-    old_drift = (
-        [r for r in previous if r.get("metric") == "teacher_drift_rel_l2"] if first <= set(kept) else []
-    )
+    old_drift = [
+        r for r in previous if r.get("metric") == "teacher_drift_rel_l2" and r.get("seed") == seeds[0]
+    ]
+    old_drift = old_drift if first <= set(kept) else []
     run_matrix(method, preset_name, runs, out, parallel)
     root = ROOT / "runs" / method / f"accuracy-{preset_name}"
     drift = teacher_drift(root / f"sync-s{seeds[0]}", root / f"tspipe-s{seeds[0]}")

@@ -11,7 +11,7 @@ bench-mocov3: $(STAMP) $(if $(filter cpu,$(DEVICE)),data)
 	$(call bench,moco_v3,)
 
 # Accuracy parity: synchronous vs tspipe (one-step-stale momentum encoder), 5 paired seeds, kNN top-1
-# per epoch (CPU, two single-thread runs at a time, about 40 min on 2 idle cores).
+# per epoch (CPU, two single-thread runs at a time, about 40 min on 2 idle cores from nothing).
 accuracy-mocov3: $(STAMP) data
 	$(PY) -m experiments.accuracy moco_v3 --seeds 0 1 2 3 4 --out results/moco_v3/accuracy
 	$(PY) -m analysis.accuracy results/moco_v3/accuracy --command "make accuracy-mocov3" \

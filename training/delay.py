@@ -73,6 +73,10 @@ class DelayedGradients:
                 f"cannot resume: the checkpoint's student delay is {found}, this run's {self.delay}"
             )
         params = self.params()
+        if any(len(grads) != len(params) for grads in saved["queue"]):
+            raise ValueError(
+                "cannot resume: the checkpoint's delayed gradients are for another set of parameters"
+            )
         self.queue = deque(
             [None if g is None else g.to(p.device) for p, g in zip(params, grads)] for grads in saved["queue"]
         )

@@ -4,10 +4,20 @@ table says what training gained over the initial weights and each label against 
 from __future__ import annotations
 
 import json
+import subprocess
 
 from analysis.accuracy import paired_lines
 from core.metrics import make_row, write_rows
-from experiments.accuracy import AccuracyRun, current_rows, provenance, run_args
+from experiments.accuracy import ROOT, AccuracyRun, current_rows, finished_runs, provenance, run_args
+
+HEAD = subprocess.run(
+    ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+).stdout.strip()  # committed code with today's numerics fingerprint
+
+
+ROOT_COMMIT = subprocess.run(
+    ["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ROOT, capture_output=True, text=True
+).stdout.split()[0][:12]  # the first commit: no numerics fingerprint yet
 
 
 def _row(run: AccuracyRun, value: float, **extra) -> dict:
@@ -24,7 +34,7 @@ def _row(run: AccuracyRun, value: float, **extra) -> dict:
     )
     digest = config_digest(*parse_args(run_args("byol", "accuracy", run))[1:])
     labelled = {**row, "label": run.label, "overrides": list(run.overrides), "config_digest": digest}
-    return {**provenance("byol", labelled), **extra}
+    return {**provenance("byol", labelled), "git_sha": HEAD, **extra}
 
 
 def test_current_rows_are_kept_and_stale_or_different_ones_are_not(tmp_path):
@@ -43,6 +53,8 @@ def test_current_rows_are_kept_and_stale_or_different_ones_are_not(tmp_path):
             _row(sync1, 0.7, fingerprint="0000000000000000"),  # numerics changed since
             _row(AccuracyRun("symmetric", "tspipe", (), 0), 0.7),  # made without the delay
             old,  # made before rows carried a config digest
+            _row(AccuracyRun("sync", "sequential", (), 3), 0.7, git_sha=HEAD + "+dirty"),  # uncommitted code
+            _row(AccuracyRun("sync", "sequential", (), 4), 0.7, git_sha=ROOT_COMMIT),  # stamped later
         ],
     )
     runs = [
@@ -51,12 +63,25 @@ def test_current_rows_are_kept_and_stale_or_different_ones_are_not(tmp_path):
         sync1,
         symmetric0,
         AccuracyRun("sync", "sequential", (), 2),
+        AccuracyRun("sync", "sequential", (), 3),
+        AccuracyRun("sync", "sequential", (), 4),
     ]
     kept = current_rows("byol", "accuracy", path, runs)
     assert list(kept) == ["sync-s0"] and kept["sync-s0"]["metric_value"] == 0.7
     assert list(current_rows("byol", "accuracy", path, [tspipe0])) == ["tspipe-s0"]
     assert current_rows("byol", "accuracy", tmp_path / "missing.jsonl", runs) == {}
-    assert json.loads(path.read_text().splitlines()[0])["label"] == "sync"
+
+
+def test_a_left_over_run_folder_counts_only_when_it_would_be_reproduced(tmp_path):
+    good, other = AccuracyRun("sync", "sequential", (), 0), AccuracyRun("tspipe", "tspipe", (), 0)
+    for run, sha in ((good, HEAD), (other, ROOT_COMMIT)):  # the second: code of before the fingerprint
+        (tmp_path / run.name).mkdir()
+        row = {
+            k: v for k, v in _row(run, 0.7, git_sha=sha).items() if k != "fingerprint"
+        }  # as training writes it
+        (tmp_path / run.name / "row.json").write_text(json.dumps(row))
+    missing = AccuracyRun("sync", "sequential", (), 1)
+    assert finished_runs("byol", "accuracy", tmp_path, [good, other, missing]) == {"sync-s0"}
 
 
 def test_the_table_gives_the_gain_over_init_and_each_label_against_sync():

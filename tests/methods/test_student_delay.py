@@ -150,3 +150,13 @@ def test_a_delayed_run_resumes_bit_identical_and_refuses_another_delay(tmp_path)
     resumed = train("byol", tmp_path / "cut", *common, "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_bit_identical(final_weights(tmp_path / "whole", 6), final_weights(tmp_path / "cut", 6))
+
+
+def test_a_state_for_other_parameters_is_refused():
+    small = nn.Linear(5, 2)
+    saved = delayed(sgd, 1)(list(small.named_parameters()))
+    step(small, saved, *batches(1)[0])
+    state = saved.state_dict()
+    state["delayed_gradients"]["queue"][0].append(None)  # one more parameter than this optimizer has
+    with pytest.raises(ValueError, match="another set of parameters"):
+        delayed(sgd, 1)(list(small.named_parameters())).load_state_dict(state)
