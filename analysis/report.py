@@ -278,6 +278,7 @@ def accuracy_section(
                     "sync": float(means[sync]),
                     "other": float(means[other]),
                     "paired": (d := paired_difference(runs, sync, other)),
+                    "gain": paired_difference(runs, "init", sync) if "init" in means.index else None,
                     "seeds": d["seeds"] if d else int((runs["label"] == other).sum()),
                 }
             )
@@ -371,6 +372,14 @@ def environment_section(data: dict[str, pd.DataFrame], repo: Path) -> str:
     )
 
 
+def untrained(gain: dict | None) -> str:
+    """A caveat for a comparison whose synchronous run does not beat its initial weights (the
+    paired ``sync - init`` interval reaches 0 or below): parity there says little."""
+    if gain is None or gain["low"] > 0:
+        return ""
+    return f"; but training did not beat the initial weights (sync - init {100 * gain['mean']:+.2f} points)"
+
+
 def headline_snippet(
     throughput: list[dict], simulated: list[dict], accuracy: list[dict], micro: list[dict] | None = None
 ) -> str:
@@ -419,7 +428,7 @@ def headline_snippet(
                 f"{h['metric']} {name} - synchronous ({h['seeds']} seeds)",
                 "measured, CPU; paired by seed, 95 % interval",
                 value,
-                verdict(d),
+                verdict(d) + untrained(h.get("gain")),
             ]
         )
     for h in micro or []:

@@ -50,3 +50,12 @@ def test_the_paired_table_says_what_its_interval_supports():
     runs = _runs({0: (0.70, 0.705), 1: (0.60, 0.604), 2: (0.65, 0.656)})
     table = paired_table(runs, "sync", "tspipe")
     assert "gain: the interval lies above 0" in table and "| tspipe - sync | 3 |" in table
+
+
+def test_a_headline_says_when_training_did_not_beat_the_initial_weights():
+    from analysis.report import untrained
+
+    assert untrained(None) == "" and untrained({"low": 0.001, "mean": 0.05}) == ""
+    assert untrained({"low": -0.05, "mean": -0.0263}) == (
+        "; but training did not beat the initial weights (sync - init -2.63 points)"
+    )
