@@ -4,6 +4,7 @@ method's numerics fingerprint in ``tests/golden`` instead)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from collections.abc import Sequence
@@ -40,9 +41,11 @@ def golden_digests(path: Path = GOLDEN) -> dict[str, str]:
     return json.loads(path.read_text())["methods"] if path.exists() else {}
 
 
+@functools.lru_cache(maxsize=256)
 def digests_at(sha: str, repo: Path) -> dict[str, str]:
     """Each method's numerics fingerprint as recorded at commit ``sha`` ({} where that commit
-    has no fingerprint file or is unknown)."""
+    has no fingerprint file or is unknown); cached, since a matrix asks once per row and a
+    commit's file never changes (do not mutate the result)."""
     base = sha.removesuffix("+dirty")
     shown = _git("show", f"{base}:tests/golden/fingerprints.json", repo=repo)
     if shown.returncode != 0:
