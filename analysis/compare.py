@@ -132,6 +132,8 @@ def paired_difference(runs: pd.DataFrame, base: str, other: str) -> dict | None:
 SYNC_LABELS = ("sync", "kd-sequential", "distil-sequential", "sequential")
 STALE_LABELS = ("tspipe", "kd-tspipe", "distil-tspipe")
 ABLATION_LABELS = ("symmetric",)
+# the labels of the students trained without their teacher: what distillation must beat
+BASELINE_LABELS = ("student-alone", "mlm-only")
 
 
 # a difference smaller than this (1 point of a metric in [0, 1]) counts as no loss: "no loss"

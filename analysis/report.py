@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from analysis import rows as R  # noqa: E402
 from analysis.compare import (  # noqa: E402
     ABLATION_LABELS,
+    BASELINE_LABELS,
     STALE_LABELS,
     SYNC_LABELS,
     best_of,
@@ -261,25 +262,34 @@ def accuracy_section(
         sync = next((k for k in SYNC_LABELS if k in means.index), None)
         stale = next((k for k in STALE_LABELS if k in means.index), None)
         compared = [k for k in (stale, *ABLATION_LABELS) if k and sync and k in means.index]
+        baseline = next((k for k in BASELINE_LABELS if k in means.index), None) if sync else None
         if sync and "init" in means.index:  # what training gained over each seed's initial weights
             body += "\n" + paired_table(runs, "init", sync)
+        if baseline:  # what the teacher gained over the student trained without it
+            body += "\n" + paired_table(runs, baseline, sync)
         for other in compared:
             body += "\n" + paired_table(runs, sync, other)
         sweep = staleness_section(results / method / "staleness", f"{method}/staleness")
         if sweep:
             body += "\n" + sweep
         text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
-        for other in compared:
+        # a frozen teacher's tspipe student must equal the sequential one: the recorded largest
+        # parameter differences, where every one is 0, say so for the seeds they cover
+        diffs = extra[extra["metric"].isin(("max_abs_param_diff", "max_param_diff"))]["metric_value"]
+        identical = len(diffs) if len(diffs) and bool((diffs.astype(float) == 0).all()) else 0
+        for base, other in [*((sync, o) for o in compared), *([(baseline, sync)] if baseline else [])]:
             headline.append(
                 {
                     "title": title,
                     "metric": runs["metric"].iloc[0],
+                    "base": base,
                     "label": other,
-                    "sync": float(means[sync]),
+                    "sync": float(means[base]),
                     "other": float(means[other]),
-                    "paired": (d := paired_difference(runs, sync, other)),
+                    "paired": (d := paired_difference(runs, base, other)),
                     "gain": paired_difference(runs, "init", sync) if "init" in means.index else None,
                     "seeds": d["seeds"] if d else int((runs["label"] == other).sum()),
+                    "identical": identical if other in STALE_LABELS else 0,
                 }
             )
     return "\n".join(text), headline
@@ -419,16 +429,24 @@ def headline_snippet(
             )
     for h in accuracy:
         d, name = h["paired"], ref if h["label"] in STALE_LABELS else h["label"]
+        base = h.get("base", "sync")
         value = f"{100 * (h['other'] - h['sync']):+.2f} points"
         if d is not None:
             value = f"{100 * d['mean']:+.2f} points [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+        supports = verdict(d)
+        if d is None and h.get("identical"):
+            supports = f"no loss: the students are bitwise identical ({h['identical']} seed(s) compared)"
+        if base in BASELINE_LABELS:
+            comparison = f"{h['metric']} distilled - {base} ({h['seeds']} seeds)"
+        else:
+            comparison = f"{h['metric']} {name} - synchronous ({h['seeds']} seeds)"
         lines.append(
             [
                 h["title"],
-                f"{h['metric']} {name} - synchronous ({h['seeds']} seeds)",
+                comparison,
                 "measured, CPU; paired by seed, 95 % interval",
                 value,
-                verdict(d) + untrained(h.get("gain")),
+                supports + untrained(h.get("gain")),
             ]
         )
     for h in micro or []:

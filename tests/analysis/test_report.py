@@ -180,3 +180,30 @@ def test_accuracy_rows_follow_their_methods_numerics_fingerprint(results):
         assert re.search(
             rf"\| byol/accuracy \| {len(rows)} \| [0-9a-f]{{12}} \| {re.escape(state)} \|", env
         ), env
+
+
+def test_distillation_gain_and_bitwise_parity_reach_the_headline(results):
+    folder = results / "distilbert" / "accuracy"
+    folder.mkdir(parents=True)
+    base = json.loads((FIXTURES / "byol" / "accuracy" / "rows.jsonl").read_text().splitlines()[0])
+    common = {**base, "method": "distilbert", "metric": "mlm_acc", "schedule": "sequential"}
+    rows = [
+        {**common, "label": "distil-sequential", "metric_value": 0.40 + 0.01 * s, "seed": s} for s in range(3)
+    ]
+    rows += [{**common, "label": "mlm-only", "metric_value": 0.35 + 0.012 * s, "seed": s} for s in range(3)]
+    rows.append({**common, "label": "distil-tspipe", "schedule": "tspipe", "metric_value": 0.40, "seed": 0})
+    rows.append({**common, "label": None, "metric": "max_param_diff", "metric_value": 0.0, "seed": 0})
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report, snippet = build(results, ROOT, expected=EXPECTED)
+    section = report.split("### DistilBERT")[2]
+    assert "| distil-sequential - mlm-only | 3 |" in section
+    gain = next(line for line in snippet.splitlines() if "distilled - mlm-only (3 seeds)" in line)
+    assert "+4.80 points" in gain and "gain: the interval lies above 0" in gain
+    parity = next(line for line in snippet.splitlines() if "tspipe - synchronous (1 seeds)" in line)
+    assert "bitwise identical (1 seed(s) compared)" in parity
+    # a nonzero difference is no bitwise parity: one seed then supports nothing
+    rows[-1]["metric_value"] = 1e-7
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, snippet = build(results, ROOT, expected=EXPECTED)
+    parity = next(line for line in snippet.splitlines() if "tspipe - synchronous (1 seeds)" in line)
+    assert "too few seeds" in parity and "bitwise" not in parity
