@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 
 import pytest
 import torch
@@ -160,3 +161,28 @@ def test_a_state_for_other_parameters_is_refused():
     state["delayed_gradients"]["queue"][0].append(None)  # one more parameter than this optimizer has
     with pytest.raises(ValueError, match="another set of parameters"):
         delayed(sgd, 1)(list(small.named_parameters())).load_state_dict(state)
+
+
+def test_a_step_the_nan_guard_skips_neither_queues_nor_applies_a_gradient(tmp_path):
+    # a NaN at step 3 of 5 with K = 2: had the skipped step queued its gradient, the final
+    # checkpoint's queue (the gradients of the last K kept steps) would hold it
+    proc = train(
+        "toy",
+        tmp_path,
+        "--schedule",
+        "sequential",
+        "--student-delay",
+        "2",
+        "steps=5",
+        "checkpoint_every=5",
+        "nan_guard=skip",
+        fault="nan:3",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "row.json").read_text())["skipped_steps"] == 1
+    saved = torch.load(tmp_path / "checkpoints" / "step0000005" / "rank0.pt", weights_only=True)
+    queue = saved["state"]["optimizer"]["delayed_gradients"]["queue"]
+    assert len(queue) == 2
+    grads = [g for grads in queue for g in grads if g is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert all(torch.isfinite(v.double()).all() for v in final_weights(tmp_path, 5)["student"].values())
