@@ -110,11 +110,23 @@ def test_a_negative_delay_is_a_one_line_error(capsys):
 
 
 @pytest.mark.dist
-def test_two_process_tspipe_with_a_student_delay_equals_the_reference(tmp_path):
-    # float64, as the BYOL equivalence test: the pipeline's student and teacher equal plain
-    # training whose optimizer applies each gradient one step late, under a one-step-stale teacher
+@pytest.mark.parametrize("schedule, micro, staleness", [("tspipe", 2, 1), ("ddp", 1, 0)])
+def test_two_process_runs_with_a_student_delay_equal_the_reference(tmp_path, schedule, micro, staleness):
+    # float64, as the BYOL equivalence test: the pipeline's (or the two replicas') student and
+    # teacher equal plain training whose optimizer applies each gradient one step late, under a
+    # one-step-stale teacher for tspipe; ddp delays the all-reduced gradient of both replicas
     args = ["optimizer=sgd", "lr=0.05", "warmup_steps=1", "steps=4", "backward_pieces=1", "dtype=float64"]
-    common = ["byol", "--preset", "tiny", "--schedule", "tspipe", "--stages", "2", "--microbatches", "2"]
+    common = [
+        "byol",
+        "--preset",
+        "tiny",
+        "--schedule",
+        schedule,
+        "--stages",
+        "2",
+        "--microbatches",
+        str(micro),
+    ]
     proc = launch_module(
         "training", 1, *common, "--student-delay", "1", *args, f"run_dir={tmp_path}", timeout=300
     )
@@ -126,8 +138,8 @@ def test_two_process_tspipe_with_a_student_delay_equals_the_reference(tmp_path):
     try:
         run = setup(config)
         data = list(run.batches(0, 4))
-        want = reference(run.task, data, 2, 1, 1, None, delayed(run.optimizer, 1), run.scheduler)
-        undelayed = reference(run.task, data, 2, 1, 1, None, run.optimizer, run.scheduler)
+        want = reference(run.task, data, 2, 1, staleness, None, delayed(run.optimizer, 1), run.scheduler)
+        undelayed = reference(run.task, data, 2, 1, staleness, None, run.optimizer, run.scheduler)
     finally:
         torch.set_default_dtype(previous)
     assert relative_difference(got["student"], want["student"]) <= 1e-12
