@@ -153,3 +153,15 @@ def verdict(d: dict | None, margin: float = NO_LOSS_MARGIN) -> str:
     if d["low"] >= -margin:
         return f"no loss: the interval lies above -{100 * margin:g} point"
     return f"not shown: the interval reaches {100 * d['low']:+.2f} points"
+
+
+def gain_verdict(d: dict | None) -> str:
+    """What a paired difference ``distilled - baseline`` supports at 95 %: a gain (the interval
+    above 0), a loss (below 0), or no gain shown."""
+    if d is None:
+        return "too few seeds"
+    if d["low"] > 0:
+        return "gain: the interval lies above 0"
+    if d["high"] < 0:
+        return "loss: the interval lies below 0"
+    return f"no gain shown: the interval reaches {100 * d['low']:+.2f} points"

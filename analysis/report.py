@@ -33,6 +33,7 @@ from analysis.compare import (  # noqa: E402
     best_of,
     best_per_schedule,
     comparison_groups,
+    gain_verdict,
     paired_difference,
     ratio,
     subject_name,
@@ -184,8 +185,10 @@ EXTRA_METRICS = ("teacher_drift_rel_l2", "max_abs_param_diff", "max_param_diff")
 
 
 def paired_table(runs: pd.DataFrame, base: str, other: str) -> str:
-    """The paired difference of two runs as a table (a line saying why not, when it cannot be)."""
+    """The paired difference of two runs as a table (a line saying why not, when it cannot be);
+    against a student trained without its teacher it says whether distillation gained."""
     d = paired_difference(runs, base, other)
+    says = gain_verdict(d) if base in BASELINE_LABELS else verdict(d)
     if d is None:
         return f"Paired difference `{other}` - `{base}`: fewer than two common seeds.\n"
     return markdown_table(
@@ -198,7 +201,7 @@ def paired_table(runs: pd.DataFrame, base: str, other: str) -> str:
                 d["std"],
                 f"[{d['low']:+.4f}, {d['high']:+.4f}]",
                 (d["high"] - d["low"]) / 2,
-                verdict(d),
+                says,
             ]
         ],
         digits=4,
@@ -275,8 +278,11 @@ def accuracy_section(
         text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
         # a frozen teacher's tspipe student must equal the sequential one: the recorded largest
         # parameter differences, where every one is 0, say so for the seeds they cover
-        diffs = extra[extra["metric"].isin(("max_abs_param_diff", "max_param_diff"))]["metric_value"]
-        identical = len(diffs) if len(diffs) and bool((diffs.astype(float) == 0).all()) else 0
+        diffs = extra[extra["metric"].isin(("max_abs_param_diff", "max_param_diff"))]
+        stale_seeds = set(runs.loc[runs["label"] == stale, "seed"]) if stale else set()
+        diffs = diffs[diffs["seed"].isin(stale_seeds)] if "seed" in diffs else diffs.iloc[:0]
+        zero = len(diffs) and bool((diffs["metric_value"].astype(float) == 0).all())
+        identical = int(diffs["seed"].nunique()) if zero else 0
         for base, other in [*((sync, o) for o in compared), *([(baseline, sync)] if baseline else [])]:
             headline.append(
                 {
@@ -435,8 +441,10 @@ def headline_snippet(
             value = f"{100 * d['mean']:+.2f} points [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
         supports = verdict(d)
         if d is None and h.get("identical"):
+            value = "0 (bitwise)"
             supports = f"no loss: the students are bitwise identical ({h['identical']} seed(s) compared)"
         if base in BASELINE_LABELS:
+            supports = gain_verdict(d)
             comparison = f"{h['metric']} distilled - {base} ({h['seeds']} seeds)"
         else:
             comparison = f"{h['metric']} {name} - synchronous ({h['seeds']} seeds)"

@@ -142,8 +142,18 @@ def run_matrix(
         for run in runs
     ]
     rows = [provenance(method, row, command) for row in rows]
-    write_rows(out / "rows.jsonl", rows)
+    # the file keeps the rows of other runs (a driver's earlier matrix, its extra rows) until the
+    # driver writes its final set: a later failure loses nothing measured
+    ours = {(r.label, r.seed) for r in runs}
+    others = [r for r in _read(out / "rows.jsonl") if (r.get("label"), r.get("seed")) not in ours]
+    write_rows(out / "rows.jsonl", [*rows, *others])
     return rows
+
+
+def _read(path: Path) -> list[dict]:
+    from core.metrics import read_rows
+
+    return read_rows(path) if path.exists() else []
 
 
 def run_args(method: str, preset: str, run: AccuracyRun) -> list[str]:
@@ -323,10 +333,9 @@ def stale_teacher_parity(
         r for r in previous if r.get("metric") == "teacher_drift_rel_l2" and r.get("seed") == seeds[0]
     ]
     old_drift = old_drift if first <= set(kept) else []
-    run_matrix(method, preset_name, runs, out, parallel)
+    rows = run_matrix(method, preset_name, runs, out, parallel)
     root = ROOT / "runs" / method / f"accuracy-{preset_name}"
     drift = teacher_drift(root / f"sync-s{seeds[0]}", root / f"tspipe-s{seeds[0]}")
-    rows = read_rows(out / "rows.jsonl")
     rows += initial_rows(method, preset_name, seeds)
     if not drift:  # both runs of the first seed were kept, not re-run: so is their drift
         rows += old_drift

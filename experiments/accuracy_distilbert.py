@@ -76,16 +76,22 @@ def file_sha(path: Path) -> str:
 
 
 def forget_other_teacher(run_root: Path, rows_file: Path, sha: str) -> bool:
-    """Drop the runs and rows made with a teacher other than ``sha`` (all of them when their
-    teacher is not recorded); record ``sha`` under ``run_root``. True if anything was dropped."""
+    """Drop the runs and rows made with a teacher other than ``sha``, and record ``sha`` under
+    ``run_root``. The run folders go unless ``run_root`` records ``sha``; a row stays if it
+    records ``sha``, or records no teacher (written by a matrix cut short before the driver's
+    final write) while ``run_root`` records ``sha``. True if anything was dropped."""
     marker = run_root / "teacher.sha"
+    same = marker.exists() and marker.read_text().strip() == sha
     dropped = False
-    if run_root.exists() and (not marker.exists() or marker.read_text().strip() != sha):
+    if run_root.exists() and not same:
         shutil.rmtree(run_root)
         dropped = True
-    if rows_file.exists() and any(r.get("teacher_sha") != sha for r in read_rows(rows_file)):
-        rows_file.unlink()
-        dropped = True
+    if rows_file.exists():
+        rows = read_rows(rows_file)
+        kept = [r for r in rows if r.get("teacher_sha", sha if same else None) == sha]
+        if len(kept) < len(rows):
+            write_rows(rows_file, kept)
+            dropped = True
     run_root.mkdir(parents=True, exist_ok=True)
     marker.write_text(sha + "\n")
     return dropped
@@ -113,7 +119,9 @@ def summary(rows: Sequence[dict]) -> dict:
         [
             {"label": r["label"], "seed": r["seed"], "acc": float(r["metric_value"]), "ppl": _ppl(r)}
             for r in rows
-            if r.get("label") not in (None, "teacher") and r.get("metric") == "mlm_acc"
+            if r.get("label") not in (None, "teacher")
+            and r.get("metric") == "mlm_acc"
+            and r.get("metric_value") is not None
         ],
         columns=["label", "seed", "acc", "ppl"],
     )
@@ -132,7 +140,11 @@ def summary(rows: Sequence[dict]) -> dict:
 
 def report(rows: Sequence[dict], command: str) -> str:
     """TABLE.md text from the rows only."""
-    runs = [r for r in rows if r.get("label") and r.get("metric") == "mlm_acc"]
+    runs = [
+        r
+        for r in rows
+        if r.get("label") and r.get("metric") == "mlm_acc" and r.get("metric_value") is not None
+    ]
     runs.sort(key=lambda r: (r["label"] == "teacher", r["label"], r.get("seed") or 0))
     lines = [
         [
@@ -176,7 +188,8 @@ def report(rows: Sequence[dict], command: str) -> str:
         )
         text += (
             f"\n`{DISTIL} - {BASE}`, paired by seed, 95 % Student-t interval: masked-token accuracy "
-            f"{_interval(s['acc'], 100, 'points')}, perplexity {_interval(s['ppl'], 1, '')}.\n"
+            f"{_interval(s['acc'], 100, 'points')} (above 0: distillation better), perplexity "
+            f"{_interval(s['ppl'], 1, '')} (below 0: distillation better).\n"
         )
     teacher = next((r for r in runs if r["label"] == "teacher"), None)
     if teacher and BASE in s["means"]:
@@ -195,6 +208,43 @@ def report(rows: Sequence[dict], command: str) -> str:
             "steps (0: bitwise identical).\n"
         )
     return text
+
+
+def bitwise_row(root: Path, seed: int, base: dict, previous: Sequence[dict], sha: str) -> dict:
+    """The ``max_param_diff`` row of ``seed``: from the two runs' final checkpoints, or, where
+    both runs were kept from the rows file without their folders, the row recorded with them.
+
+    Raises:
+        FileNotFoundError: if neither is there (delete the rows file to run the matrix again).
+    """
+    folders = [root / f"{DISTIL}-s{seed}", root / f"{PARALLEL}-s{seed}"]
+    if all(sorted((f / "checkpoints").glob("step*")) for f in folders):
+        largest, relative = parameter_difference(*(final_student(f) for f in folders))
+        return make_row(
+            method="distilbert",
+            schedule="tspipe",
+            model=base["model"],
+            stages=2,
+            metric="max_param_diff",
+            metric_value=largest,
+            relative_l2=relative,
+            seed=seed,
+            steps=base.get("steps"),
+            simulated=False,
+            device=base["device"],
+            teacher_sha=sha,
+        )
+    old = [
+        r
+        for r in previous
+        if r.get("metric") == "max_param_diff" and r.get("seed") == seed and r.get("teacher_sha") == sha
+    ]
+    if not old:
+        raise FileNotFoundError(
+            f"no checkpoints under {folders[0]} and {folders[1]} to compare, and no recorded difference; "
+            "delete the rows file to run the matrix again"
+        )
+    return old[-1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -233,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"[accuracy] teacher {sha}: earlier runs made with another teacher dropped", file=sys.stderr
             )
+        previous = read_rows(args.out / "rows.jsonl") if (args.out / "rows.jsonl").exists() else []
         extra = tuple(args.overrides)
         first = args.seeds[0]
         pairs = [
@@ -255,25 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for row in rows:
             row.update(teacher_sha=sha, mlm_ppl=_ppl(row))
-        largest, relative = parameter_difference(
-            final_student(root / f"{DISTIL}-s{first}"), final_student(root / f"{PARALLEL}-s{first}")
-        )
-        rows.append(
-            make_row(
-                method="distilbert",
-                schedule="tspipe",
-                model=rows[0]["model"],
-                stages=2,
-                metric="max_param_diff",
-                metric_value=largest,
-                relative_l2=relative,
-                seed=first,
-                steps=rows[0].get("steps"),
-                simulated=False,
-                device=rows[0]["device"],
-                teacher_sha=sha,
-            )
-        )
+        rows.append(bitwise_row(root, first, rows[0], previous, sha))
         teacher = teacher_metrics(config.method.teacher_file) if finetuned else {}
         if teacher:
             rows.append(

@@ -200,7 +200,20 @@ def test_distillation_gain_and_bitwise_parity_reach_the_headline(results):
     gain = next(line for line in snippet.splitlines() if "distilled - mlm-only (3 seeds)" in line)
     assert "+4.80 points" in gain and "gain: the interval lies above 0" in gain
     parity = next(line for line in snippet.splitlines() if "tspipe - synchronous (1 seeds)" in line)
-    assert "bitwise identical (1 seed(s) compared)" in parity
+    assert "| 0 (bitwise) | no loss: the students are bitwise identical (1 seed(s) compared)" in parity
+    # a distillation gain inside its noise is not called one
+    for r in rows[3:6]:
+        r["metric_value"] = 0.41 + (0.02 if r["seed"] == 1 else 0.0)
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, snippet = build(results, ROOT, expected=EXPECTED)
+    gain = next(line for line in snippet.splitlines() if "distilled - mlm-only (3 seeds)" in line)
+    assert "no gain shown: the interval reaches" in gain and "no loss" not in gain
+    # a difference row of another seed says nothing about seed 0
+    rows[-1]["seed"] = 1
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, snippet = build(results, ROOT, expected=EXPECTED)
+    assert "bitwise" not in next(line for line in snippet.splitlines() if "tspipe - synchronous" in line)
+    rows[-1]["seed"] = 0
     # a nonzero difference is no bitwise parity: one seed then supports nothing
     rows[-1]["metric_value"] = 1e-7
     (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -7,8 +7,16 @@ import json
 import subprocess
 
 from analysis.accuracy import paired_lines
-from core.metrics import make_row, write_rows
-from experiments.accuracy import ROOT, AccuracyRun, current_rows, finished_runs, provenance, run_args
+from core.metrics import make_row, read_rows, write_rows
+from experiments.accuracy import (
+    ROOT,
+    AccuracyRun,
+    current_rows,
+    finished_runs,
+    provenance,
+    run_args,
+    run_matrix,
+)
 
 HEAD = subprocess.run(
     ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -70,6 +78,18 @@ def test_current_rows_are_kept_and_stale_or_different_ones_are_not(tmp_path):
     assert list(kept) == ["sync-s0"] and kept["sync-s0"]["metric_value"] == 0.7
     assert list(current_rows("byol", "accuracy", path, [tspipe0])) == ["tspipe-s0"]
     assert current_rows("byol", "accuracy", tmp_path / "missing.jsonl", runs) == {}
+
+
+def test_a_matrix_keeps_the_rows_of_other_runs_in_its_file(tmp_path):
+    # a driver's earlier matrix and extra rows stay in the file until its final write
+    sync0 = AccuracyRun("sync", "sequential", ("checkpoint_every=78",), 0)
+    other = _row(AccuracyRun("tspipe", "tspipe", (), 5), 0.6)
+    extra = {**other, "label": None, "metric": "teacher_drift_rel_l2"}
+    write_rows(tmp_path / "rows.jsonl", [_row(sync0, 0.7), other, extra])
+    rows = run_matrix("byol", "accuracy", [sync0], tmp_path)  # kept: nothing runs
+    assert [r["label"] for r in rows] == ["sync"]
+    written = read_rows(tmp_path / "rows.jsonl")
+    assert [(r["label"], r["seed"]) for r in written] == [("sync", 0), ("tspipe", 5), (None, 5)]
 
 
 def test_a_left_over_run_folder_counts_only_when_it_would_be_reproduced(tmp_path):

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from core.metrics import read_rows
 from experiments import accuracy_distilbert as driver
 
 
@@ -54,6 +55,7 @@ def test_summary_pairs_distillation_with_mlm_alone_on_both_metrics():
 def test_table_says_the_teacher_gap_and_the_bitwise_parity():
     text = driver.report(_rows(), "make accuracy-distilbert")
     assert "| mlm-only | 3 | 35.50 | 0.500 | 39.00 |" in text
+    assert "masked-token accuracy +5.50 points [" in text and "(below 0: distillation better)" in text
     assert "masked-token accuracy +5.50 points [" in text and "perplexity -10.00 [-10.00, -10.00]" in text
     assert (
         "The teacher (2000 fine-tuning steps) against the student trained by masked-LM alone: +9.50 points"
@@ -66,14 +68,31 @@ def test_runs_and_rows_of_another_teacher_are_dropped(tmp_path):
     root, rows = tmp_path / "runs", tmp_path / "out" / "rows.jsonl"
     (root / "distil-sequential-s0").mkdir(parents=True)
     rows.parent.mkdir()
-    rows.write_text(json.dumps({"label": "mlm-only", "teacher_sha": "old"}) + "\n")
+    lines = [
+        {"label": "mlm-only", "teacher_sha": "old"},
+        {"label": "distil-sequential", "teacher_sha": "new"},
+    ]
+    lines.append({"label": "mlm-only", "seed": 1})  # no teacher recorded, and no marker: dropped
+    rows.write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert driver.forget_other_teacher(root, rows, "new")
-    assert not rows.exists() and not (root / "distil-sequential-s0").exists()
+    assert [r["label"] for r in read_rows(rows)] == ["distil-sequential"]
+    assert not (root / "distil-sequential-s0").exists()
     assert (root / "teacher.sha").read_text().strip() == "new"
+    # the same teacher: run folders and rows without a teacher (a matrix cut short) are kept
     (root / "mlm-only-s0").mkdir()
-    rows.write_text(json.dumps({"label": "mlm-only", "teacher_sha": "new"}) + "\n")
-    assert not driver.forget_other_teacher(root, rows, "new")  # the same teacher: all kept
-    assert rows.exists() and (root / "mlm-only-s0").exists()
+    rows.write_text("".join(json.dumps(r) + "\n" for r in lines[1:]))
+    assert not driver.forget_other_teacher(root, rows, "new")
+    assert len(read_rows(rows)) == 2 and (root / "mlm-only-s0").exists()
+
+
+def test_the_bitwise_row_is_reused_only_for_the_same_teacher_and_seed(tmp_path):
+    old = {"metric": "max_param_diff", "seed": 0, "teacher_sha": "new", "metric_value": 0.0}
+    base = {"model": "m", "device": "cpu"}
+    assert driver.bitwise_row(tmp_path, 0, base, [old], "new") is old
+    with pytest.raises(FileNotFoundError, match="delete the rows file"):
+        driver.bitwise_row(tmp_path, 0, base, [{**old, "teacher_sha": "old"}], "new")
+    with pytest.raises(FileNotFoundError):
+        driver.bitwise_row(tmp_path, 1, base, [old], "new")
 
 
 def test_file_sha_follows_the_content(tmp_path):

@@ -176,7 +176,7 @@ def test_a_state_for_other_parameters_is_refused():
 
 
 def test_a_step_the_nan_guard_skips_neither_queues_nor_applies_a_gradient(tmp_path):
-    # a NaN at step 3 of 5 with K = 2: had the skipped step queued its gradient, the final
+    # a NaN at step 3 (0-based) of 5 with K = 2: had the skipped step queued its gradient, the final
     # checkpoint's queue (the gradients of the last K kept steps) would hold it
     proc = train(
         "toy",
