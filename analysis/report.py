@@ -266,16 +266,6 @@ def accuracy_section(
         stale = next((k for k in STALE_LABELS if k in means.index), None)
         compared = [k for k in (stale, *ABLATION_LABELS) if k and sync and k in means.index]
         baseline = next((k for k in BASELINE_LABELS if k in means.index), None) if sync else None
-        if sync and "init" in means.index:  # what training gained over each seed's initial weights
-            body += "\n" + paired_table(runs, "init", sync)
-        if baseline:  # what the teacher gained over the student trained without it
-            body += "\n" + paired_table(runs, baseline, sync)
-        for other in compared:
-            body += "\n" + paired_table(runs, sync, other)
-        sweep = staleness_section(results / method / "staleness", f"{method}/staleness")
-        if sweep:
-            body += "\n" + sweep
-        text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
         # a frozen teacher's tspipe student must equal the sequential one: the recorded largest
         # parameter differences, where every one is 0, say so for the seeds they cover
         diffs = extra[extra["metric"].isin(("max_abs_param_diff", "max_param_diff"))]
@@ -283,6 +273,22 @@ def accuracy_section(
         diffs = diffs[diffs["seed"].isin(stale_seeds)] if "seed" in diffs else diffs.iloc[:0]
         zero = len(diffs) and bool((diffs["metric_value"].astype(float) == 0).all())
         identical = int(diffs["seed"].nunique()) if zero else 0
+        if sync and "init" in means.index:  # what training gained over each seed's initial weights
+            body += "\n" + paired_table(runs, "init", sync)
+        if baseline:  # what the teacher gained over the student trained without it
+            body += "\n" + paired_table(runs, baseline, sync)
+        for other in compared:
+            if other == stale and identical and paired_difference(runs, sync, other) is None:
+                body += (
+                    f"\n`{other}` - `{sync}`: the students are bitwise identical (largest parameter "
+                    f"difference 0 at {identical} seed(s)); an interval adds nothing to that.\n"
+                )
+                continue
+            body += "\n" + paired_table(runs, sync, other)
+        sweep = staleness_section(results / method / "staleness", f"{method}/staleness")
+        if sweep:
+            body += "\n" + sweep
+        text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
         for base, other in [*((sync, o) for o in compared), *([(baseline, sync)] if baseline else [])]:
             headline.append(
                 {

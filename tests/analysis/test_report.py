@@ -197,6 +197,7 @@ def test_distillation_gain_and_bitwise_parity_reach_the_headline(results):
     report, snippet = build(results, ROOT, expected=EXPECTED)
     section = report.split("### DistilBERT")[2]
     assert "| distil-sequential - mlm-only | 3 |" in section
+    assert "`distil-tspipe` - `distil-sequential`: the students are bitwise identical" in section
     gain = next(line for line in snippet.splitlines() if "distilled - mlm-only (3 seeds)" in line)
     assert "+4.80 points" in gain and "gain: the interval lies above 0" in gain
     parity = next(line for line in snippet.splitlines() if "tspipe - synchronous (1 seeds)" in line)
