@@ -24,6 +24,7 @@ weights); so more seeds or labels can be added to a matrix without redoing what 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -154,6 +155,38 @@ def _read(path: Path) -> list[dict]:
     from core.metrics import read_rows
 
     return read_rows(path) if path.exists() else []
+
+
+def file_sha(path: Path) -> str:
+    """The SHA-256 of a file, as 16 hex digits."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def forget_other_teacher(run_root: Path, rows_file: Path, sha: str) -> bool:
+    """Drop the runs and rows made with a teacher other than ``sha`` (the SHA-256 of a frozen
+    teacher's file, which neither the config digest nor the numerics fingerprint sees), and
+    record ``sha`` under ``run_root``. The run folders go unless ``run_root`` records ``sha``; a row stays if it
+    records ``sha``, or records no teacher (written by a matrix cut short before the driver's
+    final write) while ``run_root`` records ``sha``. True if anything was dropped."""
+    marker = run_root / "teacher.sha"
+    same = marker.exists() and marker.read_text().strip() == sha
+    dropped = False
+    if run_root.exists() and not same:
+        shutil.rmtree(run_root)
+        dropped = True
+    if rows_file.exists():
+        rows = _read(rows_file)
+        kept = [r for r in rows if r.get("teacher_sha", sha if same else None) == sha]
+        if len(kept) < len(rows):
+            write_rows(rows_file, kept)
+            dropped = True
+    run_root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(sha + "\n")
+    return dropped
 
 
 def run_args(method: str, preset: str, run: AccuracyRun) -> list[str]:

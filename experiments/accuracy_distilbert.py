@@ -24,8 +24,6 @@ apart. ``OUT/TABLE.md`` is generated from the rows (``--report-only`` redoes onl
 from __future__ import annotations
 
 import argparse
-import hashlib
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +35,14 @@ from analysis.compare import paired_difference
 from analysis.tables import markdown_table
 from core.metrics import make_row, read_rows, write_rows
 from core.overrides import apply_overrides
-from experiments.accuracy import ROOT, AccuracyRun, provenance, run_matrix
+from experiments.accuracy import (
+    ROOT,
+    AccuracyRun,
+    file_sha,
+    forget_other_teacher,
+    provenance,
+    run_matrix,
+)
 from methods.distilbert import METHOD
 from methods.distilbert.model import teacher_metrics
 
@@ -64,37 +69,6 @@ def parameter_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     diff = torch.cat([(a[k].double() - b[k].double()).flatten() for k in keys]).norm()
     base = torch.cat([a[k].double().flatten() for k in keys]).norm()
     return largest, float(diff / base)
-
-
-def file_sha(path: Path) -> str:
-    """The SHA-256 of a file, as 16 hex digits."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def forget_other_teacher(run_root: Path, rows_file: Path, sha: str) -> bool:
-    """Drop the runs and rows made with a teacher other than ``sha``, and record ``sha`` under
-    ``run_root``. The run folders go unless ``run_root`` records ``sha``; a row stays if it
-    records ``sha``, or records no teacher (written by a matrix cut short before the driver's
-    final write) while ``run_root`` records ``sha``. True if anything was dropped."""
-    marker = run_root / "teacher.sha"
-    same = marker.exists() and marker.read_text().strip() == sha
-    dropped = False
-    if run_root.exists() and not same:
-        shutil.rmtree(run_root)
-        dropped = True
-    if rows_file.exists():
-        rows = read_rows(rows_file)
-        kept = [r for r in rows if r.get("teacher_sha", sha if same else None) == sha]
-        if len(kept) < len(rows):
-            write_rows(rows_file, kept)
-            dropped = True
-    run_root.mkdir(parents=True, exist_ok=True)
-    marker.write_text(sha + "\n")
-    return dropped
 
 
 def _ppl(row: dict) -> float | None:

@@ -18,7 +18,9 @@ smaller subset makes the effect of distillation, and any effect of the schedule 
 Same seeds, data order and initial weights. The teacher is frozen, so tspipe has no staleness
 and its student must equal the sequential one: the largest parameter difference between the two
 after training is recorded as a row, beside the teacher's own top-1. The first two runs go side
-by side (one core each), then tspipe takes both cores.
+by side (one core each), then tspipe takes both cores. Every row records the teacher file's
+SHA-256 (``teacher_sha``): runs made with another teacher are run again, since neither the
+config nor the numerics fingerprint tells two teachers apart.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 
 from core.metrics import make_row, write_rows
 from core.overrides import ConfigError, apply_overrides
-from experiments.accuracy import ROOT, AccuracyRun, provenance, run_matrix
+from experiments.accuracy import ROOT, AccuracyRun, file_sha, forget_other_teacher, provenance, run_matrix
 from methods.soft_target import METHOD
 from methods.soft_target.models import load_teacher
 from methods.soft_target.presets import teacher_command
@@ -108,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return made.returncode
         teacher = load_teacher(path, config.teacher_arch(), command)
 
+    sha = file_sha(path) if path is not None else "random"
+    run_root = ROOT / "runs" / "soft_target" / f"accuracy-{args.preset}"
+    if forget_other_teacher(run_root, args.out / "rows.jsonl", sha):
+        print(f"[accuracy] teacher {sha}: earlier runs made with another teacher dropped", file=sys.stderr)
     extra = tuple(args.set)
     alone = [AccuracyRun("student-alone", "sequential", ("alpha=0", *extra), s) for s in args.seeds]
     kd_seq = [AccuracyRun("kd-sequential", "sequential", extra, s) for s in args.seeds]
@@ -119,7 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
         row.update(processes=row["stages"], dataset=config.dataset, test_images=test_images)
 
-    run_root = ROOT / "runs" / "soft_target" / f"accuracy-{args.preset}"
     rows.append(
         make_row(
             method="soft_target",
@@ -166,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(relative L2 {relative:.3g})",
             file=sys.stderr,
         )
-    write_rows(args.out / "rows.jsonl", [provenance("soft_target", r) for r in rows])
+    write_rows(args.out / "rows.jsonl", [provenance("soft_target", {**r, "teacher_sha": sha}) for r in rows])
     return 0
 
 
