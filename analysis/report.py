@@ -446,7 +446,7 @@ def headline_snippet(
         if d is not None:
             value = f"{100 * d['mean']:+.2f} points [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
         supports = verdict(d)
-        if d is None and h.get("identical"):
+        if h.get("identical") and (d is None or h["identical"] >= d["seeds"]):
             value = "0 (bitwise)"
             supports = f"no loss: the students are bitwise identical ({h['identical']} seed(s) compared)"
         if base in BASELINE_LABELS:

@@ -221,3 +221,14 @@ def test_distillation_gain_and_bitwise_parity_reach_the_headline(results):
     _, snippet = build(results, ROOT, expected=EXPECTED)
     parity = next(line for line in snippet.splitlines() if "tspipe - synchronous (1 seeds)" in line)
     assert "too few seeds" in parity and "bitwise" not in parity
+    # every paired seed bitwise equal: said so rather than as an interval of zeros
+    rows = [r for r in rows if r["label"] != "distil-tspipe" and r["metric"] != "max_param_diff"]
+    rows += [{**r, "label": "distil-tspipe", "schedule": "tspipe"} for r in rows[:3]]
+    rows += [
+        {**common, "label": None, "metric": "max_param_diff", "metric_value": 0.0, "seed": s}
+        for s in range(3)
+    ]
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, snippet = build(results, ROOT, expected=EXPECTED)
+    parity = next(line for line in snippet.splitlines() if "tspipe - synchronous (3 seeds)" in line)
+    assert "| 0 (bitwise) | no loss: the students are bitwise identical (3 seed(s) compared)" in parity
