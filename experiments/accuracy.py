@@ -189,6 +189,37 @@ def forget_other_teacher(run_root: Path, rows_file: Path, sha: str) -> bool:
     return dropped
 
 
+def final_student(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The student's weights after the run's last step, merged over the ranks' checkpoint files.
+
+    Raises:
+        FileNotFoundError: if the run has no checkpoint.
+    """
+    folders = sorted((run_dir / "checkpoints").glob("step*"))
+    if not folders:
+        raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
+    state: dict[str, torch.Tensor] = {}
+    for rank_file in sorted(folders[-1].glob("rank*.pt")):
+        state.update(torch.load(rank_file, map_location="cpu", weights_only=True)["stage"]["student"])
+    return state
+
+
+def parameter_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(largest absolute difference, relative L2 distance) over the floating entries of two
+    state dicts (parameters and BatchNorm statistics).
+
+    Raises:
+        ValueError: if the two hold different entries.
+    """
+    if sorted(a) != sorted(b):
+        raise ValueError("the two students hold different entries; were they trained with the same preset?")
+    keys = [k for k in sorted(a) if a[k].is_floating_point()]
+    largest = max(float((a[k].double() - b[k].double()).abs().max()) for k in keys)
+    diff = torch.cat([(a[k].double() - b[k].double()).flatten() for k in keys]).norm()
+    base = torch.cat([b[k].double().flatten() for k in keys]).norm()
+    return largest, float(diff / base)
+
+
 def run_args(method: str, preset: str, run: AccuracyRun) -> list[str]:
     """The ``python -m training`` arguments of one run (without its run folder)."""
     return [method, "--preset", preset, "--schedule", run.schedule, f"seed={run.seed}", *run.overrides]

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from analysis.compare import paired_difference
 from analysis.tables import markdown_table
@@ -39,7 +38,9 @@ from experiments.accuracy import (
     ROOT,
     AccuracyRun,
     file_sha,
+    final_student,
     forget_other_teacher,
+    parameter_difference,
     provenance,
     run_matrix,
 )
@@ -49,26 +50,6 @@ from methods.distilbert.model import teacher_metrics
 PRESET = "accuracy"
 SEEDS = (0, 1, 2)
 BASE, DISTIL, PARALLEL = "mlm-only", "distil-sequential", "distil-tspipe"
-
-
-def final_student(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The student weights of a run's last checkpoint, merged over its ranks."""
-    folder = sorted((run_dir / "checkpoints").glob("step*"))[-1]
-    state: dict[str, torch.Tensor] = {}
-    for part in sorted(folder.glob("rank*.pt")):
-        state.update(torch.load(part, weights_only=True)["stage"]["student"])
-    return state
-
-
-def parameter_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """(largest absolute difference, relative L2 difference) over the floating-point tensors."""
-    keys = [k for k in a if a[k].is_floating_point()]
-    if sorted(keys) != sorted(k for k in b if b[k].is_floating_point()):
-        raise ValueError("the two students have different parameters")
-    largest = max(float((a[k].double() - b[k].double()).abs().max()) for k in keys)
-    diff = torch.cat([(a[k].double() - b[k].double()).flatten() for k in keys]).norm()
-    base = torch.cat([a[k].double().flatten() for k in keys]).norm()
-    return largest, float(diff / base)
 
 
 def _ppl(row: dict) -> float | None:
@@ -193,7 +174,8 @@ def bitwise_row(root: Path, seed: int, base: dict, previous: Sequence[dict], sha
     """
     folders = [root / f"{DISTIL}-s{seed}", root / f"{PARALLEL}-s{seed}"]
     if all(sorted((f / "checkpoints").glob("step*")) for f in folders):
-        largest, relative = parameter_difference(*(final_student(f) for f in folders))
+        # relative to the sequential student, as for KD
+        largest, relative = parameter_difference(final_student(folders[1]), final_student(folders[0]))
         return make_row(
             method="distilbert",
             schedule="tspipe",

@@ -31,48 +31,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from core.metrics import make_row, write_rows
 from core.overrides import ConfigError, apply_overrides
-from experiments.accuracy import ROOT, AccuracyRun, file_sha, forget_other_teacher, provenance, run_matrix
+from experiments.accuracy import (
+    ROOT,
+    AccuracyRun,
+    file_sha,
+    final_student,
+    forget_other_teacher,
+    parameter_difference,
+    provenance,
+    run_matrix,
+)
 from methods.soft_target import METHOD
 from methods.soft_target.models import load_teacher
 from methods.soft_target.presets import teacher_command
 
 PRESET = "accuracy"
 DEFAULT_SET = ("train_subset=1000",)  # the student's data budget (see the module docstring)
-
-
-def final_student(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The student's weights after the run's last step, merged over the ranks' checkpoint files.
-
-    Raises:
-        FileNotFoundError: if the run has no checkpoint.
-    """
-    folders = sorted((run_dir / "checkpoints").glob("step*"))
-    if not folders:
-        raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
-    state: dict[str, torch.Tensor] = {}
-    for rank_file in sorted(folders[-1].glob("rank*.pt")):
-        state.update(torch.load(rank_file, map_location="cpu", weights_only=True)["stage"]["student"])
-    return state
-
-
-def parameter_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """(largest absolute difference, relative L2 distance) over the floating entries of two
-    state dicts (parameters and BatchNorm statistics).
-
-    Raises:
-        ValueError: if the two hold different entries.
-    """
-    if sorted(a) != sorted(b):
-        raise ValueError("the two students hold different entries; were they trained with the same preset?")
-    keys = [k for k in sorted(a) if a[k].is_floating_point()]
-    largest = max(float((a[k].double() - b[k].double()).abs().max()) for k in keys)
-    diff = torch.cat([(a[k].double() - b[k].double()).flatten() for k in keys]).norm()
-    base = torch.cat([b[k].double().flatten() for k in keys]).norm()
-    return largest, float(diff / base)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
