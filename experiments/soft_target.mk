@@ -22,7 +22,7 @@ bench-kd: $(STAMP) $(if $(filter cpu,$(DEVICE)),data $(KD_TEACHER))
 # Teacher top-1, student alone, KD under sequential and under tspipe (2 processes), 8 seeds (5
 # left KD's gain over the student alone inside its 95 % interval), each with its own data order
 # and initial weights shared by its runs; the student trains on 1,000 images; the largest
-# parameter difference between the two KD students (CPU, about 40 min on 2 idle cores).
+# parameter difference between the two KD students (CPU, about 6 min on 2 idle cores).
 accuracy-kd: $(STAMP) data $(KD_TEACHER)
 	$(PY) -m experiments.accuracy_kd --seeds 0 1 2 3 4 5 6 7 --out results/soft_target/accuracy
 	$(PY) -m analysis.soft_target accuracy results/soft_target/accuracy --command "make accuracy-kd"
