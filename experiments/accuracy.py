@@ -146,12 +146,13 @@ def run_matrix(
     # the file keeps the rows of other runs (a driver's earlier matrix, its extra rows) until the
     # driver writes its final set: a later failure loses nothing measured
     ours = {(r.label, r.seed) for r in runs}
-    others = [r for r in _read(out / "rows.jsonl") if (r.get("label"), r.get("seed")) not in ours]
+    others = [r for r in existing_rows(out / "rows.jsonl") if (r.get("label"), r.get("seed")) not in ours]
     write_rows(out / "rows.jsonl", [*rows, *others])
     return rows
 
 
-def _read(path: Path) -> list[dict]:
+def existing_rows(path: Path) -> list[dict]:
+    """The rows of ``path``, or none where it does not exist."""
     from core.metrics import read_rows
 
     return read_rows(path) if path.exists() else []
@@ -179,7 +180,7 @@ def forget_other_teacher(run_root: Path, rows_file: Path, sha: str) -> bool:
         shutil.rmtree(run_root)
         dropped = True
     if rows_file.exists():
-        rows = _read(rows_file)
+        rows = existing_rows(rows_file)
         kept = [r for r in rows if r.get("teacher_sha", sha if same else None) == sha]
         if len(kept) < len(rows):
             write_rows(rows_file, kept)
@@ -379,7 +380,7 @@ def stale_teacher_parity(
     Returns:
         The rows written to ``out/rows.jsonl``.
     """
-    from core.metrics import make_row, read_rows
+    from core.metrics import make_row
 
     preset = get_method(method).preset(preset_name).method
     per_epoch = preset.train_subset // preset.batch
@@ -390,7 +391,7 @@ def stale_teacher_parity(
         runs.append(AccuracyRun("tspipe", "tspipe", extra, seed))
         if symmetric:
             runs.append(AccuracyRun("symmetric", "tspipe", ("--student-delay=1",), seed))
-    previous = read_rows(out / "rows.jsonl") if (out / "rows.jsonl").exists() else []
+    previous = existing_rows(out / "rows.jsonl")
     kept = current_rows(method, preset_name, out / "rows.jsonl", runs)
     first = {f"sync-s{seeds[0]}", f"tspipe-s{seeds[0]}"}
     old_drift = [

@@ -37,6 +37,7 @@ from core.overrides import apply_overrides
 from experiments.accuracy import (
     ROOT,
     AccuracyRun,
+    existing_rows,
     file_sha,
     final_student,
     forget_other_teacher,
@@ -239,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"[accuracy] teacher {sha}: earlier runs made with another teacher dropped", file=sys.stderr
             )
-        previous = read_rows(args.out / "rows.jsonl") if (args.out / "rows.jsonl").exists() else []
+        previous = existing_rows(args.out / "rows.jsonl")
         extra = tuple(args.overrides)
         first = args.seeds[0]
         pairs = [
