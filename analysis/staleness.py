@@ -67,6 +67,24 @@ def initial(rows: pd.DataFrame) -> pd.Series | None:
     return None if init.empty else init.set_index("seed")["metric_value"].astype(float)
 
 
+def common_overrides(rows: pd.DataFrame) -> list[str]:
+    """The config overrides every run shares besides its lookahead (``experiments.staleness
+    --set``), in the runs' order; none when the rows do not list them."""
+    runs = _final(rows)
+    if "overrides" not in runs or runs.empty:
+        return []
+    lists = [
+        [o for o in (v if isinstance(v, list) else []) if not o.startswith("pipeline.teacher_lookahead=")]
+        for v in runs["overrides"]
+    ]
+    return [o for o in lists[0] if all(o in other for other in lists[1:])]
+
+
+def _overrides_line(rows: pd.DataFrame) -> str:
+    extra = common_overrides(rows)
+    return f" Every run with `{' '.join(extra)}`." if extra else ""
+
+
 def plot(rows: pd.DataFrame, out: Path, title: str) -> Path | None:
     """The metric against L: each seed's runs (thin) and the mean with its 95 % interval."""
     runs = _final(rows)
@@ -105,8 +123,8 @@ def staleness_section(folder: Path, rel: str) -> str | None:
     text = (
         f"Staleness (teacher lookahead L: the teacher serving batch b is version b - L; made by "
         f"`{first.get('command') or 'experiments.staleness'}`, git {first['git_sha']}): final "
-        f"{first['metric']} per L, and L - L0 paired by seed with its 95 % Student-t interval.\n\n"
-        + markdown(staleness_table(rows), digits=2)
+        f"{first['metric']} per L, and L - L0 paired by seed with its 95 % Student-t interval."
+        f"{_overrides_line(rows)}\n\n" + markdown(staleness_table(rows), digits=2)
     )
     if (folder / "staleness.png").exists():
         text += f"\n![staleness]({rel}/staleness.png)\n"
@@ -122,7 +140,8 @@ def write_report(folder: Path, title: str, command: str) -> Path:
     text = [
         f"# {title}\n",
         f"Made by `{command}` (git {first['git_sha']}, {first['date']}): per teacher lookahead L, the final "
-        f"{first['metric']} over seeds, and L - L0 paired by seed with its 95 % Student-t interval.\n",
+        f"{first['metric']} over seeds, and L - L0 paired by seed with its 95 % Student-t interval."
+        f"{_overrides_line(rows)}\n",
         markdown(table, digits=2),
     ]
     if image:

@@ -297,11 +297,15 @@ def provenance(method: str, row: dict, command: str | None = None) -> dict:
 
 
 def initial_rows(
-    method: str, preset_name: str, seeds: Sequence[int], command: str | None = None
+    method: str,
+    preset_name: str,
+    seeds: Sequence[int],
+    command: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> list[dict]:
     """The metric of each seed's initial weights (label ``init``, step 0, schedule ``none``): what
     training gains is measured against it. The weights are the ones every run of that seed
-    starts from (the task builds them from its seed).
+    starts from (the task builds them from its seed), under the runs' config ``overrides``.
 
     Raises:
         ValueError: for a method without an evaluation.
@@ -314,7 +318,7 @@ def initial_rows(
 
     spec, rows = get_method(method), []
     for seed in seeds:
-        config = apply_overrides(spec.preset(preset_name), [f"seed={seed}"])
+        config = apply_overrides(spec.preset(preset_name), [f"seed={seed}", *overrides])
         previous = torch.get_default_dtype()
         torch.set_default_dtype(getattr(torch, config.run.dtype))  # as training.run builds them
         try:
@@ -341,7 +345,7 @@ def initial_rows(
             epochs=0.0,
             device="cpu",
         )
-        rows.append(provenance(method, {**row, "label": "init", "overrides": []}, command))
+        rows.append(provenance(method, {**row, "label": "init", "overrides": list(overrides)}, command))
     return rows
 
 

@@ -24,14 +24,28 @@ def test_runs_pair_every_lookahead_with_every_seed():
         staleness_runs([0, 1], [])
 
 
+def test_set_adds_overrides_to_every_run_and_refuses_what_is_not_one():
+    runs = staleness_runs([0, 2], [0, 1], ["method.train_subset=200", "lr=0.1"])
+    assert {r.overrides for r in runs if r.label == "L2"} == {
+        ("pipeline.teacher_lookahead=2", "method.train_subset=200", "lr=0.1")
+    }
+    for bad in (["train_subset"], ["=3"], ["--student-delay=1"], ["teacher_lookahead=2"]):
+        with pytest.raises(ValueError):
+            staleness_runs([0, 1], [0], bad)
+
+
 def test_bad_arguments_are_one_line_errors(capsys):
+    assert main(["byol", "--set", "no_such_key=1"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+    assert main(["byol", "--set", "pipeline.teacher_lookahead=1"]) == 2
+    assert "--lookaheads chooses it" in capsys.readouterr().err
     assert main(["byol", "--lookaheads", "1", "2"]) == 2
     assert "must include 0" in capsys.readouterr().err
     assert main(["byol", "--preset", "no-such-preset"]) == 2
     assert capsys.readouterr().err.startswith("error:")
 
 
-def _rows(values: dict[int, list[float]]) -> list[dict]:
+def _rows(values: dict[int, list[float]], extra: tuple[str, ...] = ()) -> list[dict]:
     return [
         make_row(
             method="moco_v3",
@@ -41,6 +55,7 @@ def _rows(values: dict[int, list[float]]) -> list[dict]:
             metric="knn_top1",
             metric_value=v,
             simulated=False,
+            overrides=[f"pipeline.teacher_lookahead={lookahead}", *extra],
         )
         for lookahead, per_seed in values.items()
         for seed, v in enumerate(per_seed)
@@ -109,3 +124,18 @@ def test_initial_rows_evaluate_the_weights_every_run_of_a_seed_starts_from():
     assert 0.0 < first["metric_value"] <= 1.0 and first["fingerprint"] and first["simulated"] is False
     assert again["metric_value"] == first["metric_value"]  # the seed fixes the weights
     assert second["seed"] == 1 and 0.0 < second["metric_value"] <= 1.0
+    # the runs' overrides build the weights too, and the row lists them
+    (tuned,) = initial_rows("byol", "tiny", [0], overrides=["method.lr=0.5"])
+    assert tuned["overrides"] == ["method.lr=0.5"] and tuned["metric_value"] == first["metric_value"]
+
+
+def test_the_tables_name_the_overrides_every_run_shares(tmp_path):
+    from analysis.staleness import common_overrides
+
+    rows = _rows({0: [0.5, 0.6], 1: [0.5, 0.7]}, ("method.train_subset=20000",))
+    assert common_overrides(pd.DataFrame(rows)) == ["method.train_subset=20000"]
+    assert common_overrides(pd.DataFrame(_rows({0: [0.5], 1: [0.6]}))) == []
+    write_rows(tmp_path / "rows.jsonl", rows)
+    assert analyse([str(tmp_path)]) == 0
+    assert "Every run with `method.train_subset=20000`" in (tmp_path / "TABLE.md").read_text()
+    assert "`method.train_subset=20000`" in staleness_section(tmp_path, "x")
