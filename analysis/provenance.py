@@ -31,7 +31,11 @@ def code_paths(key: str, rows: pd.DataFrame) -> list[str]:
         "experiments/accuracy_kd.py",
         "experiments/accuracy_distilbert.py",
     ]
-    if not key.endswith("/accuracy"):
+    if key.endswith("/staleness"):
+        driver = ["training", "experiments/accuracy.py", "experiments/staleness.py"]
+    elif key.endswith("/hybrid"):
+        driver = ["experiments/bench.py", "experiments/bench_hybrid.py"]
+    elif not key.endswith("/accuracy"):
         driver = ["experiments/bench.py"]
     return [*_METHOD_CODE, *(f"methods/{m}" for m in methods), *driver]
 

@@ -40,6 +40,7 @@ from analysis.compare import (  # noqa: E402
     verdict,
 )
 from analysis.gpu import gpu_run_section  # noqa: E402
+from analysis.hybrid import hybrid_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
 from analysis.provenance import code_paths, golden_digests, staleness  # noqa: E402
 from analysis.staleness import staleness_section  # noqa: E402
@@ -48,22 +49,25 @@ from core.schedules import order_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 Expected = dict[str, tuple[str, str, str]]  # source -> (title, bench command, accuracy command)
+SUBSOURCES = ("accuracy", "staleness", "hybrid")  # results/<folder>/<kind>/rows.jsonl
 
 
 def load(results: Path, fallback: Path | None = None) -> dict[str, pd.DataFrame]:
     """Rows by source: ``<folder>`` for each ``results/<folder>/rows.jsonl`` (benchmarks and
-    ``simulated``), ``<folder>/accuracy``, and ``gpu`` (rows measured on GPUs, from any
+    ``simulated``), ``<folder>/<kind>`` for each kind of :data:`SUBSOURCES` (accuracy, the
+    staleness sweep, the measured dp x pp group), and ``gpu`` (rows measured on GPUs, from any
     ``*-cuda*`` folder). A source missing under ``results`` is read from ``fallback`` (a quick
     report re-measures some sources and reuses the rest)."""
     parts: dict[str, list[pd.DataFrame]] = {}
-    folders = {p.parent.name for p in results.glob("*/rows.jsonl")}
-    folders |= {p.parent.parent.name for p in results.glob("*/accuracy/rows.jsonl")}
-    if fallback is not None:
-        folders |= {p.parent.name for p in fallback.glob("*/rows.jsonl")}
-        folders |= {p.parent.parent.name for p in fallback.glob("*/accuracy/rows.jsonl")}
+    folders: set[str] = set()
+    for base in (results, fallback) if fallback is not None else (results,):
+        folders |= {p.parent.name for p in base.glob("*/rows.jsonl")}
+        for kind in SUBSOURCES:
+            folders |= {p.parent.parent.name for p in base.glob(f"*/{kind}/rows.jsonl")}
     for folder in sorted(folders - {"quick", "micro"}):
         key = "gpu" if "-cuda" in folder else folder
-        for sub, name in (("rows.jsonl", key), ("accuracy/rows.jsonl", f"{key}/accuracy")):
+        subs = [("rows.jsonl", key), *((f"{kind}/rows.jsonl", f"{key}/{kind}") for kind in SUBSOURCES)]
+        for sub, name in subs:
             for base in (results, fallback):
                 if base is not None and (base / folder / sub).exists():
                     parts.setdefault(name, []).append(R.read(base / folder / sub, base))
@@ -163,6 +167,8 @@ def throughput_section(
                 if other is not None:
                     entry["groups"][label] = other
             headline.append(entry)
+    for key in sorted(k for k in data if k.endswith("/hybrid")):
+        text.append(hybrid_section(data[key]))
     return "\n".join(text), headline
 
 
