@@ -32,6 +32,13 @@ from core.task import Task
 from core.validate import validate
 
 
+def last_backward(segment: list[Any], batch: int) -> Any:
+    """The last backward action (``SB`` or ``SW``) of mini-batch ``batch`` in a rank's segment
+    (None without one): once it ran, the stage's gradients of that step are final."""
+    backwards = [a for a in segment if a.op in (Op.SB, Op.SW) and a.batch == batch]
+    return backwards[-1] if backwards else None
+
+
 def network(config: PipelineConfig, device: torch.device, replicas: Replicas | None = None) -> Transport:
     """The ``torch.distributed`` transport ``config.transport`` names (host-staged when
     ``auto`` finds the ranks sharing a GPU), inside this rank's replica."""
@@ -71,6 +78,8 @@ class PipelineRunner(_state.RunnerState):
         transport: Transport | None = None,
     ) -> None:
         self.replicas = Replicas()
+        self._reduce_after: Any = None  # the stage's last backward action of the current step
+        self._pending: Any = None  # its dp gradient sum, in flight until the optimizer step
         if config.dp > 1:
             if transport is not None:
                 raise ValueError("dp > 1 runs over torch.distributed; pass no transport")
@@ -130,8 +139,27 @@ class PipelineRunner(_state.RunnerState):
     def _teacher_forward(self, a: Any) -> None:
         self.stage.teacher_forward(a, self.versions.teacher_for(a.batch, self.teacher))
 
+    def _backward(self, a: Any) -> None:
+        self.stage.backward(a)
+        self._after_backward(a)
+
+    def _weight_backward(self, a: Any) -> None:
+        self.stage.weight_backward(a)
+        self._after_backward(a)
+
+    def _after_backward(self, a: Any) -> None:
+        """After the stage's last backward of a step, start the dp gradient sum, so it runs
+        beside whatever the stage does before its optimizer step (tspipe's late next-batch
+        teacher forwards)."""
+        if a == self._reduce_after:
+            self._pending = self.replicas.start_reduce(self.student.parameters())
+
     def _step(self, a: Any) -> None:
-        self.replicas.reduce_grads(self.student.parameters())
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.finish()
+        else:
+            self.replicas.reduce_grads(self.student.parameters())
         self.end_step(a.batch)
         self.stage.finish(a.batch)
 
@@ -176,8 +204,8 @@ class PipelineRunner(_state.RunnerState):
             Op.TF: self._teacher_forward,
             Op.SF: self.stage.student_forward,
             Op.LOSS: self.stage.loss,
-            Op.SB: self.stage.backward,
-            Op.SW: self.stage.weight_backward,
+            Op.SB: self._backward,
+            Op.SW: self._weight_backward,
             Op.OPT: self._step,
         }
         interpreter = Interpreter(
@@ -192,6 +220,8 @@ class PipelineRunner(_state.RunnerState):
 
         def step(b: int, log: StepLog) -> dict[str, float] | None:
             segment = program.segment(self.rank, b)
+            if self.replicas.size > 1:
+                self._reduce_after = last_backward(segment, b)
             interpreter.prepost(segment)
             interpreter.run(segment, b, log.t0_s, log.records, lambda: program.grid(b))
             return self.stage.losses.pop(b, None)

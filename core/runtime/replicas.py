@@ -132,24 +132,53 @@ class Replicas:
         if self.size > 1:
             dist.all_reduce(t, group=self.group)
 
-    def reduce_grads(self, params: Iterable[nn.Parameter]) -> None:
-        """Sum the student's gradients over the replicas, in buckets of about
-        :data:`BUCKET_BYTES` per dtype and device."""
+    def start_reduce(self, params: Iterable[nn.Parameter]) -> PendingReduce | None:
+        """Start summing the student's gradients over the replicas (asynchronous all-reduces in
+        buckets of about :data:`BUCKET_BYTES` per dtype and device); None for one replica. The
+        gradients must not change until :meth:`PendingReduce.finish`."""
         if self.size == 1:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        buckets: dict[tuple, list[list[torch.Tensor]]] = {}
-        for g in grads:
-            runs = buckets.setdefault((g.dtype, g.device), [[]])
-            if runs[-1] and sum(t.numel() * t.element_size() for t in runs[-1]) >= BUCKET_BYTES:
-                runs.append([])
-            runs[-1].append(g)
-        for runs in buckets.values():
-            for bucket in runs:
-                flat = _flatten_dense_tensors(bucket)
-                dist.all_reduce(flat, group=self.group)
-                for g, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
-                    g.copy_(reduced)
+            return None
+        work = []
+        for bucket in _buckets([p.grad for p in params if p.grad is not None]):
+            flat = _flatten_dense_tensors(bucket)
+            work.append((dist.all_reduce(flat, group=self.group, async_op=True), flat, bucket))
+        return PendingReduce(work)
+
+    def reduce_grads(self, params: Iterable[nn.Parameter]) -> None:
+        """Sum the student's gradients over the replicas now (:meth:`start_reduce`, finished)."""
+        pending = self.start_reduce(params)
+        if pending is not None:
+            pending.finish()
+
+
+@dataclass
+class PendingReduce:
+    """Gradient all-reduces in flight: (handle, flat bucket, the bucket's gradients) each."""
+
+    work: list[tuple[Any, torch.Tensor, list[torch.Tensor]]]
+
+    def finish(self) -> None:
+        """Wait for every bucket and write the sums back into the gradients."""
+        for handle, flat, bucket in self.work:
+            handle.wait()
+            for g, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                g.copy_(reduced)
+        self.work = []
+
+
+def _buckets(grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Gradients grouped by dtype and device, in order, into runs of about :data:`BUCKET_BYTES`
+    (a run closes once it holds that many bytes)."""
+    runs: dict[tuple, list[list[torch.Tensor]]] = {}
+    filled: dict[tuple, int] = {}
+    for g in grads:
+        key = (g.dtype, g.device)
+        if key not in runs or filled[key] >= BUCKET_BYTES:
+            runs.setdefault(key, []).append([])
+            filled[key] = 0
+        runs[key][-1].append(g)
+        filled[key] += g.numel() * g.element_size()
+    return [bucket for by_key in runs.values() for bucket in by_key]
 
 
 def make_replicas(dp: int, stages: int, device: torch.device) -> Replicas:

@@ -48,3 +48,42 @@ def test_a_resume_with_another_dp_is_refused_and_an_old_manifest_means_dp_1():
     check_manifest(old, {**old, "dp": 1})  # written before dp existed: one pipeline
     with pytest.raises(ValueError, match=r"world_size: checkpoint 2, now 4; dp: checkpoint 1, now 2"):
         check_manifest(old, {**old, "world_size": 4, "dp": 2})
+
+
+def test_gradients_are_bucketed_by_dtype_in_order_up_to_the_bucket_size(monkeypatch):
+    from core.runtime import replicas
+
+    monkeypatch.setattr(replicas, "BUCKET_BYTES", 32)  # eight float32 values
+    grads = [
+        torch.zeros(4),
+        torch.zeros(4),
+        torch.zeros(2, dtype=torch.float64),
+        torch.zeros(1),
+        torch.zeros(9),
+    ]
+    buckets = replicas._buckets(grads)
+    # float32: [4, 4] reaches 32 bytes and closes; then [1, 9]; float64 on its own
+    assert [[g.numel() for g in b] for b in buckets] == [[4, 4], [1, 9], [2]]
+    assert all(len({g.dtype for g in b}) == 1 for b in buckets)
+    assert Replicas().start_reduce([torch.nn.Parameter(torch.zeros(2))]) is None  # one replica: nothing
+
+
+@pytest.mark.parametrize("schedule", ["tspipe", "gpipe", "zb", "tspipe-zb"])
+def test_the_dp_gradient_sum_starts_after_each_stage_s_last_backward_of_the_step(schedule):
+    from core.action import Op
+    from core.runtime.pipeline import last_backward
+    from core.schedules import Program
+
+    program = Program.build(schedule, 2, 2, "ema", steps=4, views=2)
+    late_teacher = 0
+    for rank in (0, 1):
+        segment = program.segment(rank, 2)
+        last = last_backward(segment, 2)
+        at = segment.index(last)
+        assert last.op in (Op.SB, Op.SW) and last.batch == 2
+        assert not [a for a in segment[at + 1 :] if a.op in (Op.SB, Op.SW) and a.batch == 2]
+        assert [a.op for a in segment[at + 1 :] if a.op == Op.OPT] == [Op.OPT]  # the step waits for it
+        late_teacher += sum(a.op == Op.TF and a.batch == 3 for a in segment[at + 1 :])
+    # tspipe runs next-batch teacher forwards between a stage's last backward and its step:
+    # the sum overlaps them
+    assert (late_teacher > 0) == schedule.startswith("tspipe")
