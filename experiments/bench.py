@@ -147,7 +147,7 @@ def plan_runs(settings: BenchSettings, views: int) -> list[BenchRun]:
             try:
                 spec.check(procs, micro, None, views)
             except ValueError as err:
-                _progress(f"skipping {name} at N={procs}, M={micro}: {err}")
+                progress(f"skipping {name} at N={procs}, M={micro}: {err}")
                 continue
             out.append(BenchRun(name, procs, micro))
             if spec.stages == 1 and settings.stages > 1:
@@ -155,7 +155,7 @@ def plan_runs(settings: BenchSettings, views: int) -> list[BenchRun]:
     return out
 
 
-def _progress(text: str) -> None:
+def progress(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
@@ -179,7 +179,7 @@ def run_pipeline(
     )
 
 
-def _launch_group(spec_file: Path, procs: int, threads: int, bar: tqdm) -> None:
+def launch_group(spec_file: Path, procs: int, threads: int, bar: tqdm) -> None:
     """Run one group of timed runs on ``procs`` processes, advancing ``bar`` as rank 0 reports.
 
     Raises:
@@ -237,7 +237,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
     for run in plan:
         m = run.unit_microbatches
         if m not in profiles:
-            _progress(f"profiling blocks at {work.samples_per_step // m} samples per unit")
+            progress(f"profiling blocks at {work.samples_per_step // m} samples per unit")
             profiles[m] = profile_blocks(
                 work.task, first, m, work.optimizer, device, amp_bf16=config.pipeline.amp_bf16
             )
@@ -255,7 +255,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
         groups.setdefault(run.procs, []).append(run)
     results: dict[BenchRun, dict] = {}
     total = len(plan) * settings.rounds
-    _progress(
+    progress(
         f"{len(plan)} runs x {settings.rounds} rounds of {settings.warmup} warm-up + {settings.steps} timed steps"
     )
     with tqdm(total=total, desc=f"bench {spec.name}", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
@@ -278,16 +278,16 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
                     }
                 )
             )
-            _launch_group(spec_file, procs, threads, bar)
+            launch_group(spec_file, procs, threads, bar)
             for run in runs:
                 rounds = [
                     json.loads((out / "runs" / f"{run.name}.r{r}.json").read_text())
                     for r in range(settings.rounds)
                 ]
-                results[run] = _combine(rounds, settings.warmup)
+                results[run] = combine_rounds(rounds, settings.warmup)
     for run, result in results.items():
         batch = work.samples_per_step
-        _progress(
+        progress(
             f"{run.name}: {batch / result['median_step_s']:.1f} samples/s (rounds: "
             + ", ".join(f"{batch / s:.0f}" for s in result["round_steps_s"])
             + ")"
@@ -311,7 +311,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
     return rows
 
 
-def _combine(rounds: list[dict], warmup: int) -> dict:
+def combine_rounds(rounds: list[dict], warmup: int) -> dict:
     """One result from several rounds of a run: the median of the rounds' steady-state medians,
     every steady step, and the last round's timeline."""
     steps = [steady_steps(r["step_end_s"], warmup) for r in rounds]
@@ -376,6 +376,28 @@ def _quantiles(values: Sequence[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def timing_fields(result: dict, batch: int, settings: BenchSettings) -> dict:
+    """A row's measured speed from a run's combined rounds: samples/s (the median of the
+    rounds' medians), the rounds' range, the quartiles of every steady step, and the timing
+    settings that produced them."""
+    step_s = result["median_step_s"]
+    rounds = [batch / x for x in result["round_steps_s"]]
+    q1_step, q3_step = _quantiles(result["steady_steps_s"])
+    return dict(
+        samples_per_s=batch / step_s,
+        step_ms=step_s * 1e3,
+        samples_per_s_min=min(rounds),
+        samples_per_s_max=max(rounds),
+        samples_per_s_q1=batch / q3_step,
+        samples_per_s_q3=batch / q1_step,
+        round_samples_per_s=rounds,
+        rounds=settings.rounds,
+        steady_steps=len(result["steady_steps_s"]),
+        warmup_steps=settings.warmup,
+        timed_steps=settings.steps,
+    )
+
+
 def _row(
     settings: BenchSettings,
     spec: MethodSpec,
@@ -437,8 +459,6 @@ def _row(
     device = f"{config.run.device} ({threads} thread{'s' if threads > 1 else ''}/process)"
     if config.run.device == "cuda":
         device = torch.cuda.get_device_name(0)
-    rounds = [batch / x for x in result["round_steps_s"]]
-    q1_step, q3_step = _quantiles(result["steady_steps_s"])
     return make_row(
         method=spec.name,
         method_title=spec.title,
@@ -449,21 +469,13 @@ def _row(
         microbatches=run.microbatches,
         global_batch=batch,
         device=device,
-        samples_per_s=samples,
-        step_ms=step_s * 1e3,
+        **timing_fields(result, batch, settings),
         efficiency=samples / bound,
         bound_samples_per_s=bound,
         bubble_fraction=bubble,
         peak_mem_gib=result["peak_gib"],
         seed=config.run.seed,
         simulated=False,
-        samples_per_s_min=min(rounds),
-        samples_per_s_max=max(rounds),
-        samples_per_s_q1=batch / q3_step,
-        samples_per_s_q3=batch / q1_step,
-        round_samples_per_s=rounds,
-        rounds=settings.rounds,
-        steady_steps=len(result["steady_steps_s"]),
         predicted_samples_per_s=predicted,
         prediction_error=(predicted - samples) / samples if predicted else None,
         backward_pieces=pipeline.pieces,
@@ -474,8 +486,6 @@ def _row(
         link_overhead_us=link.overhead_us if "link" in result["extra"] else None,
         synthetic_inputs=work.synthetic_data,
         amp_bf16=config.pipeline.amp_bf16,
-        warmup_steps=settings.warmup,
-        timed_steps=settings.steps,
         teacher_fwd_share=teacher_share(profiles[run.unit_microbatches]),
         preset=settings.preset,
     )
@@ -583,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     rows = run_benchmark(settings)
-    _progress(f"{len(rows)} rows in {Path(settings.out) / 'rows.jsonl'}")
+    progress(f"{len(rows)} rows in {Path(settings.out) / 'rows.jsonl'}")
     return 0
 
 

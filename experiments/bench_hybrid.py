@@ -36,7 +36,7 @@ from core.overrides import ConfigError, to_dict
 from core.partition import plan_partition
 from core.profile import profile_blocks
 from core.schedules import get_schedule
-from experiments.bench import BenchSettings, _combine, _launch_group, _progress, _quantiles
+from experiments.bench import BenchSettings, combine_rounds, launch_group, progress, timing_fields
 from methods.registry import get_method
 
 
@@ -86,7 +86,7 @@ def hybrid_runs(
                     if batch % (shape[0] * m):
                         raise ValueError(f"batch {batch} does not split into {shape[0]} x {m} micro-batches")
                 except ValueError as err:
-                    _progress(f"skipping {name} at dp={shape[0]}, N={shape[1]}, M={m}: {err}")
+                    progress(f"skipping {name} at dp={shape[0]}, N={shape[1]}, M={m}: {err}")
                     continue
                 out.append(HybridRun(name, shape[0], shape[1], m))
     out.append(HybridRun("ddp", 1, dp * stages, 1))
@@ -109,7 +109,7 @@ def run_hybrid(settings: BenchSettings, dp: int, schedules: Sequence[str]) -> li
     batch, views = work.samples_per_step, work.task.views
     runs = hybrid_runs(dp, settings.stages, schedules, settings.microbatches, batch, views)
     first = next(iter(work.batches(0, 1)))
-    _progress(f"profiling blocks at {batch} samples per unit")
+    progress(f"profiling blocks at {batch} samples per unit")
     costs = profile_blocks(
         work.task,
         first,
@@ -157,17 +157,17 @@ def run_hybrid(settings: BenchSettings, dp: int, schedules: Sequence[str]) -> li
             }
         )
     )
-    _progress(
+    progress(
         f"{len(runs)} runs on {procs} processes ({os.cpu_count()} cores) x {settings.rounds} rounds of "
         f"{settings.warmup} warm-up + {settings.steps} timed steps"
     )
     with tqdm(
         total=len(runs) * settings.rounds, desc=f"bench-hybrid {spec.name}", unit="run", file=sys.stderr
     ) as bar:
-        _launch_group(spec_file, procs, threads, bar)
+        launch_group(spec_file, procs, threads, bar)
     rows = []
     for run in runs:
-        result = _combine(
+        result = combine_rounds(
             [
                 json.loads((out / "runs" / f"{run.name}.r{r}.json").read_text())
                 for r in range(settings.rounds)
@@ -175,15 +175,13 @@ def run_hybrid(settings: BenchSettings, dp: int, schedules: Sequence[str]) -> li
             settings.warmup,
         )
         rows.append(_row(settings, spec, config, work, run, result))
-        _progress(f"{run.name}: {rows[-1]['samples_per_s']:.1f} samples/s")
+        progress(f"{run.name}: {rows[-1]['samples_per_s']:.1f} samples/s")
     write_rows(out / "rows.jsonl", rows)
     return rows
 
 
 def _row(settings: BenchSettings, spec, config: Config, work, run: HybridRun, result: dict) -> dict:
     batch = work.samples_per_step
-    rounds = [batch / x for x in result["round_steps_s"]]
-    q1_step, q3_step = _quantiles(result["steady_steps_s"])
     cores = os.cpu_count()
     return make_row(
         method=spec.name,
@@ -198,24 +196,14 @@ def _row(settings: BenchSettings, spec, config: Config, work, run: HybridRun, re
         oversubscribed=run.procs > (cores or 0),
         microbatches=run.microbatches,
         global_batch=batch,
+        **timing_fields(result, batch, settings),
         device=f"{config.run.device} ({max(config.run.threads, 1)} thread/process, {cores} cores)",
-        samples_per_s=batch / result["median_step_s"],
-        step_ms=result["median_step_s"] * 1e3,
-        samples_per_s_min=min(rounds),
-        samples_per_s_max=max(rounds),
-        samples_per_s_q1=batch / q3_step,
-        samples_per_s_q3=batch / q1_step,
-        round_samples_per_s=rounds,
-        rounds=settings.rounds,
-        steady_steps=len(result["steady_steps_s"]),
         balance=result["extra"].get("balance"),
         teacher_balance=result["extra"].get("teacher_balance"),
         peak_mem_gib=result["peak_gib"],
         seed=config.run.seed,
         simulated=False,
         synthetic_inputs=work.synthetic_data,
-        warmup_steps=settings.warmup,
-        timed_steps=settings.steps,
         preset=settings.preset,
     )
 
@@ -266,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     rows = run_hybrid(settings, args.dp, args.schedules)
-    _progress(f"{len(rows)} rows in {Path(settings.out) / 'rows.jsonl'}")
+    progress(f"{len(rows)} rows in {Path(settings.out) / 'rows.jsonl'}")
     return 0
 
 
