@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis import rows as R  # noqa: E402
 from analysis.compare import best_per_schedule, ratio, subject_name  # noqa: E402
-from analysis.tables import markdown_table  # noqa: E402
+from analysis.fidelity import fidelity_table  # noqa: E402
+from analysis.tables import markdown, markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
 from core.schedules import SCHEDULES, order_of, schedules  # noqa: E402
 
@@ -211,6 +212,16 @@ def write_report(folder: Path, title: str | None = None, command: str | None = N
         "pass plus a student pass.\n\n"
     )
     text = notes + bench_table(rows) + "\n## Each schedule at its best\n\n" + best_table(rows)
+    fidelity = fidelity_table(folder, int(first.get("warmup_steps") or 0))
+    if not fidelity.empty:
+        text += (
+            "\n## Where the predictions miss\n\n"
+            "Measured over simulated time of a steady step, per op kind summed over the stages and for the "
+            "whole step, from the kept timelines (`analysis.fidelity`). Above 1: work the simulator "
+            "under-charges; a step ratio above every kind's is time spent waiting, not computing.\n\n"
+            + markdown(fidelity, digits=2)
+            + "\n"
+        )
     (folder / "TABLE.md").write_text(text)
     plot_throughput(rows, folder / "throughput.png", f"{title} (measured)")
     plot_gantts(folder, rows)

@@ -1,0 +1,69 @@
+"""Where a prediction of a measured run goes wrong, from the bench's timelines only: per op kind,
+the measured time of a steady step over the simulated one (the simulator's timeline from the
+same profiled costs), and the same for the whole step.
+
+A ratio above 1 is work the simulator under-charges. The kinds' ratios differ from one another
+when blocks run at another speed inside a pipeline than in the profile; the step's ratio exceeds
+every kind's when the missing time is waiting (messages, scheduling), not compute.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.timeline import load_records
+
+KINDS = ("TF", "SF", "SB", "SW", "LOSS", "OPT")
+
+
+def step_ends(records: Sequence[dict]) -> dict[int, float]:
+    """Each mini-batch's end: its latest ``OPT`` end."""
+    ends: dict[int, float] = {}
+    for r in records:
+        if r["op"] == "OPT":
+            ends[r["batch"]] = max(ends.get(r["batch"], float("-inf")), r["end_ms"])
+    return ends
+
+
+def steady(records: Sequence[dict], first: int) -> tuple[dict[str, float], float]:
+    """Per op kind, the median over steady mini-batches (from ``first``, never the last) of its
+    time summed over the stages; and the median step time (between consecutive batch ends).
+
+    Raises:
+        ValueError: with fewer than two steady mini-batches.
+    """
+    ends = step_ends(records)
+    batches = [b for b in sorted(ends) if b >= first][:-1]
+    if len(batches) < 2:
+        raise ValueError(f"need two steady mini-batches from {first}, the timeline has {sorted(ends)}")
+    kinds = {
+        k: statistics.median(
+            sum(r["end_ms"] - r["start_ms"] for r in records if r["batch"] == b and r["op"] == k)
+            for b in batches
+        )
+        for k in KINDS
+    }
+    step = statistics.median(ends[b] - ends[b - 1] for b in batches if b - 1 in ends)
+    return kinds, step
+
+
+def fidelity_table(folder: Path, warmup: int) -> pd.DataFrame:
+    """One line per kept timeline pair under ``folder/timelines``: measured over simulated time
+    per op kind (empty where the schedule has none) and per step."""
+    out = []
+    for measured in sorted((Path(folder) / "timelines").glob("*.measured.jsonl")):
+        simulated = measured.with_name(measured.name.replace(".measured", ".simulated"))
+        if not simulated.exists():
+            continue
+        m_kinds, m_step = steady(load_records(measured), warmup + 1)
+        s_kinds, s_step = steady(load_records(simulated), 2)
+        line: dict[str, object] = {"run": measured.name.removesuffix(".measured.jsonl")}
+        for k in KINDS:
+            line[k] = m_kinds[k] / s_kinds[k] if s_kinds[k] > 0 and m_kinds[k] > 0 else None
+        line["step"] = m_step / s_step
+        out.append(line)
+    return pd.DataFrame(out)

@@ -1,0 +1,43 @@
+"""Measured over simulated time per op kind and per step, from a pair of timelines built by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis.fidelity import fidelity_table, steady
+from core.metrics import write_rows
+
+
+def _timeline(tf: float, sb: float, batches: int = 6) -> list[dict]:
+    """Two stages side by side, each running one TF, one SB and OPT (1 ms) per mini-batch."""
+    out, t = [], 0.0
+    for b in range(batches):
+        for stage in (0, 1):
+            start = t
+            for op, ms in (("TF", tf), ("SB", sb), ("OPT", 1.0)):
+                out.append({"stage": stage, "op": op, "batch": b, "start_ms": start, "end_ms": start + ms})
+                start += ms
+        t = start
+    return out
+
+
+def test_ratios_per_kind_and_per_step(tmp_path):
+    write_rows(tmp_path / "timelines" / "gpipe_N2_M1.measured.jsonl", _timeline(tf=4.0, sb=3.0))
+    write_rows(tmp_path / "timelines" / "gpipe_N2_M1.simulated.jsonl", _timeline(tf=2.0, sb=3.0))
+    write_rows(
+        tmp_path / "timelines" / "tspipe_N2_M1.measured.jsonl", _timeline(1.0, 1.0)
+    )  # no pair: skipped
+    table = fidelity_table(tmp_path, warmup=1)
+    assert list(table["run"]) == ["gpipe_N2_M1"]
+    line = table.iloc[0]
+    assert (
+        line["TF"] == pytest.approx(2.0)
+        and line["SB"] == pytest.approx(1.0)
+        and line["OPT"] == pytest.approx(1.0)
+    )
+    assert line["SF"] is None and line["LOSS"] is None  # no such ops
+    assert line["step"] == pytest.approx(8.0 / 6.0)  # a step is 4 + 3 + 1 against 2 + 3 + 1
+    kinds, step = steady(_timeline(2.0, 3.0), first=2)
+    assert kinds["TF"] == pytest.approx(4.0) and step == pytest.approx(6.0)
+    with pytest.raises(ValueError):
+        steady(_timeline(2.0, 3.0, batches=3), first=2)
