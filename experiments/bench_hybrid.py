@@ -38,6 +38,7 @@ from core.profile import profile_blocks
 from core.schedules import get_schedule
 from experiments.bench import BenchSettings, combine_rounds, launch_group, progress, timing_fields
 from methods.registry import get_method
+from methods.spec import Setup
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,11 @@ def hybrid_runs(
     return out
 
 
-def run_hybrid(settings: BenchSettings, dp: int, schedules: Sequence[str]) -> list[dict]:
-    """Profile, plan a partition per stage count, run the group, write rows under ``settings.out``.
+def run_hybrid(
+    settings: BenchSettings, dp: int, schedules: Sequence[str], work: Setup | None = None
+) -> list[dict]:
+    """Profile, plan a partition per stage count, run the group, write rows under ``settings.out``
+    (``work``: the method's setup of the settings' config, when the caller already built it).
 
     Raises:
         RuntimeError: if the group fails (its output is shown).
@@ -105,7 +109,7 @@ def run_hybrid(settings: BenchSettings, dp: int, schedules: Sequence[str]) -> li
     (out / "runs").mkdir(parents=True, exist_ok=True)
     threads = max(config.run.threads, 1)
     torch.set_num_threads(threads)
-    work = spec.setup(config)
+    work = work or spec.setup(config)
     batch, views = work.samples_per_step, work.task.views
     runs = hybrid_runs(dp, settings.stages, schedules, settings.microbatches, batch, views)
     first = next(iter(work.batches(0, 1)))
@@ -253,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    rows = run_hybrid(settings, args.dp, args.schedules)
+    rows = run_hybrid(settings, args.dp, args.schedules, work)
     progress(f"{len(rows)} rows in {Path(settings.out) / 'rows.jsonl'}")
     return 0
 
