@@ -1,6 +1,8 @@
 """The staleness curve (``make staleness-*``) from result rows only: per teacher lookahead L,
 the final metric's mean over seeds, and the paired difference to L = 0 (by seed) with its 95 %
-Student-t interval; a plot of the metric against L.
+Student-t interval; a plot of the metric against L. Where the sweep ran the symmetric ablation
+(label ``symmetric``: L = 1 and the student's gradients one step late), a second table pairs it
+with L = 0 and L = 1.
 
 ``python -m analysis.staleness results/moco_v3/staleness --title ... --command ...`` writes
 ``TABLE.md`` and ``staleness.png`` in that folder.
@@ -58,6 +60,44 @@ def staleness_table(rows: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(out)
+
+
+def symmetric_table(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """The symmetric ablation against L = 0 and L = 1, paired by seed (mean and 95 % interval in
+    points); None where the rows hold no symmetric run."""
+    runs = rows[rows["label"].isin(["L0", "L1", "symmetric"]) & rows["metric_value"].notna()]
+    sym = runs[runs["label"] == "symmetric"]
+    if sym.empty:
+        return None
+    values = sym.sort_values("seed")["metric_value"].astype(float) * 100
+    out = []
+    for base, meaning in (
+        ("L0", "the student and teacher one step late"),
+        ("L1", "the student one step late"),
+    ):
+        d = paired_difference(runs, base, "symmetric")
+        out.append(
+            {
+                "comparison": f"symmetric - {base}",
+                "what it prices": meaning,
+                "seeds": len(values) if d is None else d["seeds"],
+                "symmetric mean %": values.mean(),
+                "difference (points)": None if d is None else 100 * d["mean"],
+                "95 % interval": None if d is None else f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]",
+                "interval excludes 0": None if d is None else bool(d["low"] > 0 or d["high"] < 0),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def _symmetric_text(rows: pd.DataFrame) -> str:
+    table = symmetric_table(rows)
+    if table is None:
+        return ""
+    return (
+        "\n\nThe paper's symmetric ablation (label `symmetric`: L = 1, and the student's gradients "
+        "applied one step late too), paired by seed:\n\n" + markdown(table, digits=2)
+    )
 
 
 def initial(rows: pd.DataFrame) -> pd.Series | None:
@@ -124,7 +164,7 @@ def staleness_section(folder: Path, rel: str) -> str | None:
         f"Staleness (teacher lookahead L: the teacher serving batch b is version b - L; made by "
         f"`{first.get('command') or 'experiments.staleness'}`, git {first['git_sha']}): final "
         f"{first['metric']} per L, and L - L0 paired by seed with its 95 % Student-t interval."
-        f"{_overrides_line(rows)}\n\n" + markdown(staleness_table(rows), digits=2)
+        f"{_overrides_line(rows)}\n\n" + markdown(staleness_table(rows), digits=2) + _symmetric_text(rows)
     )
     if (folder / "staleness.png").exists():
         text += f"\n![staleness]({rel}/staleness.png)\n"
@@ -142,7 +182,7 @@ def write_report(folder: Path, title: str, command: str) -> Path:
         f"Made by `{command}` (git {first['git_sha']}, {first['date']}): per teacher lookahead L, the final "
         f"{first['metric']} over seeds, and L - L0 paired by seed with its 95 % Student-t interval."
         f"{_overrides_line(rows)}\n",
-        markdown(table, digits=2),
+        markdown(table, digits=2) + _symmetric_text(rows),
     ]
     if image:
         text.append(f"\n![staleness]({image.name})\n")

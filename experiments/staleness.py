@@ -16,7 +16,11 @@ longer budget than the preset's without a new preset: ``make staleness-mocov3`` 
 images instead of the accuracy preset's 10,000); the rows list them under ``overrides``, and
 their config digest covers them, so a sweep with other overrides is not resumed from these.
 
-``python -m experiments.staleness METHOD [--lookaheads 0 1 2 4] [--seeds 0 1 2] [--preset P] [--set K=V ...] [--out DIR]``
+``--symmetric`` adds, per seed, the paper's symmetric ablation beside the curve: L = 1 with the
+student's gradients also applied one step late (``training.delay``; label ``symmetric``), so
+the price of delaying the student is measured on the same seeds as the teacher's staleness.
+
+``python -m experiments.staleness METHOD [--lookaheads 0 1 2 4] [--seeds 0 1 2] [--preset P] [--set K=V ...] [--symmetric] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ def label(lookahead: int) -> str:
 
 
 def staleness_runs(
-    lookaheads: Sequence[int], seeds: Sequence[int], overrides: Sequence[str] = ()
+    lookaheads: Sequence[int], seeds: Sequence[int], overrides: Sequence[str] = (), symmetric: bool = False
 ) -> list[AccuracyRun]:
     """One run per (seed, L), seeds outermost (a cut-short matrix still has whole seeds), each
-    with ``overrides`` (``key=value``) after its lookahead.
+    with ``overrides`` (``key=value``) after its lookahead; with ``symmetric``, each seed's
+    runs end with L = 1 and the student's gradients one step late (label ``symmetric``).
 
     Raises:
         ValueError: for an L below 0, a repeated L or seed, no L 0 (the pairs' base), or an
@@ -59,11 +64,22 @@ def staleness_runs(
         raise ValueError("lookaheads must include 0: the paired differences are taken against it")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {list(seeds)}")
-    return [
-        AccuracyRun(label(L), "tspipe", (f"pipeline.teacher_lookahead={L}", *overrides), seed)
-        for seed in seeds
-        for L in lookaheads
-    ]
+    runs = []
+    for seed in seeds:
+        runs += [
+            AccuracyRun(label(L), "tspipe", (f"pipeline.teacher_lookahead={L}", *overrides), seed)
+            for L in lookaheads
+        ]
+        if symmetric:
+            runs.append(
+                AccuracyRun(
+                    "symmetric",
+                    "tspipe",
+                    ("pipeline.teacher_lookahead=1", "--student-delay=1", *overrides),
+                    seed,
+                )
+            )
+    return runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,12 +98,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="config overrides for every run and for the initial weights (e.g. method.train_subset=20000)",
     )
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="also L = 1 with the student's gradients one step late (the paper's symmetric ablation)",
+    )
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/METHOD/staleness")
     parser.add_argument("--command", default=None, help="what the rows say made them (default: this command)")
     args = parser.parse_args(argv)
     try:
-        runs = staleness_runs(args.lookaheads, args.seeds, args.overrides)
+        runs = staleness_runs(args.lookaheads, args.seeds, args.overrides, args.symmetric)
         # an unknown method, preset or override key fails here
         apply_overrides(get_method(args.method).preset(args.preset), args.overrides)
     except ValueError as err:

@@ -1,5 +1,5 @@
-"""BYOL (Grill et al., 2020): a ResNet student with projector and predictor, its EMA teacher,
-kNN evaluation. ``python -m training byol --schedule tspipe --stages 2``."""
+"""BYOL (Grill et al., 2020): a ResNet (or ViT) student with projector and predictor, its EMA
+teacher, kNN evaluation. ``python -m training byol --schedule tspipe --stages 2``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def task_for(config: Config, total_steps: int) -> ByolTask:
         depth=m.depth,
         width=m.width,
         cifar_stem=m.cifar_stem,
+        backbone=m.backbone,
+        image=m.image,
+        patch=m.patch,
+        heads=m.heads,
         proj_hidden=m.proj_hidden,
         proj_dim=m.proj_dim,
         pred_hidden=m.pred_hidden,
@@ -29,8 +33,7 @@ def task_for(config: Config, total_steps: int) -> ByolTask:
 
 
 def setup(config: Config) -> Setup:
-    m = config.method
-    return ssl.setup(config, task_for, f"resnet{m.depth}w{m.width}-{m.image}px")
+    return ssl.setup(config, task_for, config.method.model_name())
 
 
 METHOD = MethodSpec(

@@ -139,3 +139,41 @@ def test_the_tables_name_the_overrides_every_run_shares(tmp_path):
     assert analyse([str(tmp_path)]) == 0
     assert "Every run with `method.train_subset=20000`" in (tmp_path / "TABLE.md").read_text()
     assert "`method.train_subset=20000`" in staleness_section(tmp_path, "x")
+
+
+def test_symmetric_adds_one_run_per_seed_and_its_paired_table(tmp_path):
+    runs = staleness_runs([0, 1], [0, 1], ["method.train_subset=200"], symmetric=True)
+    assert [(r.label, r.seed) for r in runs] == [
+        ("L0", 0),
+        ("L1", 0),
+        ("symmetric", 0),
+        ("L0", 1),
+        ("L1", 1),
+        ("symmetric", 1),
+    ]
+    assert runs[2].overrides == (
+        "pipeline.teacher_lookahead=1",
+        "--student-delay=1",
+        "method.train_subset=200",
+    )
+    assert all(r.label != "symmetric" for r in staleness_runs([0, 1], [0, 1]))
+
+    from analysis.staleness import symmetric_table
+
+    rows = _rows({0: [0.50, 0.60, 0.70], 1: [0.51, 0.62, 0.73]})
+    assert symmetric_table(pd.DataFrame(rows)) is None
+    # symmetric - L0 by seed: -0.05, -0.05, -0.05; symmetric - L1: -0.06, -0.07, -0.08
+    rows += [{**r, "label": "symmetric"} for r in _rows({1: [0.45, 0.55, 0.65]})]
+    table = symmetric_table(pd.DataFrame(rows))
+    assert list(table["comparison"]) == ["symmetric - L0", "symmetric - L1"]
+    assert table["difference (points)"].tolist() == pytest.approx([-5.0, -7.0])
+    assert table["symmetric mean %"][0] == pytest.approx(55.0) and list(table["seeds"]) == [3, 3]
+    half = 4.302653 * 1.0 / 3**0.5
+    assert table["95 % interval"][1] == f"[{-7 - half:+.2f}, {-7 + half:+.2f}]"
+    assert table["interval excludes 0"].tolist() == [True, True]
+    # the curve itself ignores the ablation
+    assert list(staleness_table(pd.DataFrame(rows))["L"]) == [0, 1]
+    write_rows(tmp_path / "rows.jsonl", rows)
+    assert analyse([str(tmp_path)]) == 0
+    assert "| symmetric - L1 |" in (tmp_path / "TABLE.md").read_text()
+    assert "| symmetric - L0 |" in staleness_section(tmp_path, "x")

@@ -83,12 +83,23 @@ def flat_stage(run_dir, rank, steps=3):
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("schedule, staleness, dp", [("tspipe", 1, 1), ("gpipe", 0, 1), ("tspipe", 1, 2)])
-def test_two_process_run_equals_the_reference(tmp_path, schedule, staleness, dp):
+@pytest.mark.parametrize(
+    "schedule, staleness, dp, backbone",
+    [
+        ("tspipe", 1, 1, "resnet"),
+        ("gpipe", 0, 1, "resnet"),
+        ("tspipe", 1, 2, "resnet"),
+        ("tspipe", 1, 1, "vit"),
+    ],
+)
+def test_two_process_run_equals_the_reference(tmp_path, schedule, staleness, dp, backbone):
     # float64: the engine equals the reference to rounding (in float32 BYOL's tiny network
     # amplifies rounding to about 1e-4 in three steps). dp 2: two replicas of the 2-stage
-    # pipeline on 4 processes, equal to one pipeline with 2 x 2 micro-batches.
+    # pipeline on 4 processes, equal to one pipeline with 2 x 2 micro-batches. vit: the
+    # staleness preset's backbone, at tiny width.
     args = ["optimizer=sgd", "lr=0.05", "warmup_steps=1", "steps=3", "backward_pieces=1", "dtype=float64"]
+    if backbone == "vit":
+        args += ["backbone=vit", "width=16", "depth=2", "heads=2", "patch=4"]
     proc = launch_module(
         "training",
         1,
@@ -191,6 +202,9 @@ def test_missing_data_gives_the_clear_error(monkeypatch, tmp_path, capsys):
         (["nonsense=3"], "unknown config key 'nonsense'"),
         (["batch=abc"], "batch=abc: expected int"),
         (["base_momentum=1.5"], r"base_momentum must lie in \[0, 1\]"),
+        (["backbone=cnn"], "backbone must be one of"),
+        (["backbone=vit", "patch=5"], "image 32 is not a multiple of patch 5"),
+        (["backbone=vit", "heads=3"], "heads 3 must divide the ViT's width 16"),
         (["--schedule", "pipedream"], "unknown schedule 'pipedream'"),
         (["--preset", "huge"], "unknown preset 'huge'"),
     ],
@@ -205,3 +219,26 @@ def test_bad_config_exits_2_with_one_line(args, message, capsys):
 def test_config_errors_are_config_errors():
     with pytest.raises(ConfigError):
         tiny(optimizer="adam")
+
+
+@pytest.mark.parametrize("backbone, name", [("resnet", "resnet18w4-16px"), ("vit", "vit-d16x2h2-p4-16px")])
+def test_encoder_is_the_backbone_and_its_pooling(backbone, name):
+    config = tiny(
+        backbone=backbone, width=16 if backbone == "vit" else 4, depth=2 if backbone == "vit" else 18, heads=2
+    )
+    run = setup(config)
+    assert run.model == name
+    student = run.task.build_student()
+    encoder = run.task.encoder(student)
+    x = torch.randn(4, 3, 16, 16)
+    features = encoder(x)
+    # the projector's input: the encoder is everything up to the projector's first module
+    projector = student[-2]
+    assert torch.equal(projector[1](features), projector(student_input_to_projector(student, x)))
+    assert features.shape == (4, 16 if backbone == "vit" else 4 * 8)
+
+
+def student_input_to_projector(student, x):
+    for block in student[:-2]:
+        x = block(x)
+    return x
