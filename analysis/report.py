@@ -43,7 +43,7 @@ from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.hybrid import hybrid_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
 from analysis.provenance import code_paths, golden_digests, staleness  # noqa: E402
-from analysis.staleness import staleness_section  # noqa: E402
+from analysis.staleness import headline_pairs, staleness_section  # noqa: E402
 from analysis.tables import markdown, markdown_table  # noqa: E402
 from core.schedules import order_of  # noqa: E402
 
@@ -294,6 +294,8 @@ def accuracy_section(
         sweep = staleness_section(results / method / "staleness", f"{method}/staleness")
         if sweep:
             body += "\n" + sweep
+        for pair in headline_pairs(results / method / "staleness"):
+            headline.append({**pair, "title": title, "base": "L0", "sweep": True, "identical": 0})
         text.append(f"### {title}\n\nReproduce: `{acc_cmd}`{link}.\n\n" + body)
         for base, other in [*((sync, o) for o in compared), *([(baseline, sync)] if baseline else [])]:
             headline.append(
@@ -458,6 +460,11 @@ def headline_snippet(
         if base in BASELINE_LABELS:
             supports = gain_verdict(d)
             comparison = f"{h['metric']} distilled - {base} ({h['seeds']} seeds)"
+        elif h.get("sweep"):  # the staleness sweep: tspipe at L = 1 (or the symmetric ablation) - L = 0
+            what = (
+                f"{ref} (L = 1)" if h["label"] == "L1" else "symmetric (L = 1, the student one step late too)"
+            )
+            comparison = f"{h['metric']} {what} - synchronous (L = 0), staleness sweep ({h['seeds']} seeds)"
         else:
             comparison = f"{h['metric']} {name} - synchronous ({h['seeds']} seeds)"
         lines.append(

@@ -153,6 +153,34 @@ def plot(rows: pd.DataFrame, out: Path, title: str) -> Path | None:
     return out
 
 
+def headline_pairs(folder: Path) -> list[dict]:
+    """What the report's headline takes from the sweep under ``folder`` ([] without rows): L = 1
+    (TSPipe's own staleness) and the symmetric ablation, each against L = 0 (the synchronous
+    teacher) paired by seed, with the gain of L = 0 over the initial weights."""
+    if not (folder / "rows.jsonl").exists():
+        return []
+    rows = R.read(folder / "rows.jsonl")
+    runs = rows[rows["metric_value"].notna()]
+    means = runs.groupby("label")["metric_value"].mean()
+    out = []
+    for other in ("L1", "symmetric"):
+        if "L0" not in means.index or other not in means.index:
+            continue
+        d = paired_difference(runs, "L0", other)
+        out.append(
+            {
+                "label": other,
+                "metric": str(runs["metric"].iloc[0]),
+                "sync": float(means["L0"]),
+                "other": float(means[other]),
+                "paired": d,
+                "gain": paired_difference(runs, "init", "L0") if "init" in means.index else None,
+                "seeds": d["seeds"] if d else int((runs["label"] == other).sum()),
+            }
+        )
+    return out
+
+
 def staleness_section(folder: Path, rel: str) -> str | None:
     """The report's staleness table for the sweep under ``folder`` (None without rows);
     ``rel``: the folder as the report links it."""

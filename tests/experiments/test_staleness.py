@@ -177,3 +177,26 @@ def test_symmetric_adds_one_run_per_seed_and_its_paired_table(tmp_path):
     assert analyse([str(tmp_path)]) == 0
     assert "| symmetric - L1 |" in (tmp_path / "TABLE.md").read_text()
     assert "| symmetric - L0 |" in staleness_section(tmp_path, "x")
+
+
+def test_the_headline_takes_L1_and_the_symmetric_run_against_L0(tmp_path):
+    from analysis.report import headline_snippet
+    from analysis.staleness import headline_pairs
+
+    assert headline_pairs(tmp_path / "missing") == []
+    rows = _rows({0: [0.70, 0.72, 0.74], 1: [0.705, 0.726, 0.744], 2: [0.6, 0.6, 0.6]})
+    rows += [{**r, "label": "symmetric"} for r in _rows({1: [0.65, 0.66, 0.70]})]
+    rows += [{**r, "label": "init", "schedule": "none"} for r in _rows({0: [0.50, 0.52, 0.54]})]
+    write_rows(tmp_path / "rows.jsonl", rows)
+    l1, sym = headline_pairs(tmp_path)
+    # L1 - L0 by seed: +0.005, +0.006, +0.004; L0 - init: +0.20 on every seed
+    assert (l1["label"], l1["seeds"]) == ("L1", 3) and l1["paired"]["mean"] == pytest.approx(0.005)
+    assert l1["gain"]["mean"] == pytest.approx(0.20) and l1["sync"] == pytest.approx(0.72)
+    assert sym["label"] == "symmetric" and sym["paired"]["mean"] == pytest.approx(-0.05)
+    text = headline_snippet(
+        [], [], [{**h, "title": "MoCo-v3", "base": "L0", "sweep": True, "identical": 0} for h in (l1, sym)]
+    )
+    assert "(L = 1) - synchronous (L = 0), staleness sweep (3 seeds)" in text
+    assert "+0.50 points" in text and "gain: the interval lies above 0" in text
+    assert "symmetric (L = 1, the student one step late too) - synchronous (L = 0)" in text
+    assert "-5.00 points" in text and "training did not beat" not in text
