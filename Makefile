@@ -76,9 +76,9 @@ accuracy-byol: $(STAMP) data
 # Staleness as a knob: tspipe with teacher lookahead L = 0, 1, 2, 4 (the teacher serving batch b
 # is version b - L), 3 paired seeds (CPU, two single-thread runs at a time). BYOL runs its
 # staleness preset: MoCo-v3's accuracy ViT on all 60,000 training images for 8 epochs (its random
-# ResNet already scores what the accuracy preset trains it to, so that one shows no gain). About
-# 13.5 min a run, 6 rounds of two: 81 min on 2 idle cores. STALENESS_BYOL_FLAGS=--symmetric adds
-# the paper's symmetric ablation per seed (3 runs more: about 108 min). STALENESS_PRESET (MoCo-v3)
+# ResNet already scores what the accuracy preset trains it to, so that one shows no gain). 12-13
+# min a run, 6 rounds of two: 76 min measured on 2 idle cores. STALENESS_BYOL_FLAGS=--symmetric
+# adds the paper's symmetric ablation per seed (3 runs more: about 100 min). STALENESS_PRESET (MoCo-v3)
 # / STALENESS_BYOL_PRESET / STALENESS_SEEDS choose others.
 STALENESS_PRESET ?= accuracy
 STALENESS_BYOL_PRESET ?= staleness
