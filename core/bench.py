@@ -23,10 +23,11 @@ import torch.distributed as dist
 
 from core.calibration import fit_fixed_per_sample
 from core.config import PipelineConfig
+from core.ddp_model import ddp_step
 from core.partition import Partition
 from core.profile import BlockCosts
 from core.schedules import build_schedule, get_schedule
-from core.simulate import CostModel, Link, ddp_step, simulate, stage_cost_model
+from core.simulate import CostModel, Link, simulate, stage_cost_model
 
 
 def cost_model(
@@ -45,13 +46,15 @@ def cost_model(
         link,
         costs.loss_ms,
         costs.student_bwd_input or None,
+        costs.student_bwd_split or None,
+        costs.input_ms,
     )
 
 
 def bound_samples_per_s(costs: BlockCosts, units: int, batch: int, stages: int) -> float:
     """Bubble-free bound: ``stages x batch / (all work of one mini-batch on one device)``."""
     work = units * (sum(costs.teacher_fwd) + sum(costs.student_fwd) + sum(costs.student_bwd))
-    work += costs.loss_ms + sum(costs.opt_ms)
+    work += costs.loss_ms + sum(costs.opt_ms) + costs.input_ms
     return stages * batch / work * 1e3
 
 
@@ -106,7 +109,7 @@ def predict(
         step, _ = ddp_step(
             forward_ms=views * (sum(costs.teacher_fwd) + sum(costs.student_fwd)),
             backward_ms=views * sum(costs.student_bwd),
-            other_ms=costs.loss_ms + sum(costs.opt_ms),
+            other_ms=costs.loss_ms + sum(costs.opt_ms) + costs.input_ms,
             grad_bytes=sum(costs.param_bytes),
             replicas=stages,
             link=link,
@@ -126,7 +129,9 @@ def probe_link(sizes: Sequence[int] = (8, 1 << 16, 1 << 20, 1 << 22), repeats: i
     message's time bounds the bandwidth). Every rank must call it; ranks >= 2 just wait.
 
     Returns:
-        The :class:`Link`; its latency is also the CPU cost of one message (both ends).
+        The :class:`Link`: latency and bandwidth of the wire, the CPU cost of handling a small
+        message (its two ends together), and (on CPUs) the rate at which a message's bytes take
+        CPU time on each end (the process's CPU time over a large message, both ends, halved).
     """
     rank = dist.get_rank()
     device = (
@@ -150,36 +155,47 @@ def probe_link(sizes: Sequence[int] = (8, 1 << 16, 1 << 20, 1 << 22), repeats: i
             times.append((time.perf_counter() - start) / 2)
         return statistics.median(times)
 
-    def handling(count: int = 32) -> float:
-        """A small message's cost to its two ends' CPUs: issuing a send, and taking a message
-        that has already arrived (the time not spent waiting for the wire)."""
-        buf = torch.zeros(2, dtype=torch.float32, device=device)
-        works = [dist.irecv(torch.zeros_like(buf), 0) for _ in range(count)] if rank == 1 else []
+    def handling(size: int, count: int = 16) -> tuple[float, float]:
+        """A message's cost to its end's CPU (rank 0 sends, rank 1 receives): wall time of
+        issuing ``count`` sends / taking messages already posted for, and the process's CPU
+        time over the exchange (every thread, the transport's own included), per message."""
+        buf = torch.zeros(max(size // 4, 1), dtype=torch.float32, device=device)
+        works = [dist.irecv(torch.empty_like(buf), 0) for _ in range(count)] if rank == 1 else []
         dist.barrier()  # the receives are posted
-        cost = 0.0
+        wall, cpu = 0.0, time.process_time()
         if rank == 0:
             start = time.perf_counter()
             sends = [dist.isend(buf, 1) for _ in range(count)]
-            cost = (time.perf_counter() - start) / count
+            wall = (time.perf_counter() - start) / count
             for w in sends:
                 w.wait()  # delivered into the posted receives
-        dist.barrier()
         if rank == 1:
             start = time.perf_counter()
             for w in works:
                 w.wait()
-            cost = (time.perf_counter() - start) / count
-        return cost
+            wall = (time.perf_counter() - start) / count
+        cpu = (time.process_time() - cpu) / count
+        dist.barrier()
+        return wall, cpu
 
-    mine = [pingpong(size) for size in sizes] + [handling()]
+    small = [handling(8) for _ in range(5)]
+    large = [handling(sizes[-1]) for _ in range(5)]
+    cpu_large = statistics.median(x[1] for x in large) - statistics.median(x[1] for x in small)
+    mine = [pingpong(size) for size in sizes] + [statistics.median(x[0] for x in small), cpu_large]
     measured = torch.tensor(mine if rank < 2 else [0.0] * len(mine), dtype=torch.float64)
     dist.all_reduce(measured)  # ranks 0 and 1 timed the same ping-pongs, and each its end's handling
-    pings = [float(t) / 2 for t in measured[:-1]]
+    pings = [float(t) / 2 for t in measured[: len(sizes)]]
     latency, per_byte = fit_fixed_per_sample(list(sizes), pings)
     if per_byte <= 0:
         per_byte = pings[-1] / sizes[-1]
-    overhead = float(measured[-1])  # issue on one end + take on the other
-    return Link(gbps=1.0 / (per_byte * 1e9), latency_us=latency * 1e6, overhead_us=overhead * 1e6)
+    overhead = float(measured[-2])  # issue on one end + take on the other
+    # the bytes' CPU time, both ends together, charged to each end at half (None on a GPU, where
+    # copy engines move them and the process's CPU time says nothing)
+    cpu_bytes = float(measured[-1]) / 2 / sizes[-1]
+    cpu_gbps = 1.0 / (cpu_bytes * 1e9) if device.type == "cpu" and cpu_bytes > 0 else None
+    return Link(
+        gbps=1.0 / (per_byte * 1e9), latency_us=latency * 1e6, overhead_us=overhead * 1e6, cpu_gbps=cpu_gbps
+    )
 
 
 def _rss_gib() -> float:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from core.calibration import Calibration
+from core.ddp_model import ddp_step, ring_allreduce_ms
 from core.memory import StagePeak, stage_peaks
 from core.partition import Partition, plan_partition, stage_slices
 from core.placement import place_teacher_forwards
@@ -26,8 +27,6 @@ from core.simulate import (
     CostModel,
     Link,
     SimResult,
-    ddp_step,
-    ring_allreduce_ms,
     simulate,
     stage_cost_model,
 )
@@ -140,7 +139,7 @@ def simulate_calibration(
 def simulate_ddp(
     cal: Calibration, stages: int, link: Link | None = None, grad_bytes: int = 4
 ) -> dict[str, float]:
-    """Data parallelism over ``stages`` GPUs, modelled from the calibration (:func:`core.simulate.ddp_step`):
+    """Data parallelism over ``stages`` GPUs, modelled from the calibration (:func:`core.ddp_model.ddp_step`):
     every GPU runs the whole teacher and student on ``batch / stages`` samples (per-block costs at
     that size, so the micro-batch sweep's penalty applies), and the ring all-reduce of the
     student's gradients overlaps the backward pass completely (the favourable case for DDP).

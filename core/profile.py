@@ -34,6 +34,11 @@ class BlockCosts:
         student_bwd_input: the input-gradient half of each student block's backward (a split
             backward's ``SB``; the rest is its weight half); the whole backward for the first
             block, whose input needs no gradient; empty when not measured.
+        student_bwd_split: each student block's backward done as a split one does it (the input
+            half keeping the graph, then the weight half), in all: more than ``student_bwd``;
+            the whole backward for the first block; empty when not measured.
+        input_ms: making one mini-batch's inputs on the first stage (data and augmentations),
+            measured in a training step's timeline (:mod:`core.step_fit`); 0 from a profile.
     """
 
     samples: int
@@ -46,6 +51,8 @@ class BlockCosts:
     opt_ms: list[float]
     param_bytes: list[float]
     student_bwd_input: list[float] = field(default_factory=list)
+    student_bwd_split: list[float] = field(default_factory=list)
+    input_ms: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,7 +148,7 @@ def _profile_blocks(
         x = run_teacher()
         t_bytes.append(_nbytes(x))
 
-    s_fwd, s_bwd, s_bwd_input, s_bytes, x = [], [], [], [], s_unit
+    s_fwd, s_bwd, s_bwd_input, s_bwd_split, s_bytes, x = [], [], [], [], [], s_unit
     outputs = []
     for block in student:
         inp = detached_leaves(x) if x is not s_unit else x
@@ -165,6 +172,16 @@ def _profile_blocks(
             torch.autograd.grad(outs, wrt, [torch.ones_like(t) for t in outs], allow_unused=True)
             sync()
 
+        def forward_split_backward(block=block, inp=inp):
+            out = forward(block, inp)
+            outs = [t for t in tensors(out) if t.requires_grad]
+            wrt = [t for t in tensors(inp) if t.requires_grad]
+            ones = [torch.ones_like(t) for t in outs]
+            torch.autograd.grad(outs, wrt, ones, retain_graph=True, allow_unused=True)
+            weights = [p for p in block.parameters() if p.requires_grad]
+            torch.autograd.grad(outs, weights, ones, allow_unused=True)
+            sync()
+
         forward()
         forward_backward()
         fwd = _median_ms(forward, repeats)
@@ -174,8 +191,11 @@ def _profile_blocks(
         if any(t.requires_grad for t in tensors(inp)):
             forward_input_backward()
             s_bwd_input.append(min(max(_median_ms(forward_input_backward, repeats) - fwd, 0.0), s_bwd[-1]))
+            forward_split_backward()
+            s_bwd_split.append(max(_median_ms(forward_split_backward, repeats) - fwd, s_bwd[-1]))
         else:  # the first block: its input half is the whole backward
             s_bwd_input.append(s_bwd[-1])
+            s_bwd_split.append(s_bwd[-1])
         with torch.no_grad():
             x = forward()
         s_bytes.append(_nbytes(x))
@@ -232,6 +252,7 @@ def _profile_blocks(
         opt_ms=opt,
         param_bytes=param_bytes,
         student_bwd_input=s_bwd_input,
+        student_bwd_split=s_bwd_split,
     )
 
 
@@ -273,4 +294,6 @@ def fitted_costs(profiles: Sequence[BlockCosts], samples: int) -> BlockCosts:
         opt_ms=list(base.opt_ms),
         param_bytes=list(base.param_bytes),
         student_bwd_input=per_block("student_bwd_input") if all(c.student_bwd_input for c in ordered) else [],
+        student_bwd_split=per_block("student_bwd_split") if all(c.student_bwd_split for c in ordered) else [],
+        input_ms=base.input_ms,
     )

@@ -8,7 +8,7 @@ with durations, so the simulator and the validator can never disagree about what
 Default link: 450 GB/s with 10 us latency (NVLink-class; ``--link-gbps 25`` for PCIe-class).
 Optimizer-step and loss times are not in the calibration files; the simulator charges the EMA
 update (``ema_ms``, spread over stages by teacher block count) to each ``OPT`` and nothing to
-``LOSS``. Data parallelism is not an action list; :func:`ddp_step` models it.
+``LOSS``. Data parallelism is not an action list; :func:`core.ddp_model.ddp_step` models it.
 
 Command line::
 
@@ -49,15 +49,30 @@ class Link:
         latency_us: fixed cost of one message in microseconds (in flight).
         overhead_us: time a send or a receive occupies its stage (the CPU work of the transport:
             0 for a GPU link driven by copy engines; on CPUs, what the link probe measures).
+        cpu_gbps: rate at which a message's bytes occupy each end's CPU besides ``overhead_us``
+            (between processes of one CPU host the kernel copies every byte on both ends, on the
+            cores the stages compute on); None: the bytes cost the ends nothing (copy engines).
     """
 
     gbps: float = DEFAULT_LINK_GBPS
     latency_us: float = DEFAULT_LATENCY_US
     overhead_us: float = 0.0
+    cpu_gbps: float | None = None
 
     def __post_init__(self) -> None:
-        if self.gbps <= 0 or self.latency_us < 0 or self.overhead_us < 0:
-            raise ValueError(f"link needs gbps > 0, latency_us >= 0 and overhead_us >= 0, got {self}")
+        if (
+            self.gbps <= 0
+            or self.latency_us < 0
+            or self.overhead_us < 0
+            or (self.cpu_gbps is not None and self.cpu_gbps <= 0)
+        ):
+            raise ValueError(
+                f"link needs gbps > 0, latency_us >= 0, overhead_us >= 0 and cpu_gbps > 0, got {self}"
+            )
+
+    def handling_ms(self, nbytes: float) -> float:
+        """Milliseconds a message of ``nbytes`` occupies each end's stage."""
+        return self.overhead_us / 1e3 + (nbytes / (self.cpu_gbps * 1e9) * 1e3 if self.cpu_gbps else 0.0)
 
     def transfer_ms(self, nbytes: float) -> float:
         """Milliseconds to move ``nbytes`` over the link, latency included."""
@@ -81,6 +96,10 @@ class CostModel:
             the rest going to its input half (``SB``): one for every stage, or one per stage; on
             stage 0, which sends no input gradient, ``SB`` is the whole backward and ``SW`` is
             empty (as in the runtime). 0.5 when not measured.
+        input_ms: making a mini-batch's inputs (data, augmentations), charged to the first
+            compute action of each mini-batch on stage 0, where the runtime does it.
+        split_bwd: per stage, what a split backward (``SB`` + ``SW``) costs in all, more than
+            the whole ``student_bwd`` (two autograd passes); None: the same.
     """
 
     teacher_fwd: tuple[float, ...]
@@ -92,6 +111,8 @@ class CostModel:
     loss_ms: float = 0.0
     link: Link = field(default_factory=Link)
     weight_share: float | tuple[float, ...] = 0.5
+    input_ms: float = 0.0
+    split_bwd: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.teacher_fwd)
@@ -100,8 +121,8 @@ class CostModel:
             raise ValueError(
                 f"cost model: weight_share must lie in [0, 1], one or one per stage, got {shares}"
             )
-        for name in ("student_fwd", "student_bwd", "teacher_bytes", "student_bytes", "opt_ms"):
-            if len(getattr(self, name)) != n:
+        for name in ("student_fwd", "student_bwd", "teacher_bytes", "student_bytes", "opt_ms", "split_bwd"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise ValueError(f"cost model: {name} has {len(getattr(self, name))} stages, expected {n}")
 
     @property
@@ -115,6 +136,7 @@ class CostModel:
             for t, f, b, o in zip(self.teacher_fwd, self.student_fwd, self.student_bwd, self.opt_ms)
         ]
         work[-1] += self.loss_ms
+        work[0] += self.input_ms
         return work
 
     def share(self, stage: int) -> float:
@@ -128,24 +150,29 @@ class CostModel:
             return self.teacher_fwd[s]
         if action.op == Op.SF:
             return self.student_fwd[s]
+        whole = self.split_bwd[s] if split and s > 0 and self.split_bwd else self.student_bwd[s]
         if action.op == Op.SB:
             share = self.share(s) if split and s > 0 else 0.0
-            return self.student_bwd[s] * (1.0 - share) / pieces
+            return whole * (1.0 - share) / pieces
         if action.op == Op.SW:
-            return self.student_bwd[s] * self.share(s) / pieces if s > 0 else 0.0
+            return whole * self.share(s) / pieces if s > 0 else 0.0
         if action.op == Op.LOSS:
             return self.loss_ms if action.microbatch is None else self.loss_ms / units
         if action.op == Op.OPT:
             return self.opt_ms[s]
-        return self.link.overhead_us / 1e3  # a send or a receive
+        return self.link.handling_ms(self.message_bytes(action, pieces))  # a send or a receive
 
     def message_bytes(self, action: Action, pieces: int) -> float:
-        if action.op == Op.SEND_TF:
-            return self.teacher_bytes[action.stage]
-        if action.op == Op.SEND_SF:
-            return self.student_bytes[action.stage]
-        # a gradient message from stage s is the size of stage s - 1's output, per piece
-        return self.student_bytes[action.stage - 1] / (pieces if action.part is not None else 1)
+        """Bytes of the message a send or a receive moves."""
+        op, s = action.op, action.stage
+        if op in (Op.SEND_TF, Op.RECV_TF):
+            return self.teacher_bytes[s if op == Op.SEND_TF else s - 1]
+        if op in (Op.SEND_SF, Op.RECV_SF):
+            return self.student_bytes[s if op == Op.SEND_SF else s - 1]
+        # a gradient message crosses the boundary below the sender (above the receiver): the
+        # size of that boundary's activation, per piece
+        boundary = s - 1 if op == Op.SEND_SB else s
+        return self.student_bytes[boundary] / (pieces if action.part is not None else 1)
 
 
 @dataclass(frozen=True)
@@ -191,8 +218,14 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimRes
         raise ValueError(f"cost model has {costs.stages} stages, schedule {schedule.stages}")
     units, pieces, link = schedule.units, schedule.backward_pieces, costs.link
 
+    fed: set[int] = set()  # mini-batches whose inputs stage 0 has made
+
     def duration(a: Action) -> float:
-        return costs.duration(a, units, pieces, schedule.split_backward)
+        took = costs.duration(a, units, pieces, schedule.split_backward)
+        if a.stage == 0 and a.is_compute and a.batch not in fed:
+            fed.add(a.batch)
+            took += costs.input_ms
+        return took
 
     def transfer(a: Action, sent: float, free: float) -> float:
         return max(sent, free) + link.transfer_ms(costs.message_bytes(a, pieces))
@@ -248,6 +281,8 @@ def stage_cost_model(
     link: Link,
     loss_ms: float = 0.0,
     student_bwd_input: Sequence[float] | None = None,
+    student_bwd_split: Sequence[float] | None = None,
+    input_ms: float = 0.0,
 ) -> CostModel:
     """Per-stage costs from per-block ones (the one way both calibrations and the bench's
     profiles become a :class:`CostModel`).
@@ -262,10 +297,14 @@ def stage_cost_model(
         loss_ms: the loss of the whole mini-batch on the last stage.
         student_bwd_input: the input-gradient half of each block's backward, which sets each
             stage's ``weight_share``; None: half of each backward.
+        student_bwd_split: each block's split backward in all (input half, then weight half);
+            None: the whole backward.
+        input_ms: making a mini-batch's inputs, on stage 0.
     """
     share: float | tuple[float, ...] = 0.5
+    split = stage_costs(student_bwd_split, partition.student) if student_bwd_split else None
     if student_bwd_input:
-        whole = stage_costs(student_bwd, partition.student)
+        whole = split or stage_costs(student_bwd, partition.student)
         inputs = stage_costs(student_bwd_input, partition.student)
         share = tuple(min(max(1.0 - i / w, 0.0), 1.0) if w > 0 else 0.5 for i, w in zip(inputs, whole))
     t_last = [r[-1] for r in stage_slices(partition.teacher)]
@@ -286,47 +325,9 @@ def stage_cost_model(
         loss_ms=loss_ms,
         link=link,
         weight_share=share,
+        input_ms=input_ms,
+        split_bwd=tuple(split) if split else None,
     )
-
-
-def ring_allreduce_ms(nbytes: float, replicas: int, link: Link) -> float:
-    """A ring all-reduce of ``nbytes`` over ``replicas`` ranks: ``2 (R - 1) / R x nbytes`` over
-    the link and ``2 (R - 1)`` message latencies (0 for one rank)."""
-    ring = 2 * (replicas - 1) / replicas
-    return ring * nbytes / (link.gbps * 1e9) * 1e3 + 2 * (replicas - 1) * link.latency_us / 1e3
-
-
-def ddp_step(
-    forward_ms: float,
-    backward_ms: float,
-    other_ms: float,
-    grad_bytes: float,
-    replicas: int,
-    link: Link,
-    overlap: float = 1.0,
-) -> tuple[float, float]:
-    """Data parallelism: one replica's step and its gradient all-reduce (the one DDP model).
-
-    Every replica runs the whole teacher and student on its share of the mini-batch
-    (``forward_ms + backward_ms + other_ms``, ``other_ms`` being the loss, optimizer and teacher
-    update), and a ring all-reduce moves ``2 (R - 1) / R x grad_bytes`` over the link with
-    ``2 (R - 1)`` message latencies. A share ``overlap`` of the all-reduce hides behind the
-    backward (1: DDP's bucketed best case, used for GPU calibrations; 0: none, used on CPU,
-    where gloo's all-reduce competes for the same cores).
-
-    Returns:
-        ``(step_ms, allreduce_ms)``.
-
-    Raises:
-        ValueError: for fewer than 2 replicas or an overlap outside [0, 1].
-    """
-    if replicas < 2:
-        raise ValueError(f"ddp needs at least 2 replicas, got {replicas}")
-    if not 0.0 <= overlap <= 1.0:
-        raise ValueError(f"overlap must lie in [0, 1], got {overlap}")
-    allreduce = ring_allreduce_ms(grad_bytes, replicas, link)
-    hidden = min(overlap * allreduce, backward_ms)
-    return forward_ms + backward_ms + allreduce - hidden + other_ms, allreduce
 
 
 def main(argv: Sequence[str] | None = None) -> int:

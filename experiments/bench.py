@@ -12,9 +12,12 @@ every schedule alike. A run's speed is the median of its rounds' medians over th
 steps (no warm-up, no last step); the rows keep every round's value and the spread.
 
 Predictions: per-block costs as ``fixed + per_sample x size`` fitted over the profiled sizes,
-scaled so that the one-process step is reproduced: measured alone for the one-process rows,
-and measured with the same one-process step running on every process at once for the others
-(a block runs slower when every core is busy); plus the link's measured per-message cost. The
+corrected per kind of work by the one-process step's timeline (``core.step_fit``: teacher
+forward, student forward and backward each by its own factor, the loss, the update and the
+input-making as measured): measured alone for the one-process rows, and measured with the same
+one-process step running on every process at once for the others (a block runs slower when
+every core is busy); plus the link's measured per-message cost and the split backward's own
+measured cost. The
 rows hold the simulator's prediction beside each measurement, and the measured and simulated
 timelines; ``analysis.bench`` makes the tables and plots.
 
@@ -47,6 +50,7 @@ from core.partition import plan_partition
 from core.profile import BlockCosts, fitted_costs, profile_blocks
 from core.schedules import get_schedule, schedules
 from core.simulate import Link
+from core.step_fit import StepFit, apply_fit, fit_step, processes
 from methods.registry import get_method
 from methods.spec import MethodSpec, Setup
 
@@ -292,9 +296,9 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
             + ", ".join(f"{batch / s:.0f}" for s in result["round_steps_s"])
             + ")"
         )
-    scales = calibration_scales(work, results, profiles)
+    fits = calibration_fits(work, results, profiles, settings)
     rows = [
-        _row(settings, spec, config, work, run, result, run_costs(profiles, scales, run), profiles, out)
+        _row(settings, spec, config, work, run, result, run_costs(profiles, fits, run), profiles, out)
         for run, result in results.items()
         if not run.busy
     ]
@@ -302,7 +306,9 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
     (out / "costs.json").write_text(
         json.dumps(
             {
-                "scales": {kind: {str(m): k for m, k in by_m.items()} for kind, by_m in scales.items()},
+                "step_fits": {
+                    kind: {str(m): f.to_dict() for m, f in by_m.items()} for kind, by_m in fits.items()
+                },
                 **{str(m): c.to_dict() for m, c in profiles.items()},
             },
             indent=1,
@@ -321,46 +327,59 @@ def combine_rounds(rounds: list[dict], warmup: int) -> dict:
         "median_step_s": statistics.median(medians),
         "round_steps_s": medians,
         "steady_steps_s": [x for per_round in steps for x in per_round],
+        "round_records": [r["records"] for r in rounds],
     }
 
 
-def calibration_scales(
-    work: Setup, results: dict[BenchRun, dict], profiles: dict[int, BlockCosts]
-) -> dict[str, dict[int, float]]:
-    """Measured over predicted time of the one-process step at each M, alone (``alone``) and
-    with every process running it at once (``busy``): how much slower the blocks run inside a
-    training step, and with every core busy, than timed one by one."""
-    scales: dict[str, dict[int, float]] = {"alone": {}, "busy": {}}
-    batch, views = work.samples_per_step, work.task.views
+def calibration_fits(
+    work: Setup, results: dict[BenchRun, dict], profiles: dict[int, BlockCosts], settings: BenchSettings
+) -> dict[str, dict[int, StepFit]]:
+    """The one-process step's timeline at each M against the profile at its unit size
+    (:func:`core.step_fit.fit_step`), measured alone (``alone``) and with every process
+    running it at once (``busy``): how each kind of work runs inside a training step, and with
+    every core busy, rather than timed block by block."""
+    fits: dict[str, dict[int, StepFit]] = {"alone": {}, "busy": {}}
+    batch = work.samples_per_step
+    last = settings.warmup + settings.steps - 2
+    pending = []
     for run, result in results.items():
         if get_schedule(run.schedule).stages == 1:
-            m = run.microbatches
-            costs = fitted_costs(list(profiles.values()), batch // m)
-            predicted = batch / bound_samples_per_s(costs, m * views, batch, 1)
-            scales["busy" if run.busy else "alone"][m] = result["median_step_s"] / predicted
-    return scales
+            rounds = [
+                one
+                for records in result["round_records"]
+                for one in processes([TimelineRecord(**r) for r in records])
+            ]
+            pending.append((run, rounds, fitted_costs(list(profiles.values()), batch // run.microbatches)))
+    unfit = []
+    for run, rounds, costs in pending:
+        try:
+            fits["busy" if run.busy else "alone"][run.microbatches] = fit_step(
+                rounds, costs, settings.warmup, last
+            )
+        except ValueError:  # one unit per mini-batch: the input cost comes from the others
+            unfit.append((run, rounds, costs))
+    for run, rounds, costs in unfit:
+        kind = "busy" if run.busy else "alone"
+        known = [f.input_ms for f in fits[kind].values()] or [
+            f.input_ms for by in fits.values() for f in by.values()
+        ]
+        input_ms = statistics.median(known) if known else 0.0
+        fits[kind][run.microbatches] = fit_step(rounds, costs, settings.warmup, last, input_ms)
+    return fits
 
 
 def run_costs(
-    profiles: dict[int, BlockCosts], scales: dict[str, dict[int, float]], run: BenchRun
+    profiles: dict[int, BlockCosts], fits: dict[str, dict[int, StepFit]], run: BenchRun
 ) -> BlockCosts:
-    """The run's per-block costs: the fit at its unit size, times the calibration of the
-    one-process step nearest in unit size (measured alone for one process, busy for several;
-    1 without one)."""
+    """The run's per-block costs: the fit at its unit size, with the step fit of the
+    one-process run nearest in unit size (measured alone for one process, busy for several;
+    the profile alone without one)."""
     base = fitted_costs(list(profiles.values()), profiles[run.unit_microbatches].samples)
-    by_m = scales["alone" if run.procs == 1 else "busy"] or scales["alone"]
+    by_m = fits["alone" if run.procs == 1 else "busy"] or fits["alone"]
     if not by_m:
         return base
     m = run.unit_microbatches
-    k = by_m[min(by_m, key=lambda s: abs(s - m))]
-    return replace(
-        base,
-        teacher_fwd=[x * k for x in base.teacher_fwd],
-        student_fwd=[x * k for x in base.student_fwd],
-        student_bwd=[x * k for x in base.student_bwd],
-        loss_ms=base.loss_ms * k,
-        opt_ms=[x * k for x in base.opt_ms],
-    )
+    return apply_fit(base, by_m[min(by_m, key=lambda s: abs(s - m))])
 
 
 def teacher_share(costs: BlockCosts) -> float:
@@ -484,6 +503,7 @@ def _row(
         link_gbps=link.gbps if "link" in result["extra"] else None,
         link_latency_us=link.latency_us if "link" in result["extra"] else None,
         link_overhead_us=link.overhead_us if "link" in result["extra"] else None,
+        link_cpu_gbps=link.cpu_gbps if "link" in result["extra"] else None,
         synthetic_inputs=work.synthetic_data,
         amp_bf16=config.pipeline.amp_bf16,
         teacher_fwd_share=teacher_share(profiles[run.unit_microbatches]),
@@ -505,10 +525,15 @@ def worker(spec_file: Path) -> None:
     config = from_dict(Config, group["config"], {"method": method.config_cls})
     torch.set_num_threads(max(config.run.threads, 1))
     rank = init_distributed(config.run.device, transport=config.pipeline.transport)
-    link: dict[str, float] = {}
+    link: dict[str, float | None] = {}
     if rank.world > 1:
         measured = probe_link()
-        link = {"gbps": measured.gbps, "latency_us": measured.latency_us, "overhead_us": measured.overhead_us}
+        link = {
+            "gbps": measured.gbps,
+            "latency_us": measured.latency_us,
+            "overhead_us": measured.overhead_us,
+            "cpu_gbps": measured.cpu_gbps,
+        }
     total = settings.warmup + settings.steps
     setups: dict[str, Setup] = {}  # a method's setup may depend on the runner kind, not on the shape
     for r in range(settings.rounds):

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from core.calibration import load_calibration
+from core.ddp_model import ring_allreduce_ms
 from core.paper_scale import (
     best_configuration,
     calibration_costs,
@@ -17,7 +18,7 @@ from core.paper_scale import (
     simulate_calibration,
     with_allreduce,
 )
-from core.simulate import Link, ring_allreduce_ms
+from core.simulate import Link
 
 FREE = Link(1e9, 0.0)  # a link that costs nothing
 

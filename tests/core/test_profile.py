@@ -18,10 +18,33 @@ def test_the_input_half_of_each_backward_is_measured_and_fitted():
         assert len(c.student_bwd_input) == blocks
         assert c.student_bwd_input[0] == c.student_bwd[0]  # the first block's input needs no gradient
         assert all(0.0 <= i <= w for i, w in zip(c.student_bwd_input, c.student_bwd))
+        # a split backward (input half, then weight half) is timed as one: never cheaper
+        assert len(c.student_bwd_split) == blocks and c.student_bwd_split[0] == c.student_bwd[0]
+        assert all(s >= w for s, w in zip(c.student_bwd_split, c.student_bwd))
     fitted = fitted_costs(costs, 3)
-    assert len(fitted.student_bwd_input) == len(fitted.student_bwd)
+    assert len(fitted.student_bwd_input) == len(fitted.student_bwd) == len(fitted.student_bwd_split)
     costs[0].student_bwd_input = []  # one profile without it: the fit leaves it out
-    assert fitted_costs(costs, 3).student_bwd_input == []
+    costs[0].student_bwd_split = []
+    assert fitted_costs(costs, 3).student_bwd_input == [] == fitted_costs(costs, 3).student_bwd_split
+
+
+def test_a_measured_split_backward_sets_each_stages_split_cost_and_share():
+    zeros = [0.0] * 4
+    model = stage_cost_model(
+        zeros,
+        zeros,
+        [4.0, 4.0, 2.0, 6.0],
+        zeros,
+        zeros,
+        zeros,
+        zeros,
+        Partition((2, 2), (2, 2), tied=False),
+        Link(),
+        student_bwd_input=[4.0, 1.0, 1.0, 3.0],
+        student_bwd_split=[4.0, 6.0, 3.0, 7.0],
+    )
+    assert model.split_bwd == (10.0, 10.0)
+    assert model.weight_share == (1 - 5 / 10, 1 - 4 / 10)
 
 
 def test_the_weight_share_of_each_stage_comes_from_its_blocks():

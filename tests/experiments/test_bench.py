@@ -46,6 +46,9 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
     ts = next(r for r in rows if r["schedule"] == "tspipe")
     # the balance comes from the profiled block costs, so a loaded machine may tilt it
     assert ts["predicted_samples_per_s"] > 0
+    assert ts["link_cpu_gbps"] > 0  # gloo between processes of one host: bytes cost CPU on both ends
+    fits = json.loads((tmp_path / "costs.json").read_text())["step_fits"]
+    assert set(fits) == {"alone", "busy"} and fits["busy"]["2"]["scale"]["SB"] > 0
     assert sum(ts["balance"]) == 4 and len(ts["balance"]) == 2 and min(ts["balance"]) >= 1
     assert read_rows(tmp_path / "rows.jsonl") == json.loads(json.dumps(rows))
     write_report(tmp_path)
