@@ -16,6 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.timeline import load_records
+from core.schedules import SCHEDULES
+
+GOAL = 0.10  # |simulated - measured| / measured on every measured pipelined row
 
 KINDS = ("TF", "SF", "SB", "SW", "LOSS", "OPT")
 
@@ -66,4 +69,35 @@ def fidelity_table(folder: Path, warmup: int) -> pd.DataFrame:
             line[k] = m_kinds[k] / s_kinds[k] if s_kinds[k] > 0 and m_kinds[k] > 0 else None
         line["step"] = m_step / s_step
         out.append(line)
+    return pd.DataFrame(out)
+
+
+def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per bench (key -> its measured rows): how many pipelined rows (two or more processes,
+    an action-list schedule or the torch peer) the simulator predicts within ``GOAL``, the
+    median and largest miss and the row of the largest, and ddp's miss (a model, not a
+    schedule). Errors are signed ``(simulated - measured) / measured``."""
+    out = []
+    for key, df in frames.items():
+        if df.empty or "prediction_error" not in df:
+            continue
+        rows = df[(df["stages"] > 1) & df["prediction_error"].notna()]
+        kind = rows["schedule"].map(lambda s: SCHEDULES[s].runner if s in SCHEDULES else None)
+        piped = rows[kind.isin(["pipeline", "torch"])]
+        if piped.empty:
+            continue
+        miss = piped["prediction_error"].abs()
+        worst = piped.loc[miss.idxmax()]
+        ddp = rows[kind == "ddp"]["prediction_error"]
+        out.append(
+            {
+                "bench": key,
+                "within": int((miss <= GOAL).sum()),
+                "rows": len(piped),
+                "median_abs": float(miss.median()),
+                "worst": float(worst["prediction_error"]),
+                "worst_run": f"{worst['schedule']} M={worst['microbatches']}",
+                "ddp": float(ddp.iloc[0]) if len(ddp) else None,
+            }
+        )
     return pd.DataFrame(out)

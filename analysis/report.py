@@ -39,6 +39,7 @@ from analysis.compare import (  # noqa: E402
     subject_name,
     verdict,
 )
+from analysis.fidelity import GOAL, error_summary  # noqa: E402
 from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.hybrid import hybrid_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
@@ -106,6 +107,7 @@ def throughput_section(
     text = ["## 1. Throughput measured here (CPU, 2 stages)\n"]
     headline = []
     ref = subject_name()
+    benches = [k for k in _bench_keys(data, expected) if k in data and not data[k].empty]
     for key in _bench_keys(data, expected):
         df = data.get(key, R.frame([]))
         df = df[df["simulated"] != True] if not df.empty else df  # noqa: E712
@@ -167,9 +169,38 @@ def throughput_section(
                 if other is not None:
                     entry["groups"][label] = other
             headline.append(entry)
+    text.append(fidelity_section({k: data[k][data[k]["simulated"] != True] for k in benches}))  # noqa: E712
     for key in sorted(k for k in data if k.endswith("/hybrid")):
         text.append(hybrid_section(data[key]))
     return "\n".join(text), headline
+
+
+def fidelity_section(frames: dict[str, pd.DataFrame]) -> str:
+    """The simulator against every measured pipelined row above, per bench."""
+    summary = error_summary(frames)
+    if summary.empty:
+        return ""
+    lines = [
+        [
+            r["bench"],
+            f"{r['within']} of {r['rows']}",
+            100 * r["median_abs"],
+            100 * r["worst"],
+            r["worst_run"],
+            100 * r["ddp"] if r["ddp"] is not None and r["ddp"] == r["ddp"] else None,
+        ]
+        for r in R.records(summary)
+    ]
+    return (
+        "### Simulator fidelity on CPU\n\n"
+        "Every measured pipelined row above (2 processes; action-list schedules and the torch peer) against "
+        f"the simulator's prediction from costs profiled in the same run (goal: within {100 * GOAL:.0f} %); "
+        "error = (simulated - measured) / measured. ddp is a model of one replica plus an all-reduce, not "
+        "a schedule the simulator replays.\n\n"
+        + markdown_table(
+            ["bench", "within goal", "median abs. error %", "largest error %", "at", "ddp error %"], lines
+        )
+    )
 
 
 def gpu_section(data: dict[str, pd.DataFrame], results: Path) -> str:

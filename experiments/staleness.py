@@ -20,7 +20,11 @@ their config digest covers them, so a sweep with other overrides is not resumed 
 student's gradients also applied one step late (``training.delay``; label ``symmetric``), so
 the price of delaying the student is measured on the same seeds as the teacher's staleness.
 
-``python -m experiments.staleness METHOD [--lookaheads 0 1 2 4] [--seeds 0 1 2] [--preset P] [--set K=V ...] [--symmetric] [--out DIR]``
+``--extend`` grows a sweep: the runs asked for, plus every run already in ``OUT/rows.jsonl``
+(``--seeds 3 4 --lookaheads 0 1 --symmetric --extend`` adds two seeds to the pairs that price
+tspipe and the symmetric ablation, keeping L = 2 and 4 of the first seeds).
+
+``python -m experiments.staleness METHOD [--lookaheads 0 1 2 4] [--seeds 0 1 2] [--preset P] [--set K=V ...] [--symmetric] [--extend] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.metrics import write_rows
+from core.metrics import read_rows, write_rows
 from core.overrides import apply_overrides
 from experiments.accuracy import AccuracyRun, initial_rows, run_matrix
 from methods.registry import get_method
@@ -66,20 +70,43 @@ def staleness_runs(
         raise ValueError(f"seeds must be distinct, got {list(seeds)}")
     runs = []
     for seed in seeds:
-        runs += [
-            AccuracyRun(label(L), "tspipe", (f"pipeline.teacher_lookahead={L}", *overrides), seed)
-            for L in lookaheads
-        ]
+        runs += [lookahead_run(L, seed, overrides) for L in lookaheads]
         if symmetric:
-            runs.append(
-                AccuracyRun(
-                    "symmetric",
-                    "tspipe",
-                    ("pipeline.teacher_lookahead=1", "--student-delay=1", *overrides),
-                    seed,
-                )
-            )
+            runs.append(symmetric_run(seed, overrides))
     return runs
+
+
+def lookahead_run(lookahead: int, seed: int, overrides: Sequence[str] = ()) -> AccuracyRun:
+    """tspipe at teacher lookahead L."""
+    return AccuracyRun(
+        label(lookahead), "tspipe", (f"pipeline.teacher_lookahead={lookahead}", *overrides), seed
+    )
+
+
+def symmetric_run(seed: int, overrides: Sequence[str] = ()) -> AccuracyRun:
+    """The symmetric ablation: L = 1 and the student's gradients one step late."""
+    return AccuracyRun(
+        "symmetric", "tspipe", ("pipeline.teacher_lookahead=1", "--student-delay=1", *overrides), seed
+    )
+
+
+def extended(runs: Sequence[AccuracyRun], path: Path, overrides: Sequence[str] = ()) -> list[AccuracyRun]:
+    """``runs``, then a run for every (label, seed) of the rows in ``path`` that ``runs`` lack
+    (``--extend``: a sweep grown by seeds keeps every run it has; rows that are current are
+    kept, not re-run, as always)."""
+    out, have = list(runs), {(r.label, r.seed) for r in runs}
+    for row in read_rows(path) if path.exists() else []:
+        name, seed = row.get("label"), row.get("seed")
+        if (name, seed) in have or seed is None:
+            continue
+        if name == "symmetric":
+            out.append(symmetric_run(seed, overrides))
+        elif isinstance(name, str) and name[:1] == "L" and name[1:].isdigit():
+            out.append(lookahead_run(int(name[1:]), seed, overrides))
+        else:  # the initial weights' rows follow the seeds
+            continue
+        have.add((name, seed))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also L = 1 with the student's gradients one step late (the paper's symmetric ablation)",
     )
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="also keep (or redo, if not current) every run already in OUT/rows.jsonl: add seeds to a sweep",
+    )
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/METHOD/staleness")
     parser.add_argument("--command", default=None, help="what the rows say made them (default: this command)")
@@ -115,9 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     out = args.out or Path("results") / args.method / "staleness"
+    if args.extend:
+        runs = extended(runs, out / "rows.jsonl", args.overrides)
     command = args.command or f"python -m experiments.staleness {args.method} --preset {args.preset}"
     rows = run_matrix(args.method, args.preset, runs, out, args.parallel, command)
-    init = initial_rows(args.method, args.preset, args.seeds, command, args.overrides)
+    seeds = sorted({r.seed for r in runs})
+    init = initial_rows(args.method, args.preset, seeds, command, args.overrides)
     write_rows(out / "rows.jsonl", rows + init)
     return 0
 

@@ -41,3 +41,39 @@ def test_ratios_per_kind_and_per_step(tmp_path):
     assert kinds["TF"] == pytest.approx(4.0) and step == pytest.approx(6.0)
     with pytest.raises(ValueError):
         steady(_timeline(2.0, 3.0, batches=3), first=2)
+
+
+def _row(schedule: str, stages: int, micro: int, error: float | None) -> dict:
+    return {"schedule": schedule, "stages": stages, "microbatches": micro, "prediction_error": error}
+
+
+def test_the_error_summary_counts_pipelined_rows_within_the_goal():
+    import pandas as pd
+
+    from analysis.fidelity import error_summary
+    from analysis.report import fidelity_section
+
+    rows = [
+        _row("sequential", 1, 1, 0.30),  # one process: not a pipelined row
+        _row("gpipe", 2, 1, 0.05),
+        _row("gpipe", 2, 4, -0.12),  # the largest miss
+        _row("tspipe", 2, 2, 0.10),  # on the goal: within
+        _row("torch-1f1b", 2, 2, 0.02),  # the torch peer counts
+        _row("ddp", 2, 1, 0.25),  # a model, reported apart
+        _row("mp", 2, 1, None),  # no prediction: left out
+    ]
+    summary = error_summary({"byol": pd.DataFrame(rows), "empty": pd.DataFrame([])})
+    assert summary.to_dict("records") == [
+        {
+            "bench": "byol",
+            "within": 3,
+            "rows": 4,
+            "median_abs": pytest.approx(0.075),
+            "worst": pytest.approx(-0.12),
+            "worst_run": "gpipe M=4",
+            "ddp": pytest.approx(0.25),
+        }
+    ]
+    section = fidelity_section({"byol": pd.DataFrame(rows)})
+    assert "| byol | 3 of 4 |" in section and "gpipe M=4" in section
+    assert fidelity_section({}) == ""

@@ -200,3 +200,20 @@ def test_the_headline_takes_L1_and_the_symmetric_run_against_L0(tmp_path):
     assert "+0.50 points" in text and "gain: the interval lies above 0" in text
     assert "symmetric (L = 1, the student one step late too) - synchronous (L = 0)" in text
     assert "-5.00 points" in text and "training did not beat" not in text
+
+
+def test_extend_keeps_every_run_already_in_the_sweep(tmp_path):
+    from experiments.staleness import extended
+
+    path = tmp_path / "rows.jsonl"
+    first = staleness_runs([0, 1, 2, 4], [0, 1, 2], symmetric=True)
+    rows = [{"label": r.label, "seed": r.seed} for r in first] + [{"label": "init", "seed": 0}]
+    write_rows(path, rows + [{"label": "other", "seed": 7}])
+    grown = staleness_runs([0, 1], [3, 4], symmetric=True)
+    runs = extended(grown, path)
+    assert runs[: len(grown)] == grown  # what was asked for comes first
+    assert {(r.label, r.seed) for r in runs} == {(r.label, r.seed) for r in first + grown}
+    assert len(runs) == len(first) + len(grown)  # nothing twice, no init or unknown label
+    old = {(r.label, r.seed): r for r in first}
+    assert all(r == old[(r.label, r.seed)] for r in runs[len(grown) :])  # rebuilt as first made
+    assert extended(grown, tmp_path / "missing.jsonl") == grown
