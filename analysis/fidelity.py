@@ -83,7 +83,7 @@ def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
             continue
         rows = df[(df["stages"] > 1) & df["prediction_error"].notna()]
         kind = rows["schedule"].map(lambda s: SCHEDULES[s].runner if s in SCHEDULES else None)
-        piped = rows[kind.isin(["pipeline", "torch"])]
+        piped = rows[kind.isin(["pipeline", "torch"])].reset_index(drop=True)
         if piped.empty:
             continue
         miss = piped["prediction_error"].abs()

@@ -74,6 +74,8 @@ def test_the_error_summary_counts_pipelined_rows_within_the_goal():
             "ddp": pytest.approx(0.25),
         }
     ]
+    twice = pd.concat([pd.DataFrame(rows)] * 2)  # an index with repeats (frames put together)
+    assert error_summary({"byol": twice}).iloc[0]["worst"] == pytest.approx(-0.12)
     section = fidelity_section({"byol": pd.DataFrame(rows)})
     assert "| byol | 3 of 4 |" in section and "gpipe M=4" in section
     assert fidelity_section({}) == ""
