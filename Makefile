@@ -79,7 +79,8 @@ accuracy-byol: $(STAMP) data
 # ResNet already scores what the accuracy preset trains it to, so that one shows no gain). 12-13
 # min a run, 6 rounds of two: 76 min measured on 2 idle cores. STALENESS_BYOL_FLAGS=--symmetric
 # adds the paper's symmetric ablation per seed (3 runs more: about 100 min). STALENESS_PRESET (MoCo-v3)
-# / STALENESS_BYOL_PRESET / STALENESS_SEEDS choose others.
+# / STALENESS_BYOL_PRESET / STALENESS_SEEDS choose others. More seeds for the pairs alone, keeping
+# the rest: STALENESS_SEEDS="3 4" STALENESS_BYOL_FLAGS="--lookaheads 0 1 --symmetric --extend".
 STALENESS_PRESET ?= accuracy
 STALENESS_BYOL_PRESET ?= staleness
 STALENESS_BYOL_FLAGS ?=
