@@ -28,43 +28,23 @@ def test_the_input_half_of_each_backward_is_measured_and_fitted():
     assert fitted_costs(costs, 3).student_bwd_input == [] == fitted_costs(costs, 3).student_bwd_split
 
 
-def test_a_measured_split_backward_sets_each_stages_split_cost_and_share():
+def _two_stages(backward, **kw):
+    """Four blocks on two stages, every cost but the backward's nothing."""
     zeros = [0.0] * 4
-    model = stage_cost_model(
-        zeros,
-        zeros,
-        [4.0, 4.0, 2.0, 6.0],
-        zeros,
-        zeros,
-        zeros,
-        zeros,
-        Partition((2, 2), (2, 2), tied=False),
-        Link(),
-        student_bwd_input=[4.0, 1.0, 1.0, 3.0],
-        student_bwd_split=[4.0, 6.0, 3.0, 7.0],
+    split = Partition((2, 2), (2, 2), tied=False)
+    return stage_cost_model(zeros, zeros, backward, zeros, zeros, zeros, zeros, split, Link(), **kw)
+
+
+def test_a_measured_split_backward_sets_each_stages_split_cost_and_share():
+    model = _two_stages(
+        [4.0, 4.0, 2.0, 6.0], student_bwd_input=[4.0, 1.0, 1.0, 3.0], student_bwd_split=[4.0, 6.0, 3.0, 7.0]
     )
     assert model.split_bwd == (10.0, 10.0)
     assert model.weight_share == (1 - 5 / 10, 1 - 4 / 10)
 
 
 def test_the_weight_share_of_each_stage_comes_from_its_blocks():
-    zeros = [0.0] * 4
-    model = stage_cost_model(
-        zeros,
-        zeros,
-        [4.0, 4.0, 2.0, 6.0],
-        zeros,
-        zeros,
-        zeros,
-        zeros,
-        Partition((2, 2), (2, 2), tied=False),
-        Link(),
-        student_bwd_input=[4.0, 1.0, 1.0, 3.0],
-    )
+    model = _two_stages([4.0, 4.0, 2.0, 6.0], student_bwd_input=[4.0, 1.0, 1.0, 3.0])
     assert model.weight_share == (1 - 5 / 8, 1 - 4 / 8)
-    assert (
-        stage_cost_model(
-            zeros, zeros, [1.0] * 4, zeros, zeros, zeros, zeros, Partition((2, 2), (2, 2), tied=False), Link()
-        ).weight_share
-        == 0.5
-    )
+    assert model.split_bwd is None  # not measured: a split costs the whole backward
+    assert _two_stages([1.0] * 4).weight_share == 0.5
