@@ -142,7 +142,11 @@ def run_matrix(
         }
         for run in runs
     ]
-    rows = [provenance(method, row, command) for row in rows]
+    # a kept row says what made it; a new one, this matrix's command
+    rows = [
+        provenance(method, row, row.get("command") if run.name in kept else command)
+        for run, row in zip(runs, rows)
+    ]
     # the file keeps the rows of other runs (a driver's earlier matrix, its extra rows) until the
     # driver writes its final set: a later failure loses nothing measured
     ours = {(r.label, r.seed) for r in runs}

@@ -85,9 +85,11 @@ def test_a_matrix_keeps_the_rows_of_other_runs_in_its_file(tmp_path):
     sync0 = AccuracyRun("sync", "sequential", ("checkpoint_every=78",), 0)
     other = _row(AccuracyRun("tspipe", "tspipe", (), 5), 0.6)
     extra = {**other, "label": None, "metric": "teacher_drift_rel_l2"}
-    write_rows(tmp_path / "rows.jsonl", [_row(sync0, 0.7), other, extra])
-    rows = run_matrix("byol", "accuracy", [sync0], tmp_path)  # kept: nothing runs
+    first = {**_row(sync0, 0.7), "command": "the first matrix"}
+    write_rows(tmp_path / "rows.jsonl", [first, other, extra])
+    rows = run_matrix("byol", "accuracy", [sync0], tmp_path, command="a later matrix")  # kept: nothing runs
     assert [r["label"] for r in rows] == ["sync"]
+    assert rows[0]["command"] == "the first matrix"  # a kept row still says what made it
     written = read_rows(tmp_path / "rows.jsonl")
     assert [(r["label"], r["seed"]) for r in written] == [("sync", 0), ("tspipe", 5), (None, 5)]
 
