@@ -187,7 +187,7 @@ def fidelity_section(frames: dict[str, pd.DataFrame]) -> str:
             100 * r["median_abs"],
             100 * r["worst"],
             r["worst_run"],
-            100 * r["ddp"] if r["ddp"] is not None and r["ddp"] == r["ddp"] else None,
+            100 * r["ddp"] if pd.notna(r["ddp"]) else None,
         ]
         for r in R.records(summary)
     ]
