@@ -20,7 +20,7 @@ from core.ddp_model import ddp_step, ring_allreduce_ms
 from core.memory import StagePeak, stage_peaks
 from core.partition import Partition, plan_partition, stage_slices
 from core.placement import place_teacher_forwards
-from core.schedules import Schedule, build_schedule, get_schedule
+from core.schedules import Schedule, build_schedule, get_schedule, window_batches
 from core.schedules.teacher_fill import early_counts
 from core.simulate import (
     WINDOW_BATCHES,
@@ -104,8 +104,9 @@ def simulate_calibration(
     dp: int = 1,
 ) -> tuple[SimResult, Schedule, Partition]:
     """Simulate one calibration pair under a named schedule over ``batches`` mini-batches
-    (``lookahead``: the tspipe family's teacher lookahead L, None its own; ``dp``: replicas of
-    the pipeline, each with ``microbatches`` micro-batches, see the module docstring).
+    (``lookahead``: the tspipe family's teacher lookahead L, None its own, the window growing by
+    L - 1 so that it measures as many full steps; ``dp``: replicas of the pipeline, each with
+    ``microbatches`` micro-batches, see the module docstring).
 
     ``early``: per-stage early teacher forwards for a schedule whose spec ``accepts_early``;
     ``"auto"`` places them from the pair's costs (:func:`core.placement.place_teacher_forwards`,
@@ -123,7 +124,15 @@ def simulate_calibration(
         spec = get_schedule(schedule)
         early = (
             place_teacher_forwards(
-                costs, schedule, stages, microbatches, backward_pieces, cal.teacher, cal.views, cal.batch
+                costs,
+                schedule,
+                stages,
+                microbatches,
+                backward_pieces,
+                cal.teacher,
+                cal.views,
+                cal.batch,
+                lookahead=lookahead,
             )
             if spec.accepts_early
             else None
@@ -131,7 +140,15 @@ def simulate_calibration(
     elif isinstance(early, str):
         raise ValueError(f"early must be per-stage counts, 'auto' or None, got {early!r}")
     built = build_schedule(
-        schedule, stages, microbatches, cal.teacher, batches, backward_pieces, cal.views, early, lookahead
+        schedule,
+        stages,
+        microbatches,
+        cal.teacher,
+        window_batches(batches, lookahead),
+        backward_pieces,
+        cal.views,
+        early,
+        lookahead,
     )
     return simulate(built, costs, cal.batch), built, partition
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from core.schedules import build_schedule, get_schedule
+from core.schedules import build_schedule, get_schedule, window_batches
 from core.schedules.teacher_fill import early_counts
 from core.simulate import CostModel, SimResult, simulate
 
@@ -71,9 +71,11 @@ def place_teacher_forwards(
     batch_samples: int = 1,
     budget: int | None = None,
     batches: int = SEARCH_BATCHES,
+    lookahead: int | None = None,
 ) -> tuple[int, ...]:
     """Per-stage early teacher forwards for a schedule whose spec ``accepts_early``, chosen by a
-    deterministic search on the simulator (see the module docstring).
+    deterministic search on the simulator (see the module docstring), under teacher lookahead
+    ``lookahead`` (None: the schedule's own).
 
     Returns:
         One count per stage, non-increasing, each in ``0..U``: the uniform rule's counts unless
@@ -94,7 +96,17 @@ def place_teacher_forwards(
     seen: dict[tuple[int, ...], float] = {}
 
     def run(counts: tuple[int, ...]) -> SimResult:
-        built = build_schedule(schedule, stages, microbatches, teacher, batches, pieces, views, counts)
+        built = build_schedule(
+            schedule,
+            stages,
+            microbatches,
+            teacher,
+            window_batches(batches, lookahead),
+            pieces,
+            views,
+            counts,
+            lookahead,
+        )
         return simulate(built, costs, batch_samples)
 
     def step_ms(counts: tuple[int, ...]) -> float:

@@ -6,17 +6,14 @@ and direction), and a receive waits for its message. The replay is :func:`core.v
 with durations, so the simulator and the validator can never disagree about what runs when.
 
 Default link: 450 GB/s with 10 us latency (NVLink-class; ``--link-gbps 25`` for PCIe-class).
-Optimizer-step and loss times are not in the calibration files; the simulator charges the EMA
-update (``ema_ms``, spread over stages by teacher block count) to each ``OPT`` and nothing to
-``LOSS``. Data parallelism is not an action list; :func:`core.ddp_model.ddp_step` models it.
+A calibration's EMA update (``ema_ms``, spread by teacher block count) is charged to each ``OPT``,
+its loss (where measured) to ``LOSS``; :func:`core.ddp_model.ddp_step` models data parallelism.
 
 Command line::
 
     python -m core.simulate --calibration FILE --stages N --microbatches M --schedule NAME \\
         [--link-gbps G] [--latency-us L] [--cost-model realistic|linear] [--format json|table]
-        [--timeline OUT.jsonl]
-
-(``python -m analysis.timeline OUT.jsonl --out OUT.png`` draws the timeline.)
+        [--timeline OUT.jsonl]    # python -m analysis.timeline OUT.jsonl --out OUT.png draws it
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ from core.validate import dry_run
 
 DEFAULT_LINK_GBPS = 450.0
 DEFAULT_LATENCY_US = 10.0
-WINDOW_BATCHES = 8  # simulated mini-batches; the steady state is measured over batches 2..6
+WINDOW_BATCHES = 8  # simulated mini-batches (plus L - 1 under lookahead L); steady state over 2..6
 _WARMUP_BATCH = 2
 
 
@@ -203,8 +200,10 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimRes
     """Simulate ``schedule`` under ``costs``.
 
     Args:
-        schedule: a schedule built for at least 5 mini-batches (steady state is measured between
-            the ends of batch 2 and of batch ``batches - 2``; fewer batches use the whole window).
+        schedule: a schedule built for at least ``4 + T`` mini-batches, ``T = max(1, L)`` for
+            teacher lookahead L (steady state is measured between the ends of batch 2 and of
+            batch ``batches - 1 - T``: the last T steps have no teacher forwards L ahead left to
+            run, and counting them would favour the schedule; fewer batches use the whole window).
         costs: per-stage costs; its stage count must match the schedule's.
         batch_samples: samples per mini-batch, for samples/s.
 
@@ -231,8 +230,9 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimRes
         return max(sent, free) + link.transfer_ms(costs.message_bytes(a, pieces))
 
     records = dry_run(schedule.lowered, duration, transfer, schedule.stage_to_rank)
-    if schedule.batches >= 5:
-        step, bubble = steady_state(records, schedule.stages, _WARMUP_BATCH, schedule.batches - 2)
+    tail = max(1, schedule.lookahead or 0)  # the last steps lack teacher forwards L ahead
+    if schedule.batches >= 4 + tail:
+        step, bubble = steady_state(records, schedule.stages, _WARMUP_BATCH, schedule.batches - 1 - tail)
     elif schedule.batches >= 2:
         step, bubble = steady_state(records, schedule.stages, 0, schedule.batches - 1)
     else:  # one mini-batch: from the first start to the last end

@@ -93,6 +93,7 @@ def fit_step(
     firsts: list[tuple[str, float]] = []
     per_batch: dict[str, list[float]] = defaultdict(list)
     steps: list[float] = []
+    present: set[str] = set()
     for records in rounds:
         ordered = sorted(records, key=lambda r: r.start_ms)
         by_batch: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -101,6 +102,7 @@ def fit_step(
             if r.batch is None or not first <= r.batch <= last:
                 continue
             took = nxt.start_ms - r.start_ms
+            present.add(r.op)
             by_batch[r.batch][r.op] += took
             if r.batch not in seen:
                 seen.add(r.batch)
@@ -111,9 +113,7 @@ def fit_step(
             steps.append(sum(kinds.values()))
             for op in ("LOSS", "OPT"):
                 per_batch[op].append(kinds.get(op, 0.0))
-    missing = [
-        op for op in (*SCALED, "OPT") if not per_batch.get(op) and op not in held and op not in dict(firsts)
-    ]
+    missing = [op for op in (*SCALED, "OPT") if op not in present]
     if missing or not steps:
         raise ValueError(f"step fit: no steady mini-batch {first}..{last} with {missing or 'actions'}")
     usual = {op: statistics.median(v) for op, v in held.items() if v}

@@ -9,7 +9,7 @@ backwards are split into input and weight halves; ``runners``: ddp and the torch
 
 from core.schedules import runners  # noqa: F401  (registers ddp and the torch peer)
 from core.schedules.base import TEACHER_KINDS
-from core.schedules.build import Program, Schedule, build_schedule
+from core.schedules.build import Program, Schedule, build_schedule, window_batches
 from core.schedules.flush import gpipe, mp, sequential
 from core.schedules.lower import identity_placement, lower
 from core.schedules.pipedream import one_f_one_b
@@ -48,5 +48,6 @@ __all__ = [
     "tspipe",
     "tspipe_early_teacher_forwards",
     "tspipe_zb",
+    "window_batches",
     "zero_bubble",
 ]

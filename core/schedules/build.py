@@ -129,6 +129,13 @@ def template_batches(steps: int, lookahead: int | None = None) -> int:
     return min(steps, max(3, (lookahead or 0) + 2))
 
 
+def window_batches(batches: int, lookahead: int | None = None) -> int:
+    """Mini-batches to simulate for ``batches`` under teacher lookahead L: ``L - 1`` more where
+    L > 1, since the simulator's steady state leaves out the last ``max(1, L)`` steps (they
+    have no teacher forwards L ahead left to run), so every L measures as many full steps."""
+    return batches + max(0, (lookahead or 0) - 1)
+
+
 def _shift(actions: tuple[Action, ...], delta: int) -> list[Action]:
     return [Action(a.stage, a.op, a.batch + delta, a.microbatch, a.part) for a in actions]
 

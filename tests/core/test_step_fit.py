@@ -82,9 +82,10 @@ def test_a_busy_runs_processes_are_told_apart_and_fitted_together():
     assert fit_step(split, profile(), 2, 6).scale == pytest.approx({"TF": 1.5, "SF": 1.25, "SB": 0.5})
 
 
-def test_a_timeline_without_backward_is_refused():
-    records = [r for r in measured() if r.op != "SB"]
-    with pytest.raises(ValueError, match="SB"):
+@pytest.mark.parametrize("op", ["TF", "SF", "SB", "OPT"])
+def test_a_timeline_without_a_kind_the_fit_needs_is_refused(op):
+    records = [r for r in measured() if r.op != op]
+    with pytest.raises(ValueError, match=rf"\['{op}'\]"):
         fit_step([records], profile(), 2, 6)
 
 
