@@ -26,7 +26,7 @@ from core.config import PipelineConfig
 from core.ddp_model import ddp_step
 from core.partition import Partition
 from core.profile import BlockCosts
-from core.schedules import build_schedule, get_schedule
+from core.schedules import build_schedule, furthest_ahead, get_schedule, window_batches
 from core.simulate import CostModel, Link, simulate, stage_cost_model
 
 
@@ -90,7 +90,7 @@ def predict(
             stages,
             micro,
             teacher,
-            8,
+            window_batches(8, furthest_ahead(schedule, stages, teacher, config.teacher_lookahead)),
             config.pieces,
             views,
             config.teacher_early,
@@ -261,21 +261,31 @@ def timed_run(
     return result
 
 
-def steady_steps(step_end_s: Sequence[float], warmup: int) -> list[float]:
+def steady_steps(step_end_s: Sequence[float], warmup: int, tail: int = 1) -> list[float]:
     """Durations of the steps that do a full step's work: after ``warmup`` steps, and without
-    the last step (a schedule that overlaps steps, like tspipe, has no next mini-batch to start
-    in its last one: counting it would favour it).
+    the last ``tail`` steps (a schedule that overlaps steps, like tspipe, has no later
+    mini-batches' teacher forwards to run in its last ones, :func:`partial_steps`: counting
+    them would favour it).
 
     Raises:
         ValueError: if fewer than two such steps remain.
     """
     ends = list(step_end_s)
-    durations = [b - a for a, b in zip(ends[warmup:-1], ends[warmup + 1 : -1])]
+    tail = max(1, tail)
+    durations = [b - a for a, b in zip(ends[warmup:-tail], ends[warmup + 1 : -tail])]
     if len(durations) < 2:
         raise ValueError(
-            f"need at least 2 steps between {warmup} warm-up steps and the last, have {len(ends)}"
+            f"need at least 2 steps between {warmup} warm-up steps and the last {tail}, have {len(ends)}"
         )
     return durations
+
+
+def partial_steps(schedule: str, stages: int, teacher: str, lookahead: int | None = None) -> int:
+    """How many last steps of a run do less than a whole step's work: the furthest any stage's
+    teacher forwards run ahead (:func:`core.schedules.furthest_ahead`), at least 1."""
+    if not get_schedule(schedule).is_pipeline:
+        return 1
+    return max(1, furthest_ahead(schedule, stages, teacher, lookahead))
 
 
 def median_step_s(step_end_s: Sequence[float], warmup: int) -> float:

@@ -38,7 +38,9 @@ class PipelineConfig:
             it has them, ``uniform`` by block count (or like ``balance`` when the counts match).
         teacher_early: per-stage counts of the next mini-batch's teacher forwards run before the
             backward, for a schedule whose spec ``accepts_early`` (tspipe's family; one per
-            stage, in 0..U, non-increasing; e.g. from ``core.placement``); None: its own rule.
+            stage, in 0..U, non-increasing unless the teacher is frozen and so staggered,
+            ``core.schedules.teacher_fill.check_early``; e.g. from ``core.placement``); None:
+            its own rule.
         teacher_lookahead: mini-batches ahead the teacher forwards that fill a step run, for a
             schedule whose spec ``accepts_lookahead`` (tspipe's family): an EMA teacher then
             serves mini-batch b with version ``max(0, b - L)``; 0 is exact, None the schedule's
@@ -103,12 +105,8 @@ class PipelineConfig:
         if self.teacher_early is not None:
             if not get_schedule(self.schedule).accepts_early:
                 raise ValueError(f"{self.schedule} takes no teacher_early; drop it")
-            if any(k < 0 for k in self.teacher_early) or list(self.teacher_early) != sorted(
-                self.teacher_early, reverse=True
-            ):
-                raise ValueError(
-                    f"teacher_early {list(self.teacher_early)} must be >= 0 and non-increasing by stage"
-                )
+            if any(k < 0 for k in self.teacher_early):  # the order by stage: see check_early
+                raise ValueError(f"teacher_early {list(self.teacher_early)} must be >= 0")
         if self.teacher_lookahead is not None:
             if not get_schedule(self.schedule).accepts_lookahead:
                 raise ValueError(f"{self.schedule} takes no teacher_lookahead; drop it")

@@ -20,7 +20,7 @@ from core.ddp_model import ddp_step, ring_allreduce_ms
 from core.memory import StagePeak, stage_peaks
 from core.partition import Partition, plan_partition, stage_slices
 from core.placement import place_teacher_forwards
-from core.schedules import Schedule, build_schedule, get_schedule, window_batches
+from core.schedules import Schedule, build_schedule, furthest_ahead, get_schedule, window_batches
 from core.schedules.teacher_fill import early_counts
 from core.simulate import (
     WINDOW_BATCHES,
@@ -102,15 +102,17 @@ def simulate_calibration(
     early: Sequence[int] | str | None = None,
     lookahead: int | None = None,
     dp: int = 1,
+    placement_budget: int | None = None,
 ) -> tuple[SimResult, Schedule, Partition]:
     """Simulate one calibration pair under a named schedule over ``batches`` mini-batches
-    (``lookahead``: the tspipe family's teacher lookahead L, None its own, the window growing by
-    L - 1 so that it measures as many full steps; ``dp``: replicas of the pipeline, each with
+    (``lookahead``: the tspipe family's teacher lookahead L, None its own, the window growing
+    with how far ahead its teacher forwards run, so that it measures as many full steps; ``dp``: replicas of the pipeline, each with
     ``microbatches`` micro-batches, see the module docstring).
 
     ``early``: per-stage early teacher forwards for a schedule whose spec ``accepts_early``;
     ``"auto"`` places them from the pair's costs (:func:`core.placement.place_teacher_forwards`,
-    never slower than the uniform rule) and is ignored by other schedules; None: the uniform rule.
+    never slower than the uniform rule; ``placement_budget`` simulations at most, None its
+    default) and is ignored by other schedules; None: the uniform rule.
 
     Returns:
         (result, built schedule, partition used).
@@ -132,6 +134,7 @@ def simulate_calibration(
                 cal.teacher,
                 cal.views,
                 cal.batch,
+                budget=placement_budget,
                 lookahead=lookahead,
             )
             if spec.accepts_early
@@ -144,7 +147,7 @@ def simulate_calibration(
         stages,
         microbatches,
         cal.teacher,
-        window_batches(batches, lookahead),
+        window_batches(batches, furthest_ahead(schedule, stages, cal.teacher, lookahead)),
         backward_pieces,
         cal.views,
         early,
@@ -210,7 +213,10 @@ def calibration_memory(
     another ``4 x`` teacher parameters for each older teacher version an EMA teacher keeps
     (its staleness: L under teacher lookahead L), spread over the stages by block count
     (calibration files carry only the totals). With ``dp`` replicas a unit is ``batch / (dp M)``
-    samples and the last stage holds the whole mini-batch's teacher outputs for the loss.
+    samples and the last stage holds the whole mini-batch's teacher outputs for the loss. A
+    staggered frozen teacher (:func:`core.schedules.teacher_fill.fill_ahead`) adds, on every
+    stage after the first, one mini-batch of the previous stage's teacher outputs, received a
+    step before they are used (counted as held throughout: an upper bound).
     """
     samples = cal.batch / (dp * built.microbatches)
     dtype_bytes = 2 if cal.amp_bf16 else 4
@@ -225,6 +231,10 @@ def calibration_memory(
         + (1 + built.staleness) * TEACHER_STATE_BYTES * cal.teacher_params * nt / t_blocks
         for ns, nt in zip(partition.student, partition.teacher)
     ]
+    if built.fill_ahead > (1 if built.lookahead is None else built.lookahead):  # staggered
+        for s in range(1, built.stages):  # the output of the last teacher block before stage s
+            last = max(sum(partition.teacher[:s]) - 1, 0)
+            static[s] += cal.teacher_out[last] * samples * dtype_bytes * built.units
     return stage_peaks(built, act, teacher, static)
 
 
@@ -268,7 +278,9 @@ def teacher_early(built: Schedule) -> list[int] | None:
     the counts given or the uniform rule's), None for other schedules."""
     if not get_schedule(built.name).accepts_early:
         return None
-    return list(early_counts(built.stages, built.units, built.backward_pieces, built.early))
+    if built.early is not None:
+        return list(built.early)  # checked when it was built
+    return list(early_counts(built.stages, built.units, built.backward_pieces))
 
 
 def sequential_check(cal: Calibration) -> dict[str, float | None]:

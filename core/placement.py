@@ -6,9 +6,12 @@ tspipe's own rule (:func:`core.schedules.tspipe_early_teacher_forwards`) sizes t
 teacher forwards for ``t = f = b / 2``; a teacher two or three times the student fills the wait
 for the first gradient with fewer forwards, and the rest then delay the backward. The search
 starts from that rule and from counts sized by the costs (the stage's wait for its first
-gradient in units of its own teacher forward), then moves one stage's count by 1 or 2 at a
-time, keeping the counts non-increasing (the schedule deadlocks otherwise), and keeps a move
-only when the simulated step is strictly shorter, within a budget of simulations (the search
+gradient in units of its own teacher forward, and those with the first stages running every
+teacher forward early), then, from each start in order of its simulated step, moves one stage's
+count by 1 or 2 at a time, keeping the counts non-increasing (the schedule deadlocks otherwise;
+a staggered frozen teacher, :func:`core.schedules.teacher_fill.fill_ahead`, need not), and
+keeps a move only when the simulated step is strictly shorter, within a budget of simulations
+shared by the starts (the search
 stops at once when the uniform rule is already within 0.1 % of the partition's balance cap,
 which no placement can pass). It returns the uniform rule's counts unless
 the searched ones simulate strictly faster, so a placed schedule is never slower than tspipe's
@@ -19,30 +22,37 @@ from __future__ import annotations
 
 import math
 
-from core.schedules import build_schedule, get_schedule, window_batches
-from core.schedules.teacher_fill import early_counts
+from core.schedules import build_schedule, furthest_ahead, get_schedule, window_batches
+from core.schedules.teacher_fill import early_counts, fill_ahead
 from core.simulate import CostModel, SimResult, simulate
 
 SEARCH_BATCHES = 6  # simulated window of each evaluation (steady state over batches 2..4)
 BUDGET = 40  # most simulations of one placement
 CLOSE = 1e-3  # the uniform rule within this share of the balance cap: nothing to search
 MOVES = (1, -1, 2, -2)
+STARTS = 12  # local searches, from the fastest starting counts, while the budget lasts
 
 
-def monotone(counts: list[int], units: int) -> tuple[int, ...]:
-    """``counts`` clipped to ``0..units`` and made non-increasing from stage 0 on."""
+def monotone(counts: list[int], units: int, chained: bool = True) -> tuple[int, ...]:
+    """``counts`` clipped to ``0..units`` and, where ``chained`` (every stage's teacher forwards
+    wait for the previous stage's in the same step), made non-increasing from stage 0 on."""
     out: list[int] = []
     for k in counts:
         k = max(0, min(units, k))
-        out.append(min(k, out[-1]) if out else k)
+        out.append(min(k, out[-1]) if out and chained else k)
     return tuple(out)
 
 
-def cost_sized(costs: CostModel, units: int, pieces: int, split: bool = False) -> list[tuple[int, ...]]:
+def cost_sized(
+    costs: CostModel, units: int, pieces: int, split: bool = False, chained: bool = True
+) -> list[tuple[int, ...]]:
     """Starting counts from the costs: stage ``s`` waits for its first gradient while the last
     unit's student forward crosses the stages after it and the first backward piece (its input
     half, for a split backward) comes back; that wait over ``s``'s teacher-forward cost, rounded
-    up, to the nearest and down, each capped at ``U`` and made non-increasing."""
+    up, to the nearest and down, each capped at ``U`` (and made non-increasing where
+    ``chained``); then the rounded-up counts with the first 1 .. N - 1 stages at ``U``: a late
+    teacher forward on an early stage delays its step, and so the next forwards of every stage
+    after it, which the wait alone does not see."""
     n = costs.stages
     waits = []
     for s in range(n):
@@ -54,7 +64,11 @@ def cost_sized(costs: CostModel, units: int, pieces: int, split: bool = False) -
         waits.append(wait / max(costs.teacher_fwd[s], 1e-9))
     starts = []
     for rounding in (math.ceil, round, math.floor):
-        start = monotone([int(rounding(w - 1e-9)) for w in waits], units)
+        start = monotone([int(rounding(w - 1e-9)) for w in waits], units, chained)
+        if start not in starts:
+            starts.append(start)
+    for j in range(1, n):  # stages 0..j-1 run every teacher forward early (none late)
+        start = (units,) * j + starts[0][j:]
         if start not in starts:
             starts.append(start)
     return starts
@@ -101,7 +115,7 @@ def place_teacher_forwards(
             stages,
             microbatches,
             teacher,
-            window_batches(batches, lookahead),
+            window_batches(batches, furthest_ahead(schedule, stages, teacher, lookahead)),
             pieces,
             views,
             counts,
@@ -114,27 +128,33 @@ def place_teacher_forwards(
             seen[counts] = run(counts).step_ms
         return seen[counts]
 
+    chained = len(set(fill_ahead(stages, teacher, 1 if lookahead is None else lookahead))) == 1
     uniform = early_counts(stages, units, pieces)
     first = run(uniform)
     seen[uniform] = first.step_ms
     if first.efficiency >= (1 - CLOSE) * first.balance_cap:
         return uniform  # no placement can beat the partition's cap
-    best, best_ms = uniform, first.step_ms
-    for start in cost_sized(costs, units, pieces, spec.split_backward):
-        if len(seen) < budget and step_ms(start) < best_ms * (1 - 1e-9):
-            best, best_ms = start, step_ms(start)
-    improved = True
-    while improved and len(seen) < budget:
-        improved = False
-        for s in range(stages):
-            for delta in MOVES:
-                moved = list(best)
-                moved[s] += delta
-                if not 0 <= moved[s] <= units or monotone(moved, units) != tuple(moved):
-                    continue
-                candidate = tuple(moved)
-                if candidate not in seen and len(seen) >= budget:
-                    break
-                if step_ms(candidate) < best_ms * (1 - 1e-9):
-                    best, best_ms, improved = candidate, step_ms(candidate), True
+    starts = [uniform] + [
+        x for x in cost_sized(costs, units, pieces, spec.split_backward, chained) if x != uniform
+    ]
+    starts = sorted(starts[: max(1, budget - 1)], key=step_ms)
+    best, best_ms = starts[0], step_ms(starts[0])
+    for start in starts[:STARTS]:  # a local search from each of the fastest starts
+        here, here_ms = start, step_ms(start)
+        improved = True
+        while improved and len(seen) < budget:
+            improved = False
+            for s in range(stages):
+                for delta in MOVES:
+                    moved = list(here)
+                    moved[s] += delta
+                    if not 0 <= moved[s] <= units or monotone(moved, units, chained) != tuple(moved):
+                        continue
+                    candidate = tuple(moved)
+                    if candidate not in seen and len(seen) >= budget:
+                        break
+                    if step_ms(candidate) < here_ms * (1 - 1e-9):
+                        here, here_ms, improved = candidate, step_ms(candidate), True
+        if here_ms < best_ms * (1 - 1e-9):
+            best, best_ms = here, here_ms
     return best if step_ms(best) < step_ms(uniform) * (1 - 1e-9) else uniform

@@ -140,7 +140,7 @@ def _candidate(
         bubble_fraction=result.bubble_fraction,
         stage_mem_gib=memory,
         lookahead=lookahead,
-        window=built.batches,
+        window=built.batches - max(0, built.fill_ahead - 1),  # as asked (window_batches adds)
         dp=dp,
     )
 

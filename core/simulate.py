@@ -33,7 +33,7 @@ from core.validate import dry_run
 
 DEFAULT_LINK_GBPS = 450.0
 DEFAULT_LATENCY_US = 10.0
-WINDOW_BATCHES = 8  # simulated mini-batches (plus L - 1 under lookahead L); steady state over 2..6
+WINDOW_BATCHES = 8  # simulated mini-batches (window_batches adds more); steady state over 2..6
 _WARMUP_BATCH = 2
 
 
@@ -200,10 +200,10 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimRes
     """Simulate ``schedule`` under ``costs``.
 
     Args:
-        schedule: a schedule built for at least ``4 + T`` mini-batches, ``T = max(1, L)`` for
-            teacher lookahead L (steady state is measured between the ends of batch 2 and of
-            batch ``batches - 1 - T``: the last T steps have no teacher forwards L ahead left to
-            run, and counting them would favour the schedule; fewer batches use the whole window).
+        schedule: a schedule built for at least ``4 + T`` mini-batches, ``T`` the larger of 1
+            and its ``fill_ahead`` (steady state is measured between the ends of batch 2 and of
+            batch ``batches - 1 - T``: the last T steps lack teacher forwards that far ahead, and
+            counting them would favour the schedule; fewer batches use the whole window).
         costs: per-stage costs; its stage count must match the schedule's.
         batch_samples: samples per mini-batch, for samples/s.
 
@@ -230,7 +230,7 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimRes
         return max(sent, free) + link.transfer_ms(costs.message_bytes(a, pieces))
 
     records = dry_run(schedule.lowered, duration, transfer, schedule.stage_to_rank)
-    tail = max(1, schedule.lookahead or 0)  # the last steps lack teacher forwards L ahead
+    tail = max(1, schedule.fill_ahead)  # the last steps lack the teacher forwards far ahead
     if schedule.batches >= 4 + tail:
         step, bubble = steady_state(records, schedule.stages, _WARMUP_BATCH, schedule.batches - 1 - tail)
     elif schedule.batches >= 2:

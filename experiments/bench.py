@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from core.bench import bound_samples_per_s, predict, probe_link, steady_steps, timed_run
+from core.bench import bound_samples_per_s, partial_steps, predict, probe_link, steady_steps, timed_run
 from core.config import Config, PipelineConfig
 from core.metrics import TimelineRecord, make_row, steady_state, write_rows
 from core.overrides import ConfigError, apply_overrides, from_dict, to_dict
@@ -288,7 +288,8 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
                     json.loads((out / "runs" / f"{run.name}.r{r}.json").read_text())
                     for r in range(settings.rounds)
                 ]
-                results[run] = combine_rounds(rounds, settings.warmup)
+                tail = partial_steps(run.schedule, run.procs, work.task.teacher_rule.kind)
+                results[run] = combine_rounds(rounds, settings.warmup, tail)
     for run, result in results.items():
         batch = work.samples_per_step
         progress(
@@ -317,10 +318,11 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
     return rows
 
 
-def combine_rounds(rounds: list[dict], warmup: int) -> dict:
-    """One result from several rounds of a run: the median of the rounds' steady-state medians,
-    every steady step, and the last round's timeline."""
-    steps = [steady_steps(r["step_end_s"], warmup) for r in rounds]
+def combine_rounds(rounds: list[dict], warmup: int, tail: int = 1) -> dict:
+    """One result from several rounds of a run: the median of the rounds' steady-state medians
+    (without the last ``tail`` steps, :func:`core.bench.partial_steps`), every steady step, and
+    the last round's timeline."""
+    steps = [steady_steps(r["step_end_s"], warmup, tail) for r in rounds]
     medians = [statistics.median(x) for x in steps]
     return {
         **rounds[-1],

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from core.bench import partial_steps
 from core.config import Config
 from core.metrics import make_row, write_rows
 from core.overrides import ConfigError, to_dict
@@ -177,6 +178,7 @@ def run_hybrid(
                 for r in range(settings.rounds)
             ],
             settings.warmup,
+            partial_steps(run.schedule, run.stages, work.task.teacher_rule.kind),
         )
         rows.append(_row(settings, spec, config, work, run, result))
         progress(f"{run.name}: {rows[-1]['samples_per_s']:.1f} samples/s")

@@ -66,6 +66,9 @@ FILES = (
 )
 GANTT_STAGES, GANTT_LINK = 4, "nvlink"  # timelines kept for Gantt charts
 LINEAR_PIECES = 2  # the linear ablation compares schedules at equal backward pieces
+# its teacher placement searches longer up to 8 stages (issue 15's goal configurations; a
+# staggered frozen teacher's counts need it, and a 16-stage search this long takes minutes)
+ABLATION_BUDGET = 300
 PLAN_STAGES, PLAN_LINK = (4, 8), "nvlink"  # the planner's choice per pair
 HYBRID_GPUS = (8, 16)  # dp x pp beside ddp and the single pipeline (on PLAN_LINK)
 
@@ -243,8 +246,17 @@ def sweep(cal: Calibration, link_name: str) -> list[tuple[dict, list[dict] | Non
             if cal.model == "linear":
                 spec = get_schedule(schedule)
                 pieces = LINEAR_PIECES if spec.splits_backward else None
+                budget = ABLATION_BUDGET if stages <= 8 else None
                 found = simulate_calibration(
-                    cal, schedule, stages, spec.microbatches or stages, link, None, pieces, early="auto"
+                    cal,
+                    schedule,
+                    stages,
+                    spec.microbatches or stages,
+                    link,
+                    None,
+                    pieces,
+                    early="auto",
+                    placement_budget=budget,
                 )
                 row = _sim_row(cal, link_name, found, "M = N, equal pieces")
             else:

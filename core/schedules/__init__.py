@@ -9,7 +9,7 @@ backwards are split into input and weight halves; ``runners``: ddp and the torch
 
 from core.schedules import runners  # noqa: F401  (registers ddp and the torch peer)
 from core.schedules.base import TEACHER_KINDS
-from core.schedules.build import Program, Schedule, build_schedule, window_batches
+from core.schedules.build import Program, Schedule, build_schedule, furthest_ahead, window_batches
 from core.schedules.flush import gpipe, mp, sequential
 from core.schedules.lower import identity_placement, lower
 from core.schedules.pipedream import one_f_one_b
@@ -33,6 +33,7 @@ __all__ = [
     "Schedule",
     "ScheduleSpec",
     "build_schedule",
+    "furthest_ahead",
     "get_schedule",
     "gpipe",
     "identity_placement",

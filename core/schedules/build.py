@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from core.action import Action, Op
 from core.schedules.lower import identity_placement, lower
 from core.schedules.spec import get_schedule
+from core.schedules.teacher_fill import fill_ahead
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class Schedule:
             for the schedule's own rule.
         lookahead: mini-batches ahead its filling teacher forwards run (tspipe's family), or
             None for the schedule's own.
+        fill_ahead: mini-batches ahead its furthest teacher forwards run on any stage (0 for a
+            schedule that fills nothing): its last ``fill_ahead`` steps do less than a whole
+            step's work.
     """
 
     name: str
@@ -49,6 +53,7 @@ class Schedule:
     stage_to_rank: tuple[int, ...] = ()
     early: tuple[int, ...] | None = None
     lookahead: int | None = None
+    fill_ahead: int = 0
 
     @property
     def units(self) -> int:
@@ -120,20 +125,32 @@ def build_schedule(
         stage_to_rank=identity_placement(stages),
         early=early,
         lookahead=lookahead,
+        fill_ahead=furthest_ahead(name, stages, teacher, lookahead),
     )
 
 
-def template_batches(steps: int, lookahead: int | None = None) -> int:
+def furthest_ahead(name: str, stages: int, teacher: str, lookahead: int | None = None) -> int:
+    """Mini-batches ahead a schedule's furthest teacher forwards run on any stage: the largest
+    :func:`~core.schedules.teacher_fill.fill_ahead` for the tspipe family (``lookahead`` None:
+    1), 0 for a schedule that fills nothing."""
+    if not get_schedule(name).accepts_lookahead:
+        return 0
+    return max(fill_ahead(stages, teacher, 1 if lookahead is None else lookahead))
+
+
+def template_batches(steps: int, ahead: int = 0) -> int:
     """Mini-batches of a :class:`Program`'s template: the first segment, a middle one and the
-    last ``max(1, L)`` (whose steps have no teacher forwards ``L`` ahead left to run)."""
-    return min(steps, max(3, (lookahead or 0) + 2))
+    last ``max(1, A)`` (whose steps have no teacher forwards ``A`` ahead left to run, ``A`` the
+    schedule's :func:`furthest_ahead`)."""
+    return min(steps, max(3, ahead + 2))
 
 
-def window_batches(batches: int, lookahead: int | None = None) -> int:
-    """Mini-batches to simulate for ``batches`` under teacher lookahead L: ``L - 1`` more where
-    L > 1, since the simulator's steady state leaves out the last ``max(1, L)`` steps (they
-    have no teacher forwards L ahead left to run), so every L measures as many full steps."""
-    return batches + max(0, (lookahead or 0) - 1)
+def window_batches(batches: int, ahead: int = 0) -> int:
+    """Mini-batches to simulate for ``batches`` when teacher forwards run up to ``A`` mini-batches
+    ahead (:func:`furthest_ahead`): ``A - 1`` more where A > 1, since the simulator's steady
+    state leaves out the last ``max(1, A)`` steps (they have no teacher forwards A ahead left
+    to run), so every schedule measures as many full steps."""
+    return batches + max(0, ahead - 1)
 
 
 def _shift(actions: tuple[Action, ...], delta: int) -> list[Action]:
@@ -163,7 +180,7 @@ class Program:
     last); :meth:`segment` shifts the middle one for every other step.
 
     Args:
-        template: a schedule built with ``batches = template_batches(steps, lookahead)``.
+        template: a schedule built with ``batches = template_batches(steps, fill_ahead)``.
         steps: number of mini-batches the program runs.
         start: index of its first mini-batch (a resumed run starts past 0); the first one
             runs the schedule's prologue.
@@ -174,7 +191,7 @@ class Program:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
-        want = template_batches(steps, template.lookahead)
+        want = template_batches(steps, template.fill_ahead)
         if template.batches != want:
             raise ValueError(f"template needs {want} batches for {steps} steps, has {template.batches}")
         self.template = template
@@ -202,7 +219,7 @@ class Program:
             stages,
             microbatches,
             teacher,
-            template_batches(steps, lookahead),
+            template_batches(steps, furthest_ahead(name, stages, teacher, lookahead)),
             backward_pieces,
             views,
             early,

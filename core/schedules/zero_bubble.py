@@ -102,7 +102,7 @@ def tspipe_zb(
         units = range(n_units)
         return sb(s, b, units, backward_pieces) + sw(s, b, units, backward_pieces) + late
 
-    return tspipe_order(stages, n_units, batches, backward_pieces, tail, early, lookahead)
+    return tspipe_order(stages, n_units, batches, backward_pieces, tail, early, lookahead, teacher)
 
 
 register(

@@ -67,7 +67,7 @@ def test_bad_counts_are_refused(early, words):
 
 def test_an_increasing_count_would_deadlock(monkeypatch):
     # without the check, the validator's dry run finds the deadlock the check refuses
-    monkeypatch.setattr(teacher_fill, "check_early", lambda early, stages, units: tuple(early))
+    monkeypatch.setattr(teacher_fill, "check_early", lambda early, *args: tuple(early))
     with pytest.raises(ValueError):
         validate(build_schedule(EARLY[0], 3, 2, "ema", 3, early=(0, 1, 0)))
 
@@ -79,8 +79,11 @@ def test_other_schedules_and_configs_refuse_counts():
         PipelineConfig(OTHERS[-1], 2, 2, teacher_early=(1, 0))
     with pytest.raises(ValueError, match="one per stage"):
         PipelineConfig(EARLY[0], 3, 2, teacher_early=(1, 0))
-    with pytest.raises(ValueError, match="non-increasing"):
-        PipelineConfig(EARLY[0], 2, 2, teacher_early=(0, 1))
+    with pytest.raises(ValueError, match=">= 0"):
+        PipelineConfig(EARLY[0], 2, 2, teacher_early=(1, -1))
+    assert PipelineConfig(EARLY[0], 2, 2, teacher_early=(0, 1)).teacher_early == (0, 1)  # frozen: staggered
+    with pytest.raises(ValueError, match="must not increase"):  # an EMA teacher's would deadlock
+        build_schedule(EARLY[0], 2, 2, "ema", 3, early=(0, 1))
     config = apply_overrides(PipelineConfig(EARLY[0], 3, 4), ["teacher_early=3,1,0"])
     assert config.teacher_early == (3, 1, 0)
 

@@ -73,6 +73,12 @@ def cases(world: int) -> list[dict]:
             dtype="float32",
         )
     )
+    # a frozen teacher is staggered (stage s runs N - s mini-batches ahead): enough steps that a
+    # middle segment runs between the first and the last N
+    for schedule in ("tspipe", "tspipe-zb"):
+        out.append(
+            dict(schedule=schedule, teacher="frozen", microbatches=2, steps=world + 3, dtype="float64")
+        )
     # data-parallel replicas of the pipeline: dp 2 x pp world/2 (dp 2 x pp 1 on two processes)
     for dtype in ("float32", "float64"):
         for teacher in ("ema", "frozen"):
@@ -97,6 +103,7 @@ def cases(world: int) -> list[dict]:
             + f"_p{case.get('pieces')}_c{case.get('max_grad_norm')}_bn{case.get('bn', True)}"
             + ("_amp" if case.get("amp") else "")
             + (f"_L{case['lookahead']}_s{case['steps']}" if "lookahead" in case else "")
+            + (f"_s{case['steps']}" if "lookahead" not in case and case["steps"] != STEPS else "")
             + (f"_dp{case['dp']}" if "dp" in case else "")
         )
     return out + amp
