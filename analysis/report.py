@@ -107,10 +107,12 @@ def throughput_section(
     text = ["## 1. Throughput measured here (CPU, 2 stages)\n"]
     headline = []
     ref = subject_name()
-    benches = [k for k in _bench_keys(data, expected) if k in data and not data[k].empty]
+    measured: dict[str, pd.DataFrame] = {}  # each bench's measured rows, for the fidelity table
     for key in _bench_keys(data, expected):
         df = data.get(key, R.frame([]))
         df = df[df["simulated"] != True] if not df.empty else df  # noqa: E712
+        if key in data and not data[key].empty:
+            measured[key] = df
         title, bench_cmd, _ = (expected or {}).get(key, (key, f"python -m experiments.bench {key}", ""))
         if df.empty:
             text.append(f"### {title}\n\nmissing: no rows under `results/{key}/`; run `{bench_cmd}`.\n")
@@ -169,7 +171,7 @@ def throughput_section(
                 if other is not None:
                     entry["groups"][label] = other
             headline.append(entry)
-    text.append(fidelity_section({k: data[k][data[k]["simulated"] != True] for k in benches}))  # noqa: E712
+    text.append(fidelity_section(measured))
     for key in sorted(k for k in data if k.endswith("/hybrid")):
         text.append(hybrid_section(data[key]))
     return "\n".join(text), headline
