@@ -9,7 +9,7 @@ starts from that rule and from counts sized by the costs (the stage's wait for i
 gradient in units of its own teacher forward, and those with the first stages running every
 teacher forward early), then, from each start in order of its simulated step, moves one stage's
 count by 1 or 2 at a time, keeping the counts non-increasing (the schedule deadlocks otherwise;
-a staggered frozen teacher, :func:`core.schedules.teacher_fill.fill_ahead`, need not), and
+a staggered frozen teacher, :func:`core.schedules.teacher_fill.staggered`, need not), and
 keeps a move only when the simulated step is strictly shorter, within a budget of simulations
 shared by the starts (the search
 stops at once when the uniform rule is already within 0.1 % of the partition's balance cap,
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 from core.schedules import build_schedule, furthest_ahead, get_schedule, window_batches
-from core.schedules.teacher_fill import early_counts, fill_ahead
+from core.schedules.teacher_fill import early_counts, staggered
 from core.simulate import CostModel, SimResult, simulate
 
 SEARCH_BATCHES = 6  # simulated window of each evaluation (steady state over batches 2..4)
@@ -92,8 +92,9 @@ def place_teacher_forwards(
     ``lookahead`` (None: the schedule's own).
 
     Returns:
-        One count per stage, non-increasing, each in ``0..U``: the uniform rule's counts unless
-        the searched ones simulate strictly faster.
+        One count per stage, each in ``0..U`` and non-increasing unless the teacher is
+        staggered (:func:`core.schedules.teacher_fill.staggered`): the uniform rule's counts
+        unless the searched ones simulate strictly faster.
 
     Raises:
         ValueError: for a schedule that takes no early counts, or a cost model of another
@@ -128,7 +129,7 @@ def place_teacher_forwards(
             seen[counts] = run(counts).step_ms
         return seen[counts]
 
-    chained = len(set(fill_ahead(stages, teacher, 1 if lookahead is None else lookahead))) == 1
+    chained = not staggered(stages, teacher, 1 if lookahead is None else lookahead)
     uniform = early_counts(stages, units, pieces)
     first = run(uniform)
     seen[uniform] = first.step_ms

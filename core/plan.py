@@ -5,8 +5,8 @@ stages (and ddp, through :func:`core.paper_scale.simulate_ddp`) x micro-batches 
 the batch, :func:`core.paper_scale.configurations`) x backward pieces (1 and 2 where a schedule
 may split) x partition (balanced by cost, and uniform by block count), computes each stage's
 peak memory (:func:`core.paper_scale.calibration_memory`), drops what exceeds the limit, places
-the tspipe family's early teacher forwards from costs at each schedule's best configuration
-(:mod:`core.placement`), and ranks the rest by predicted samples/s.
+the tspipe family's early teacher forwards from costs at each schedule's ``PLACED`` best
+configurations (:mod:`core.placement`), and ranks the rest by predicted samples/s.
 
 The search simulates a short window (``SEARCH_BATCHES``); each schedule's three best are
 simulated again over the full window of ``make simulate`` (``WINDOW_BATCHES``) before the
@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 
 from core.calibration import Calibration, load_calibration
 from core.paper_scale import (
+    PLACED,
     SEARCH_BATCHES,
     STUDENT_STATE_BYTES,
     TEACHER_STATE_BYTES,
@@ -211,8 +212,8 @@ def _search(
     cal: Calibration, name: str, gpus: int, link: Link, memory_gib: float | None, dp: int = 1
 ) -> list[Candidate]:
     """Every configuration of one schedule on ``gpus`` stages (times ``dp`` replicas) the early
-    stop reaches (over the memory limit included: the caller drops them), and the best that
-    fits with its teacher forwards placed."""
+    stop reaches (over the memory limit included: the caller drops them), the ``PLACED`` best
+    that fit with their teacher forwards placed."""
     found: list[Candidate] = []
     fits = lambda c: memory_gib is None or c.peak_gib <= memory_gib  # noqa: E731
     options: dict[int, list[int | None]] = {}
@@ -249,9 +250,8 @@ def _search(
                 misses += 1
                 if misses == 2:
                     break
-    fitting = [c for c in found if fits(c)]
-    if fitting and get_schedule(name).accepts_early:
-        top = max(fitting, key=lambda c: c.samples_per_s)
+    fitting = sorted((c for c in found if fits(c)), key=lambda c: -c.samples_per_s)
+    for top in fitting[:PLACED] if get_schedule(name).accepts_early else ():
         balance = None if top.partition == "cost" else list(top.balance)
         sim = simulate_calibration(
             cal,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from core.action import Action, Op
 from core.schedules.lower import identity_placement, lower
 from core.schedules.spec import get_schedule
-from core.schedules.teacher_fill import fill_ahead
+from core.schedules.teacher_fill import fill_ahead, staggered
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Schedule:
         fill_ahead: mini-batches ahead its furthest teacher forwards run on any stage (0 for a
             schedule that fills nothing): its last ``fill_ahead`` steps do less than a whole
             step's work.
+        staggered: its filling teacher forwards run further ahead on earlier stages (a frozen
+            teacher in the tspipe family, :func:`~core.schedules.teacher_fill.staggered`).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Schedule:
     early: tuple[int, ...] | None = None
     lookahead: int | None = None
     fill_ahead: int = 0
+    staggered: bool = False
 
     @property
     def units(self) -> int:
@@ -126,6 +129,8 @@ def build_schedule(
         early=early,
         lookahead=lookahead,
         fill_ahead=furthest_ahead(name, stages, teacher, lookahead),
+        staggered=spec.accepts_lookahead
+        and staggered(stages, teacher, 1 if lookahead is None else lookahead),
     )
 
 

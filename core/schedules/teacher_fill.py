@@ -34,9 +34,17 @@ def fill_ahead(stages: int, teacher: str, lookahead: int = 1) -> tuple[int, ...]
         is one mini-batch of teacher activations in flight between neighbouring stages, and stage
         0 reading the inputs ``L + N - 1`` mini-batches ahead).
     """
-    if teacher != "ema" and lookahead > 0:
+    if staggered(stages, teacher, lookahead):
         return tuple(lookahead + stages - 1 - s for s in range(stages))
     return (lookahead,) * stages
+
+
+def staggered(stages: int, teacher: str, lookahead: int = 1) -> bool:
+    """Whether the tspipe family staggers the filling teacher forwards over ``stages``
+    (:func:`fill_ahead` differs by stage): a frozen teacher on two or more stages under a
+    lookahead ``L >= 1``. An EMA teacher is never staggered (its stages would serve one
+    mini-batch with different versions), nor is ``L = 0`` (nothing fills)."""
+    return stages > 1 and teacher != "ema" and lookahead > 0
 
 
 def check_early(early: Sequence[int], stages: int, units: int, staggered: bool = False) -> tuple[int, ...]:
@@ -179,7 +187,7 @@ def tspipe_order(
     step's own teacher forwards run first, filling nothing); a frozen ``teacher`` is staggered
     (:func:`fill_ahead`)."""
     aheads = fill_ahead(stages, teacher, check_lookahead(lookahead))
-    counts = early_counts(stages, n_units, pieces, early, staggered=len(set(aheads)) > 1)
+    counts = early_counts(stages, n_units, pieces, early, staggered=staggered(stages, teacher, lookahead))
     last = stages - 1
     units = range(n_units)
     lists: list[list[Action]] = []

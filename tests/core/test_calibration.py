@@ -57,3 +57,29 @@ def test_configurations_and_the_best_one(calibration_dir):
 
         other, _, _ = simulate_calibration(linear, "gpipe", 4, m, Link(450.0, 0.0), backward_pieces=p)
         assert other.samples_per_s <= result.samples_per_s + 1e-9
+
+
+def test_the_best_configuration_places_teacher_forwards_beyond_the_uniform_rules_best(calibration_dir):
+    """KD RN152 -> RN50 on 4 stages under tspipe-zb (realistic model): the uniform rule's best
+    M is 1, but placed teacher forwards make M = 2 faster; the search places the ``PLACED``
+    fastest configurations, so it finds that one."""
+    from core.paper_scale import PLACED, SEARCH_BATCHES, simulate_calibration
+
+    cal = load_calibration(calibration_dir / "kd_resnet152_to_resnet50_bf16.json")
+    link = Link(450.0)
+    uniform = {
+        (m, p): simulate_calibration(cal, "tspipe-zb", 4, m, link, backward_pieces=p, batches=SEARCH_BATCHES)[
+            0
+        ].samples_per_s
+        for m, p in configurations(cal, "tspipe-zb", 4)
+    }
+    rank = sorted(uniform, key=lambda k: -uniform[k])
+    assert rank[0] == (1, 2) and rank.index((2, 2)) < PLACED
+    placed_m2, _, _ = simulate_calibration(cal, "tspipe-zb", 4, 2, link, backward_pieces=2, early="auto")
+    placed_m1, _, _ = simulate_calibration(cal, "tspipe-zb", 4, 1, link, backward_pieces=2, early="auto")
+    assert placed_m2.samples_per_s > 1.05 * placed_m1.samples_per_s
+    result, built, _ = best_configuration(cal, "tspipe-zb", 4, link)
+    assert (built.microbatches, built.backward_pieces) == (2, 2)
+    assert result.samples_per_s == pytest.approx(placed_m2.samples_per_s)
+    kept, kept_built, _ = best_configuration(cal, "tspipe-zb", 4, link, early=None)  # uniform rule
+    assert kept_built.microbatches == 1 and kept_built.early is None

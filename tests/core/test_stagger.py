@@ -13,8 +13,15 @@ import pytest
 from core.action import Action, Op
 from core.calibration import load_calibration
 from core.paper_scale import calibration_memory, simulate_calibration
-from core.schedules import Program, build_schedule, furthest_ahead, schedules, window_batches
-from core.schedules.teacher_fill import check_early, fill_ahead
+from core.schedules import (
+    Program,
+    build_schedule,
+    furthest_ahead,
+    get_schedule,
+    schedules,
+    window_batches,
+)
+from core.schedules.teacher_fill import check_early, fill_ahead, staggered
 from core.simulate import CostModel, Link, simulate
 from core.validate import validate
 
@@ -29,6 +36,25 @@ def test_a_frozen_teacher_runs_one_batch_further_ahead_per_stage_and_an_ema_one_
     assert furthest_ahead("tspipe", 4, "frozen") == 4 and furthest_ahead("tspipe", 4, "ema") == 1
     assert furthest_ahead("gpipe", 4, "frozen") == 0
     assert window_batches(8, 4) == 11 and window_batches(8, 0) == 8
+
+
+@pytest.mark.parametrize(
+    "name, stages, teacher, lookahead, want",
+    [
+        ("tspipe", 4, "frozen", None, True),
+        ("tspipe-zb", 2, "frozen", 2, True),
+        ("tspipe", 4, "ema", None, False),  # one version per mini-batch
+        ("tspipe", 4, "frozen", 0, False),  # nothing fills
+        ("tspipe", 1, "frozen", None, False),  # no stage to stagger against
+        ("gpipe", 4, "frozen", None, False),  # fills nothing
+    ],
+)
+def test_one_rule_says_which_schedules_are_staggered(name, stages, teacher, lookahead, want):
+    built = build_schedule(name, stages, stages, teacher, 2, lookahead=lookahead)
+    assert built.staggered is want
+    if get_schedule(name).accepts_lookahead:
+        assert staggered(stages, teacher, 1 if lookahead is None else lookahead) is want
+        assert (len(set(fill_ahead(stages, teacher, 1 if lookahead is None else lookahead))) > 1) is want
 
 
 @pytest.mark.parametrize("name", AHEAD)
@@ -121,9 +147,10 @@ def test_heavy_frozen_teachers_reach_the_balance_cap_at_four_stages(calibration_
 
 def test_teacher_activations_in_flight_are_counted(calibration_dir):
     cal = load_calibration(calibration_dir / "kd_resnet152_to_resnet50_bf16.json", "linear")
-    _, staggered, part = simulate_calibration(cal, "tspipe", 4, 4, Link())
-    unflagged = dataclasses.replace(staggered, fill_ahead=1)  # the same order, nothing in flight
-    held = [p.bytes for p in calibration_memory(cal, staggered, part)]
+    _, built, part = simulate_calibration(cal, "tspipe", 4, 4, Link())
+    assert built.staggered
+    unflagged = dataclasses.replace(built, staggered=False)  # the same order, nothing in flight
+    held = [p.bytes for p in calibration_memory(cal, built, part)]
     plain = [p.bytes for p in calibration_memory(cal, unflagged, part)]
     assert held[0] == plain[0]
     unit_samples, bf16 = cal.batch / 4, 2
