@@ -82,8 +82,9 @@ accuracy-byol: $(STAMP) data
 # teacher (base momentum 0.98, not 0.99): with the preset as it is the encoder gains 18-19 kNN
 # points over its initial weights; with both 21-22 (seed 0: 72.8 -> 75.9 %; either alone gains
 # less). Overrides, not a preset change, so the BYOL throughput rows (whose path holds
-# methods/byol) stay current. 12-13 min a run, 8 rounds: about 105 min on 2 idle cores.
-# STALENESS_BYOL_FLAGS= (empty) drops the ablation (76 min). STALENESS_PRESET (MoCo-v3) /
+# methods/byol) stay current. 12.3-12.9 min a run, 8 rounds: 101.6 min measured on 2 idle cores
+# (over the 90 minutes the issue allows; STALENESS_BYOL_FLAGS= (empty) drops the ablation: 6
+# rounds, about 75 min). STALENESS_PRESET (MoCo-v3) /
 # STALENESS_BYOL_PRESET / STALENESS_BYOL_SET / STALENESS_SEEDS choose others. More seeds for the
 # pairs alone, keeping the rest: STALENESS_SEEDS="3 4" STALENESS_BYOL_FLAGS="--lookaheads 0 1 --symmetric --extend".
 STALENESS_PRESET ?= accuracy
