@@ -21,12 +21,13 @@ accuracy-mocov3: $(STAMP) data
 # staleness-byol in the Makefile; STALENESS_PRESET / STALENESS_SEEDS come from there). The
 # accuracy preset with two overrides, so the synchronous encoder (L = 0) gains at least 20 kNN
 # points over its initial weights at every seed: 20,000 training images instead of 10,000
-# (10,000 images for 20 epochs gain 18; for 30 epochs 19.7), and a milder random-resized crop (min_scale 0.35, the preset's 0.2
-# leaves a 7x7 patch of the 16x16 image). With the larger subset alone the sweep gained 19.9-20.4
-# points (git 648e002; seed 2 at L = 0: 74.07 %, +19.1); adding min_scale 0.35 lifted that seed to
-# 75.66 % (+20.7). 10.9-12.3 min a run, 6 rounds of two: 69.9 min measured on 2 idle cores (git
-# 8c40ebf: gains 20.6, 20.4, 19.9 and 20.2 points at L = 0, 1, 2, 4). Overrides, not a
-# preset, so the MoCo-v3 throughput rows (whose path holds methods/moco_v3) stay current.
+# (10,000 images for 20 epochs gain 18; for 30 epochs 19.7), and a milder random-resized crop
+# (min_scale 0.35; the preset's 0.2 leaves a 7x7 patch of the 16x16 image). With the larger
+# subset alone the sweep gained 19.9-20.4 points (git 648e002; seed 2 at L = 0: 74.07 %, +19.1);
+# adding min_scale 0.35 lifted that seed to 75.66 % (+20.7). 10.9-12.3 min a run, 6 rounds of
+# two: 69.9 min measured on 2 idle cores (git 8c40ebf: gains 20.6, 20.4, 19.9 and 20.2 points at
+# L = 0, 1, 2, 4). Overrides, not a preset, so the MoCo-v3 throughput rows (whose path holds
+# methods/moco_v3) stay current.
 STALENESS_MOCOV3_SET ?= method.train_subset=20000 method.min_scale=0.35
 staleness-mocov3: $(STAMP) data
 	$(PY) -m experiments.staleness moco_v3 --preset $(STALENESS_PRESET) --seeds $(STALENESS_SEEDS) \
