@@ -81,7 +81,8 @@ accuracy-byol: $(STAMP) data
 # momentum 0.98, not 0.99): with the preset as it is the encoder gains 18-19 kNN points over its
 # initial weights; with both 21-22 (seed 0: 72.8 -> 75.9 %; either alone gains less). Overrides,
 # not a preset change, so the BYOL throughput rows (whose path holds methods/byol) stay current.
-# 12.3-12.9 min a run, 6 rounds. --extend keeps every current row already in the sweep's folder
+# 12.7-16.4 min a run, 6 rounds: 83.0 min measured from nothing on 2 idle cores (a fresh clone at
+# f6148fa; its 15 rows equal the committed ones bit for bit). --extend keeps every current row already in the sweep's folder
 # (the pairs' extra seeds and the ablation below), so re-running the curve loses nothing measured.
 # STALENESS_PRESET (MoCo-v3) / STALENESS_BYOL_PRESET / STALENESS_BYOL_SET / STALENESS_SEEDS /
 # STALENESS_BYOL_FLAGS choose others.
@@ -94,13 +95,13 @@ staleness-byol: $(STAMP) data
 	$(PY) -m experiments.staleness byol --preset $(STALENESS_BYOL_PRESET) --seeds $(STALENESS_SEEDS) $(STALENESS_BYOL_FLAGS) \
 		$(if $(STALENESS_BYOL_SET),--set $(STALENESS_BYOL_SET)) \
 		--out results/byol/staleness --command "make staleness-byol"
-	$(MAKE) --no-print-directory staleness-byol-table
+	$(BYOL_STALENESS_TABLE)
 
 # Into the same sweep: the paper's symmetric ablation (L = 1 with the student's gradients one step
 # late too) for seeds 0-2, and seeds 3 and 4 at L = 0 and 1, so the tspipe - sync pair has 5 seeds
 # (issue 18's sharper parity). Every current row is kept: after staleness-byol, 7 runs (4 rounds,
-# about 50 min); from nothing 10 (the symmetric runs' L = 0 partners too). Measured: the 3
-# symmetric runs with the curve, 101.6 min for 15 runs; seeds 3-4, 25.1 min.
+# about 55 min); from nothing 10 (the symmetric runs' L = 0 partners too). Measured before the
+# split: the curve with the 3 symmetric runs, 15 runs, 101.6 min; seeds 3-4 alone, 25.1 min.
 staleness-byol-extra: $(STAMP) data
 	$(PY) -m experiments.staleness byol --preset $(STALENESS_BYOL_PRESET) --seeds 0 1 2 --lookaheads 0 --symmetric --extend \
 		$(if $(STALENESS_BYOL_SET),--set $(STALENESS_BYOL_SET)) \
@@ -108,11 +109,13 @@ staleness-byol-extra: $(STAMP) data
 	$(PY) -m experiments.staleness byol --preset $(STALENESS_BYOL_PRESET) --seeds 3 4 --lookaheads 0 1 --extend \
 		$(if $(STALENESS_BYOL_SET),--set $(STALENESS_BYOL_SET)) \
 		--out results/byol/staleness --command "make staleness-byol-extra"
-	$(MAKE) --no-print-directory staleness-byol-table
+	$(BYOL_STALENESS_TABLE)
 
 staleness-byol-table: $(STAMP)
-	$(PY) -m analysis.staleness results/byol/staleness --command "make staleness-byol staleness-byol-extra" \
-		--title "BYOL: final accuracy against teacher staleness"
+	$(BYOL_STALENESS_TABLE)
+
+BYOL_STALENESS_TABLE = $(PY) -m analysis.staleness results/byol/staleness \
+	--command "make staleness-byol staleness-byol-extra" --title "BYOL: final accuracy against teacher staleness"
 
 # dp x pp measured (experiments.bench_hybrid): tspipe and gpipe as 2 replicas of a 2-stage
 # pipeline, beside the same schedules as one 4-stage pipeline and ddp over 4 processes, on BYOL's
