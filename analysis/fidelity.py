@@ -74,9 +74,11 @@ def fidelity_table(folder: Path, warmup: int) -> pd.DataFrame:
 
 def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per bench (key -> its measured rows): how many pipelined rows (two or more processes,
-    an action-list schedule or the torch peer) the simulator predicts within ``GOAL``, the
-    median and largest miss and the row of the largest, and ddp's miss (a model, not a
-    schedule). Errors are signed ``(simulated - measured) / measured``."""
+    an action-list schedule or the torch peer) the simulator predicts within ``GOAL``, how many
+    predictions fall inside the measured rounds' range (slowest to fastest round: the
+    prediction cannot be told from a round; where rows carry the range), the median (signed:
+    its sign is the bias) and median absolute error, the largest miss and its row, and ddp's
+    miss (a model, not a schedule). Errors are signed ``(simulated - measured) / measured``."""
     out = []
     for key, df in frames.items():
         if df.empty or "prediction_error" not in df:
@@ -89,11 +91,18 @@ def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
         miss = piped["prediction_error"].abs()
         worst = piped.loc[miss.idxmax()]
         ddp = rows[kind == "ddp"]["prediction_error"]
+        in_rounds = None
+        if {"samples_per_s_min", "samples_per_s_max"} <= set(piped):
+            predicted = piped["samples_per_s"] * (1 + piped["prediction_error"])
+            inside = (predicted >= piped["samples_per_s_min"]) & (predicted <= piped["samples_per_s_max"])
+            in_rounds = int(inside.sum())
         out.append(
             {
                 "bench": key,
                 "within": int((miss <= GOAL).sum()),
                 "rows": len(piped),
+                "in_rounds": in_rounds,
+                "median": float(piped["prediction_error"].median()),
                 "median_abs": float(miss.median()),
                 "worst": float(worst["prediction_error"]),
                 "worst_run": f"{worst['schedule']} M={worst['microbatches']}",

@@ -68,6 +68,8 @@ def test_the_error_summary_counts_pipelined_rows_within_the_goal():
             "bench": "byol",
             "within": 3,
             "rows": 4,
+            "in_rounds": None,  # these rows carry no rounds' range
+            "median": pytest.approx(0.035),  # signed: the simulator faster on the whole
             "median_abs": pytest.approx(0.075),
             "worst": pytest.approx(-0.12),
             "worst_run": "gpipe M=4",
@@ -79,3 +81,29 @@ def test_the_error_summary_counts_pipelined_rows_within_the_goal():
     section = fidelity_section({"byol": pd.DataFrame(rows)})
     assert "| byol | 3 of 4 |" in section and "gpipe M=4" in section
     assert fidelity_section({}) == ""
+
+
+def test_predictions_inside_the_measured_rounds_are_counted():
+    import pandas as pd
+
+    from analysis.fidelity import error_summary
+    from analysis.report import fidelity_section
+
+    def measured(schedule, error, low, high):  # 100 samples/s measured, rounds low..high
+        return {
+            **_row(schedule, 2, 2, error),
+            "samples_per_s": 100.0,
+            "samples_per_s_min": low,
+            "samples_per_s_max": high,
+        }
+
+    rows = [
+        measured("gpipe", 0.12, 90.0, 115.0),  # 112 predicted: a miss, but inside the rounds
+        measured("1f1b", 0.05, 98.0, 103.0),  # 105: within the goal, faster than every round
+        measured("tspipe", -0.01, 95.0, 101.0),  # 99: both
+    ]
+    summary = error_summary({"kd": pd.DataFrame(rows)}).iloc[0]
+    assert (summary["within"], summary["in_rounds"], summary["rows"]) == (2, 2, 3)
+    assert "| kd | 2 of 3 | 2 of 3 | 5.000 | 5.000 | 12.00 | gpipe M=2 |" in fidelity_section(
+        {"kd": pd.DataFrame(rows)}
+    )
