@@ -92,8 +92,8 @@ def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
         worst = piped.loc[miss.idxmax()]
         ddp = rows[kind == "ddp"]["prediction_error"]
         in_rounds = None
-        if {"samples_per_s_min", "samples_per_s_max"} <= set(piped):
-            predicted = piped["samples_per_s"] * (1 + piped["prediction_error"])
+        if {"predicted_samples_per_s", "samples_per_s_min", "samples_per_s_max"} <= set(piped):
+            predicted = piped["predicted_samples_per_s"]
             inside = (predicted >= piped["samples_per_s_min"]) & (predicted <= piped["samples_per_s_max"])
             in_rounds = int(inside.sum())
         out.append(

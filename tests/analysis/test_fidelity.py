@@ -93,6 +93,7 @@ def test_predictions_inside_the_measured_rounds_are_counted():
         return {
             **_row(schedule, 2, 2, error),
             "samples_per_s": 100.0,
+            "predicted_samples_per_s": 100.0 * (1 + error),
             "samples_per_s_min": low,
             "samples_per_s_max": high,
         }
