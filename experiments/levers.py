@@ -1,0 +1,167 @@
+"""Levers on the tspipe family's edge at paper scale, each given to every schedule alike, so the
+comparison stays best against best: a partition searched by simulation (a hill climb from the
+cost-balanced one, moving one stage boundary by one block while samples/s rises), and more
+backward pieces than the simulated table's 1 and 2.
+
+An exploration for issue 15's goal 2 (the family's best over the best of gpipe / 1f1b): it
+prints, per schedule and lever, its best configuration and samples/s (realistic model), and per
+lever the family's best over the best of gpipe / 1f1b. It writes no rows; ``make simulate`` and
+the planner keep their cost-balanced and uniform partitions and pieces 1 and 2.
+
+``python -m experiments.levers --calibration F [--stages 8] [--link-gbps 450] [--max-pieces 8]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+from core.calibration import Calibration, load_calibration
+from core.paper_scale import SEARCH_BATCHES, calibration_partition, configurations, simulate_calibration
+from core.schedules import get_schedule
+from core.simulate import Link
+
+FAMILY = ("tspipe", "tspipe-zb")
+BASELINES = ("gpipe", "1f1b")
+SCHEDULES = (*BASELINES, "zb", *FAMILY)
+
+
+def samples_per_s(
+    cal: Calibration,
+    schedule: str,
+    stages: int,
+    micro: int,
+    pieces: int | None,
+    link: Link,
+    balance: Sequence[int] | None = None,
+    full: bool = False,
+) -> float:
+    """Simulated samples/s of one configuration: the search's short window with the uniform
+    rule of early teacher forwards, or (``full``) the full window with them placed from costs,
+    as ``make simulate`` reports; 0 for a configuration the schedule refuses."""
+    early = "auto" if full and get_schedule(schedule).accepts_early else None
+    batches = {} if full else {"batches": SEARCH_BATCHES}
+    try:
+        found = simulate_calibration(
+            cal, schedule, stages, micro, link, balance, pieces, early=early, **batches
+        )
+    except ValueError:
+        return 0.0
+    return found[0].samples_per_s
+
+
+def climb(
+    cal: Calibration, schedule: str, stages: int, micro: int, pieces: int | None, link: Link
+) -> tuple[list[int], float]:
+    """The student balance a hill climb reaches from the cost-balanced one: move one boundary by
+    one block (every stage keeps a block) while the short-window samples/s rises by more than
+    0.01 %; never slower than where it starts.
+
+    Returns:
+        (balance, its short-window samples/s).
+    """
+    balance = list(calibration_partition(cal, stages, None, cal.batch / micro).student)
+    best = samples_per_s(cal, schedule, stages, micro, pieces, link, balance)
+    moved = True
+    while moved:
+        moved = False
+        for boundary in range(stages - 1):
+            for step in (1, -1):
+                trial = list(balance)
+                trial[boundary] -= step
+                trial[boundary + 1] += step
+                if min(trial) < 1:
+                    continue
+                found = samples_per_s(cal, schedule, stages, micro, pieces, link, trial)
+                if found > best * 1.0001:
+                    balance, best, moved = trial, found, True
+    return balance, best
+
+
+def best_under(
+    cal: Calibration, schedule: str, stages: int, link: Link, max_pieces: int, search: bool
+) -> dict:
+    """A schedule's best configuration over M (as ``make simulate``: divisors of the batch up to
+    4N) and backward pieces ``1..max_pieces`` (where it may split), on the cost-balanced
+    partition or (``search``) on the partition :func:`climb` finds for each; the winner
+    simulated over the full window, its teacher forwards placed."""
+    split = get_schedule(schedule).splits_backward
+    micros = sorted({m for m, _ in configurations(cal, schedule, stages)})
+    trials = []
+    for micro in micros:
+        for pieces in range(1, max_pieces + 1) if split else [None]:
+            if pieces and cal.batch // micro < pieces:
+                continue
+            if search:
+                balance, found = climb(cal, schedule, stages, micro, pieces, link)
+            else:
+                balance, found = None, samples_per_s(cal, schedule, stages, micro, pieces, link)
+            trials.append((found, micro, pieces, balance))
+    _, micro, pieces, balance = max(trials, key=lambda t: t[0])
+    full = samples_per_s(cal, schedule, stages, micro, pieces, link, balance, full=True)
+    shown = balance or list(calibration_partition(cal, stages, None, cal.batch / micro).student)
+    return {"samples_per_s": full, "M": micro, "pieces": pieces or 1, "balance": shown}
+
+
+def levers(cal: Calibration, stages: int, link: Link, max_pieces: int) -> pd.DataFrame:
+    """Every schedule of ``SCHEDULES`` under each lever, one line each."""
+    options = {
+        "cost-balanced, pieces 1-2": (2, False),
+        "searched partition, pieces 1-2": (2, True),
+        f"cost-balanced, pieces 1-{max_pieces}": (max_pieces, False),
+    }
+    lines = []
+    for lever, (pieces, search) in options.items():
+        for schedule in SCHEDULES:
+            lines.append(
+                {
+                    "lever": lever,
+                    "schedule": schedule,
+                    **best_under(cal, schedule, stages, link, pieces, search),
+                }
+            )
+    return pd.DataFrame(lines)
+
+
+def edges(table: pd.DataFrame) -> pd.DataFrame:
+    """Per lever: the family's best samples/s over the best of gpipe / 1f1b."""
+    out = []
+    for lever, group in table.groupby("lever", sort=False):
+        family = group[group["schedule"].isin(FAMILY)]["samples_per_s"].max()
+        base = group[group["schedule"].isin(BASELINES)]["samples_per_s"].max()
+        out.append({"lever": lever, "family / best of gpipe, 1f1b": family / base})
+    return pd.DataFrame(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.levers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--calibration", required=True, help="a base calibration file")
+    parser.add_argument("--stages", type=int, default=8)
+    parser.add_argument("--link-gbps", type=float, default=450.0)
+    parser.add_argument("--max-pieces", type=int, default=8, help="the pieces lever's largest count")
+    args = parser.parse_args(argv)
+    if args.max_pieces < 2:
+        print("error: --max-pieces must be at least 2", file=sys.stderr)
+        return 2
+    try:
+        cal = load_calibration(args.calibration, "realistic")
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    table = levers(cal, args.stages, Link(args.link_gbps), args.max_pieces)
+    print(f"{cal.pair}, {args.stages} stages, {args.link_gbps:g} GB/s, realistic model (simulated)\n")
+    print(table.to_string(index=False, float_format=lambda x: f"{x:,.0f}"))
+    print()
+    print(edges(table).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
