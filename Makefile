@@ -91,10 +91,11 @@ STALENESS_BYOL_PRESET ?= staleness
 STALENESS_BYOL_SET ?= method.min_scale=0.35 method.base_momentum=0.98
 STALENESS_BYOL_FLAGS ?= --extend
 STALENESS_SEEDS ?= 0 1 2
+# one BYOL staleness run into the sweep's folder, with its preset and overrides
+BYOL_STALENESS_RUN = $(PY) -m experiments.staleness byol --preset $(STALENESS_BYOL_PRESET) \
+	$(if $(STALENESS_BYOL_SET),--set $(STALENESS_BYOL_SET)) --out results/byol/staleness
 staleness-byol: $(STAMP) data
-	$(PY) -m experiments.staleness byol --preset $(STALENESS_BYOL_PRESET) --seeds $(STALENESS_SEEDS) $(STALENESS_BYOL_FLAGS) \
-		$(if $(STALENESS_BYOL_SET),--set $(STALENESS_BYOL_SET)) \
-		--out results/byol/staleness --command "make staleness-byol"
+	$(BYOL_STALENESS_RUN) --seeds $(STALENESS_SEEDS) $(STALENESS_BYOL_FLAGS) --command "make staleness-byol"
 	$(BYOL_STALENESS_TABLE)
 
 # Into the same sweep: the paper's symmetric ablation (L = 1 with the student's gradients one step
@@ -103,12 +104,8 @@ staleness-byol: $(STAMP) data
 # about 55 min); from nothing 10 (the symmetric runs' L = 0 partners too). Measured before the
 # split: the curve with the 3 symmetric runs, 15 runs, 101.6 min; seeds 3-4 alone, 25.1 min.
 staleness-byol-extra: $(STAMP) data
-	$(PY) -m experiments.staleness byol --preset $(STALENESS_BYOL_PRESET) --seeds 0 1 2 --lookaheads 0 --symmetric --extend \
-		$(if $(STALENESS_BYOL_SET),--set $(STALENESS_BYOL_SET)) \
-		--out results/byol/staleness --command "make staleness-byol-extra"
-	$(PY) -m experiments.staleness byol --preset $(STALENESS_BYOL_PRESET) --seeds 3 4 --lookaheads 0 1 --extend \
-		$(if $(STALENESS_BYOL_SET),--set $(STALENESS_BYOL_SET)) \
-		--out results/byol/staleness --command "make staleness-byol-extra"
+	$(BYOL_STALENESS_RUN) --seeds 0 1 2 --lookaheads 0 --symmetric --extend --command "make staleness-byol-extra"
+	$(BYOL_STALENESS_RUN) --seeds 3 4 --lookaheads 0 1 --extend --command "make staleness-byol-extra"
 	$(BYOL_STALENESS_TABLE)
 
 staleness-byol-table: $(STAMP)

@@ -107,12 +107,11 @@ def best_under(
 
 
 def levers(cal: Calibration, stages: int, link: Link, max_pieces: int) -> pd.DataFrame:
-    """Every schedule of ``SCHEDULES`` under each lever, one line each."""
-    options = {
-        "cost-balanced, pieces 1-2": (2, False),
-        "searched partition, pieces 1-2": (2, True),
-        f"cost-balanced, pieces 1-{max_pieces}": (max_pieces, False),
-    }
+    """Every schedule of ``SCHEDULES`` under each lever, one line each (the pieces lever only
+    with ``max_pieces`` above the table's 2)."""
+    options = {"cost-balanced, pieces 1-2": (2, False), "searched partition, pieces 1-2": (2, True)}
+    if max_pieces > 2:
+        options[f"cost-balanced, pieces 1-{max_pieces}"] = (max_pieces, False)
     lines = []
     for lever, (pieces, search) in options.items():
         for schedule in SCHEDULES:
