@@ -1,5 +1,5 @@
-"""Throughput measurement: timed runs on every rank, steady-state step times, the link probe,
-and predictions from profiled block costs (``core.profile``).
+"""Throughput measurement: timed runs on every rank, steady-state step times, and predictions
+from profiled block costs (``core.profile``) and the measured link (``core.link_probe``).
 
 A benchmark is a driver that launches one timed run per schedule (``core.launch``), each rank
 calling :func:`timed_run`; the driver then combines the ranks' step times into samples/s (the
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import resource
 import statistics
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from core.calibration import fit_fixed_per_sample
 from core.config import PipelineConfig
 from core.ddp_model import ddp_step
 from core.partition import Partition
@@ -122,82 +120,6 @@ def predict(
 # ---- timed runs on every rank -------------------------------------------------------------------
 
 
-def probe_link(sizes: Sequence[int] = (8, 1 << 16, 1 << 20, 1 << 22), repeats: int = 9) -> Link:
-    """Measure the link between ranks 0 and 1 over the default process group: ping-pongs of
-    several message sizes, the median one-way time of each, and a ``latency + bytes /
-    bandwidth`` fit through them (non-negative terms; with no measurable growth the largest
-    message's time bounds the bandwidth). Every rank must call it; ranks >= 2 just wait.
-
-    Returns:
-        The :class:`Link`: latency and bandwidth of the wire, the CPU cost of handling a small
-        message (its two ends together), and (on CPUs) the rate at which a message's bytes take
-        CPU time on each end (the process's CPU time over a large message, both ends, halved).
-    """
-    rank = dist.get_rank()
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() == "nccl"
-        else torch.device("cpu")
-    )
-
-    def pingpong(size: int) -> float:
-        buf = torch.zeros(max(size // 4, 1), dtype=torch.float32, device=device)
-        times = []
-        for _ in range(repeats):
-            dist.barrier()
-            start = time.perf_counter()
-            if rank == 0:
-                dist.send(buf, 1)
-                dist.recv(buf, 1)
-            elif rank == 1:
-                dist.recv(buf, 0)
-                dist.send(buf, 0)
-            times.append((time.perf_counter() - start) / 2)
-        return statistics.median(times)
-
-    def handling(size: int, count: int = 16) -> tuple[float, float]:
-        """A message's cost to its end's CPU (rank 0 sends, rank 1 receives): wall time of
-        issuing ``count`` sends / taking messages already posted for, and the process's CPU
-        time over the exchange (every thread, the transport's own included), per message."""
-        buf = torch.zeros(max(size // 4, 1), dtype=torch.float32, device=device)
-        works = [dist.irecv(torch.empty_like(buf), 0) for _ in range(count)] if rank == 1 else []
-        dist.barrier()  # the receives are posted
-        wall, cpu = 0.0, time.process_time()
-        if rank == 0:
-            start = time.perf_counter()
-            sends = [dist.isend(buf, 1) for _ in range(count)]
-            wall = (time.perf_counter() - start) / count
-            for w in sends:
-                w.wait()  # delivered into the posted receives
-        if rank == 1:
-            start = time.perf_counter()
-            for w in works:
-                w.wait()
-            wall = (time.perf_counter() - start) / count
-        cpu = (time.process_time() - cpu) / count
-        dist.barrier()
-        return wall, cpu
-
-    small = [handling(8) for _ in range(5)]
-    large = [handling(sizes[-1]) for _ in range(5)]
-    cpu_large = statistics.median(x[1] for x in large) - statistics.median(x[1] for x in small)
-    mine = [pingpong(size) for size in sizes] + [statistics.median(x[0] for x in small), cpu_large]
-    measured = torch.tensor(mine if rank < 2 else [0.0] * len(mine), dtype=torch.float64)
-    dist.all_reduce(measured)  # ranks 0 and 1 timed the same ping-pongs, and each its end's handling
-    pings = [float(t) / 2 for t in measured[: len(sizes)]]
-    latency, per_byte = fit_fixed_per_sample(list(sizes), pings)
-    if per_byte <= 0:
-        per_byte = pings[-1] / sizes[-1]
-    overhead = float(measured[-2])  # issue on one end + take on the other
-    # the bytes' CPU time, both ends together, charged to each end at half (None on a GPU, where
-    # copy engines move them and the process's CPU time says nothing)
-    cpu_bytes = float(measured[-1]) / 2 / sizes[-1]
-    cpu_gbps = 1.0 / (cpu_bytes * 1e9) if device.type == "cpu" and cpu_bytes > 0 else None
-    return Link(
-        gbps=1.0 / (per_byte * 1e9), latency_us=latency * 1e6, overhead_us=overhead * 1e6, cpu_gbps=cpu_gbps
-    )
-
-
 def _rss_gib() -> float:
     """Resident memory of this process now, GiB (Linux)."""
     with open("/proc/self/statm") as fh:
@@ -282,9 +204,8 @@ def steady_steps(step_end_s: Sequence[float], warmup: int, tail: int = 1) -> lis
 
 def partial_steps(schedule: str, stages: int, teacher: str, lookahead: int | None = None) -> int:
     """How many last steps of a run do less than a whole step's work: the furthest any stage's
-    teacher forwards run ahead (:func:`core.schedules.furthest_ahead`), at least 1."""
-    if not get_schedule(schedule).is_pipeline:
-        return 1
+    teacher forwards run ahead (:func:`core.schedules.furthest_ahead`, 0 for a schedule that
+    fills nothing), at least 1."""
     return max(1, furthest_ahead(schedule, stages, teacher, lookahead))
 
 

@@ -42,8 +42,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from core.bench import bound_samples_per_s, partial_steps, predict, probe_link, steady_steps, timed_run
+from core.bench import bound_samples_per_s, partial_steps, predict, steady_steps, timed_run
 from core.config import Config, PipelineConfig
+from core.link_probe import probe_link
 from core.metrics import TimelineRecord, make_row, steady_state, write_rows
 from core.overrides import ConfigError, apply_overrides, from_dict, to_dict
 from core.partition import plan_partition
@@ -520,6 +521,7 @@ def worker(spec_file: Path) -> None:
 
     from core.launch import init_distributed
     from core.runtime import Solo, make_runner
+    from core.runtime.pipeline import network
 
     group = json.loads(spec_file.read_text())
     settings = from_dict(BenchSettings, group["settings"])
@@ -529,7 +531,9 @@ def worker(spec_file: Path) -> None:
     rank = init_distributed(config.run.device, transport=config.pipeline.transport)
     link: dict[str, float | None] = {}
     if rank.world > 1:
-        measured = probe_link()
+        messages = network(config.pipeline, rank.device)  # the runs' own message path
+        measured = probe_link(transport=messages)
+        messages.close()
         link = {
             "gbps": measured.gbps,
             "latency_us": measured.latency_us,

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.action import Action, Op
+from core.schedules import teacher_fill
 from core.schedules.lower import identity_placement, lower
 from core.schedules.spec import get_schedule
-from core.schedules.teacher_fill import fill_ahead, staggered
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,6 @@ class Schedule:
             for the schedule's own rule.
         lookahead: mini-batches ahead its filling teacher forwards run (tspipe's family), or
             None for the schedule's own.
-        fill_ahead: mini-batches ahead its furthest teacher forwards run on any stage (0 for a
-            schedule that fills nothing): its last ``fill_ahead`` steps do less than a whole
-            step's work.
-        staggered: its filling teacher forwards run further ahead on earlier stages (a frozen
-            teacher in the tspipe family, :func:`~core.schedules.teacher_fill.staggered`).
     """
 
     name: str
@@ -55,8 +50,20 @@ class Schedule:
     stage_to_rank: tuple[int, ...] = ()
     early: tuple[int, ...] | None = None
     lookahead: int | None = None
-    fill_ahead: int = 0
-    staggered: bool = False
+
+    @property
+    def fill_ahead(self) -> int:
+        """Mini-batches ahead its furthest teacher forwards run on any stage (0 for a schedule
+        that fills nothing): its last ``fill_ahead`` steps do less than a whole step's work."""
+        return furthest_ahead(self.name, self.stages, self.teacher, self.lookahead)
+
+    @property
+    def staggered(self) -> bool:
+        """Whether its filling teacher forwards run further ahead on earlier stages (a frozen
+        teacher in the tspipe family, :func:`~core.schedules.teacher_fill.staggered`)."""
+        return get_schedule(self.name).accepts_lookahead and teacher_fill.staggered(
+            self.stages, self.teacher, 1 if self.lookahead is None else self.lookahead
+        )
 
     @property
     def units(self) -> int:
@@ -128,9 +135,6 @@ def build_schedule(
         stage_to_rank=identity_placement(stages),
         early=early,
         lookahead=lookahead,
-        fill_ahead=furthest_ahead(name, stages, teacher, lookahead),
-        staggered=spec.accepts_lookahead
-        and staggered(stages, teacher, 1 if lookahead is None else lookahead),
     )
 
 
@@ -140,7 +144,7 @@ def furthest_ahead(name: str, stages: int, teacher: str, lookahead: int | None =
     1), 0 for a schedule that fills nothing."""
     if not get_schedule(name).accepts_lookahead:
         return 0
-    return max(fill_ahead(stages, teacher, 1 if lookahead is None else lookahead))
+    return max(teacher_fill.fill_ahead(stages, teacher, 1 if lookahead is None else lookahead))
 
 
 def template_batches(steps: int, ahead: int = 0) -> int:

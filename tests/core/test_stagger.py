@@ -149,7 +149,7 @@ def test_teacher_activations_in_flight_are_counted(calibration_dir):
     cal = load_calibration(calibration_dir / "kd_resnet152_to_resnet50_bf16.json", "linear")
     _, built, part = simulate_calibration(cal, "tspipe", 4, 4, Link())
     assert built.staggered
-    unflagged = dataclasses.replace(built, staggered=False)  # the same order, nothing in flight
+    unflagged = dataclasses.replace(built, lookahead=0)  # the same actions, not staggered
     held = [p.bytes for p in calibration_memory(cal, built, part)]
     plain = [p.bytes for p in calibration_memory(cal, unflagged, part)]
     assert held[0] == plain[0]
