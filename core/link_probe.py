@@ -18,86 +18,58 @@ from core.runtime.transport import Transport
 from core.simulate import Link
 
 
-def message_ms(transport: Transport, size: int = 8, count: int = 24, work_ms: float = 1.0) -> float:
+def message_ms(transport: Transport, size: int = 8, count: int = 24) -> float:
     """What one message of ``size`` bytes costs the process at its end, sent or received
     through ``transport`` as the runtime does it (header and payload; receives posted ahead, as
-    a step posts them), in milliseconds: the median of a piece of compute followed by the
-    message, less the median of the compute alone, so the time the transport's own threads
-    take from the compute counts too. First rank 0 sends ``count`` messages, each after a
-    piece of ``work_ms``, to rank 1 waiting in its receives; then rank 1 receives ``count``,
-    each after a piece longer than rank 0 takes to send one (so the message is there when it
-    asks). Every rank must call it.
+    a step posts them), in milliseconds: the median wall time of the calls the stage makes
+    (the send; the pre-post and the receive of a message already there), plus the CPU time the
+    process's other threads (the transport's own) spend per message, which on a busy machine
+    is taken from the compute. CPU time, not wall time, so load from elsewhere on the machine
+    does not count. Rank 0 sends ``count`` messages to rank 1, which has posted their
+    receives and takes them once all were sent. Every rank must call it.
 
     Returns:
         This rank's end: rank 0 the send, rank 1 the receive (at least 0); 0 on other ranks.
     """
     rank = dist.get_rank()
-    a = torch.randn(64, 64)
-    reps = 1
-    while True:  # how many products make a piece of about work_ms
-        start = time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, a)
-        took_ms = (time.perf_counter() - start) * 1e3
-        if took_ms >= work_ms / 4 or reps >= 1 << 20:
-            break
-        reps *= 2
-    reps = max(round(reps * work_ms / max(took_ms, 1e-6)), 1)
-
-    def compute(n: int) -> None:
-        for _ in range(n):
-            torch.mm(a, a)
-
-    def median_s(fn: Any) -> float:
-        times = []
-        for _ in range(count):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
     x = torch.zeros(max(size // 4, 1), device=getattr(transport, "device", None))
     key = ("probe", size)
 
-    def receive() -> None:
-        transport.recv("TF", 0, key)
+    def timed(fn: Any) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
 
-    def post_all() -> None:
-        for _ in range(count):
-            transport.prepost("TF", 0, key)
+    def background() -> float:  # CPU time of every thread but this one
+        return time.process_time() - time.thread_time()
+
+    def exchange(messages: int) -> tuple[float, float]:
+        """``messages`` sent and received; (median wall of this end's calls, the other threads'
+        CPU time over the exchange)."""
+        calls = [0.0]
+        cpu = background()
+        if rank == 1:
+            posts = [timed(lambda: transport.prepost("TF", 0, key)) for _ in range(messages)]
+        dist.barrier()  # the receives are posted
+        if rank == 0:
+            calls = [timed(lambda: transport.send("TF", 1, x)) for _ in range(messages)] or calls
+        transport.drain()  # every send delivered into a posted receive
+        dist.barrier()
+        if rank == 1 and messages:
+            takes = [timed(lambda: transport.recv("TF", 0, key)) for _ in range(messages)]
+            calls = [p + t for p, t in zip(posts, takes)]
+        dist.barrier()
+        return statistics.median(calls), background() - cpu
 
     if rank == 0:  # the first message makes its shape known, so later receives can be posted
         transport.send("TF", 1, x)
     elif rank == 1:
-        receive()
-    cost = alone = 0.0
-    if rank == 0:
-        alone = median_s(lambda: compute(reps))
-    elif rank == 1:
-        post_all()
-    dist.barrier()
-    if rank == 0:  # the sender's end
-        cost = median_s(lambda: (compute(reps), transport.send("TF", 1, x))) - alone
-    elif rank == 1:
-        for _ in range(count):
-            receive()
+        transport.recv("TF", 0, key)
     transport.drain()
-    sent = torch.tensor([max(cost, 0.0)], dtype=torch.float64)
-    dist.broadcast(sent, 0)
-    longer = reps + round(reps * (0.5 + 2 * float(sent) * 1e3 / work_ms))
-    if rank == 1:
-        alone = median_s(lambda: compute(longer))
-        post_all()
-    dist.barrier()
-    if rank == 0:
-        for _ in range(count):
-            compute(reps)
-            transport.send("TF", 1, x)
-    elif rank == 1:  # the receiver's end
-        cost = median_s(lambda: (compute(longer), receive())) - alone
-    transport.drain()
-    dist.barrier()
-    return max(cost, 0.0) * 1e3 if rank < 2 else 0.0
+    _, idle = exchange(0)  # the barriers' own background work, without messages
+    call, cpu = exchange(count)
+    cost = call + max(cpu - idle, 0.0) / count
+    return cost * 1e3 if rank < 2 else 0.0
 
 
 def probe_link(
@@ -110,15 +82,18 @@ def probe_link(
     bandwidth`` fit through them (non-negative terms; with no measurable growth the largest
     message's time bounds the bandwidth). Every rank must call it; ranks >= 2 just wait.
 
-    ``transport``: the runtime's own message path; the cost of a small message to each end is
-    then measured through it (:func:`message_ms`, the mean of the two ends), which is what the
-    runtime pays per message. Without it, that cost is the wall time of issuing a bare send and
-    of taking a posted receive (the transport's header, bookkeeping and threads not counted).
+    ``transport``: the runtime's own message path; the cost of a message to each end is then
+    measured through it (:func:`message_ms`, the mean of the two ends) at 8 bytes (the
+    per-message cost) and at 1 MiB (the growth with size gives the bytes' CPU rate), which is
+    what the runtime pays per message. Without it, that cost is the wall time of issuing a bare
+    send and of taking a posted receive, and the bytes' rate the process CPU time of bare
+    sends (the transport's header, buffers, bookkeeping and threads not counted).
 
     Returns:
         The :class:`Link`: latency and bandwidth of the wire, the CPU cost of handling a small
         message (at each end), and (on CPUs) the rate at which a message's bytes take
-        CPU time on each end (the process's CPU time over a large message, both ends, halved).
+        CPU time on each end (through the transport: the growth of its cost from 8 bytes to
+        1 MiB; bare: the process's CPU time over a large message, both ends, halved).
     """
     rank = dist.get_rank()
     device = (
@@ -169,8 +144,12 @@ def probe_link(
     large = [handling(sizes[-1]) for _ in range(5)]
     cpu_large = statistics.median(x[1] for x in large) - statistics.median(x[1] for x in small)
     per_message = statistics.median(x[0] for x in small)
-    if transport is not None:
-        per_message = statistics.median(message_ms(transport) for _ in range(3)) / 1e3
+    if transport is not None:  # each end's cost through the runtime's transport, small and large
+        big = 1 << 20
+        small_ms = statistics.median(message_ms(transport) for _ in range(7))
+        big_ms = statistics.median(message_ms(transport, big) for _ in range(7))
+        per_message = small_ms / 1e3
+        cpu_large = max(big_ms - small_ms, 0.0) / 1e3 * sizes[-1] / big  # as at the largest size
     mine = [pingpong(size) for size in sizes] + [per_message, cpu_large]
     measured = torch.tensor(mine if rank < 2 else [0.0] * len(mine), dtype=torch.float64)
     dist.all_reduce(measured)  # ranks 0 and 1 timed the same ping-pongs, and each its end's handling
