@@ -4,7 +4,9 @@ same profiled costs), and the same for the whole step.
 
 A ratio above 1 is work the simulator under-charges. The kinds' ratios differ from one another
 when blocks run at another speed inside a pipeline than in the profile; the step's ratio exceeds
-every kind's when the missing time is waiting (messages, scheduling), not compute.
+every kind's when the missing time is waiting (messages, scheduling), not compute. The gaps
+between a stage's consecutive actions, by the messages between them (a send after the first, a
+receive before the second), show which end of a message the simulator under- or over-charges.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.timeline import load_records
+from core.action import Action, Op
 from core.schedules import SCHEDULES
+from core.schedules.lower import comm_for
 
 GOAL = 0.10  # |simulated - measured| / measured on every measured pipelined row
 
 KINDS = ("TF", "SF", "SB", "SW", "LOSS", "OPT")
+# what lies between two consecutive actions of a stage: a send after the first, a receive before
+# the second, both, or no message
+GAPS = ("send", "receive", "both", "none")
 
 
 def step_ends(records: Sequence[dict]) -> dict[int, float]:
@@ -52,6 +59,49 @@ def steady(records: Sequence[dict], first: int) -> tuple[dict[str, float], float
     }
     step = statistics.median(ends[b] - ends[b - 1] for b in batches if b - 1 in ends)
     return kinds, step
+
+
+def message_gaps(records: Sequence[dict], first: int) -> dict[str, float | None]:
+    """Per kind of :data:`GAPS`, the median time in ms from the end of one action of a stage to
+    the start of its next, over the steady mini-batches (from ``first``, never the last); the
+    messages between two actions are those the lowering puts there (``core.schedules.lower``,
+    receives not hoisted), and a receive's gap includes any wait for its data. None: no such
+    gap."""
+    ends = step_ends(records)
+    batches = set([b for b in sorted(ends) if b >= first][:-1])
+    stages = max(r["stage"] for r in records) + 1
+
+    def comm(r: dict) -> tuple[Action | None, Action | None]:
+        return comm_for(Action(r["stage"], Op(r["op"]), r["batch"], r["microbatch"], r["part"]), stages)
+
+    found: dict[str, list[float]] = {kind: [] for kind in GAPS}
+    for stage in range(stages):
+        mine = sorted((r for r in records if r["stage"] == stage), key=lambda r: r["start_ms"])
+        for a, b in zip(mine, mine[1:]):
+            if b["batch"] not in batches:
+                continue
+            send, receive = comm(a)[1] is not None, comm(b)[0] is not None
+            kind = "both" if send and receive else "send" if send else "receive" if receive else "none"
+            found[kind].append(max(b["start_ms"] - a["end_ms"], 0.0))
+    return {kind: statistics.median(v) if v else None for kind, v in found.items()}
+
+
+def gap_table(folder: Path, warmup: int) -> pd.DataFrame:
+    """One line per kept timeline pair under ``folder/timelines``: per kind of gap
+    (:func:`message_gaps`), its median measured and simulated, in ms."""
+    out = []
+    for measured in sorted((Path(folder) / "timelines").glob("*.measured.jsonl")):
+        simulated = measured.with_name(measured.name.replace(".measured", ".simulated"))
+        if not simulated.exists():
+            continue
+        mine = message_gaps(load_records(measured), warmup + 1)
+        sim = message_gaps(load_records(simulated), 2)
+        line: dict[str, object] = {"run": measured.name.removesuffix(".measured.jsonl")}
+        for kind in GAPS:
+            line[kind] = mine[kind]
+            line[f"{kind} simulated"] = sim[kind]
+        out.append(line)
+    return pd.DataFrame(out)
 
 
 def fidelity_table(folder: Path, warmup: int) -> pd.DataFrame:

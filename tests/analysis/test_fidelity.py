@@ -15,7 +15,17 @@ def _timeline(tf: float, sb: float, batches: int = 6) -> list[dict]:
         for stage in (0, 1):
             start = t
             for op, ms in (("TF", tf), ("SB", sb), ("OPT", 1.0)):
-                out.append({"stage": stage, "op": op, "batch": b, "start_ms": start, "end_ms": start + ms})
+                out.append(
+                    {
+                        "stage": stage,
+                        "op": op,
+                        "batch": b,
+                        "microbatch": 0,
+                        "part": None,
+                        "start_ms": start,
+                        "end_ms": start + ms,
+                    }
+                )
                 start += ms
         t = start
     return out
@@ -108,3 +118,42 @@ def test_predictions_inside_the_measured_rounds_are_counted():
     assert "| kd | 2 of 3 | 2 of 3 | 5.000 | 5.000 | 12.00 | gpipe M=2 |" in fidelity_section(
         {"kd": pd.DataFrame(rows)}
     )
+
+
+def _messages_timeline(batches: int = 6) -> list[dict]:
+    """Two stages, 2 ms actions, a mini-batch every 6.5 ms: stage 0 runs TF then OPT, 0.4 ms after
+    its TF (a send to stage 1); stage 1 runs TF, LOSS and OPT, 0.1 ms between them and 0.3 ms
+    before its next TF (a receive). Stage 0 then waits 2.1 ms with no message."""
+    out, t = [], 0.0
+    for b in range(batches):
+        plan = {0: [("TF", 0.4), ("OPT", 0.1)], 1: [("TF", 0.1), ("LOSS", 0.1), ("OPT", 0.3)]}
+        for stage, ops in plan.items():
+            start = t
+            for op, after in ops:
+                out.append(
+                    {
+                        "stage": stage,
+                        "op": op,
+                        "batch": b,
+                        "microbatch": 0,
+                        "part": None,
+                        "start_ms": start,
+                        "end_ms": start + 2.0,
+                    }
+                )
+                start += 2.0 + after
+        t += 6.5
+    return out
+
+
+def test_gaps_are_told_apart_by_the_messages_between_actions(tmp_path):
+    from analysis.fidelity import gap_table, message_gaps
+
+    gaps = message_gaps(_messages_timeline(), first=1)
+    assert gaps["send"] == pytest.approx(0.4)  # after stage 0's TF, whose output goes to stage 1
+    assert gaps["receive"] == pytest.approx(0.3)  # before stage 1's TF, whose input stage 0 sends
+    assert gaps["none"] == pytest.approx(0.1) and gaps["both"] is None  # 0.1, 0.1 and 2.1 per batch
+    write_rows(tmp_path / "timelines" / "tspipe_N2_M1.measured.jsonl", _messages_timeline())
+    write_rows(tmp_path / "timelines" / "tspipe_N2_M1.simulated.jsonl", _timeline(1.0, 1.0))
+    line = gap_table(tmp_path, warmup=0).iloc[0]
+    assert line["send"] == pytest.approx(0.4) and line["none simulated"] == pytest.approx(0.0)
