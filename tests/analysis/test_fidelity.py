@@ -8,6 +8,19 @@ from analysis.fidelity import fidelity_table, steady
 from core.metrics import write_rows
 
 
+def _record(stage: int, op: str, batch: int, start: float, ms: float) -> dict:
+    """A timeline record of unit 0 of ``batch``, ``ms`` long from ``start``."""
+    return {
+        "stage": stage,
+        "op": op,
+        "batch": batch,
+        "microbatch": 0,
+        "part": None,
+        "start_ms": start,
+        "end_ms": start + ms,
+    }
+
+
 def _timeline(tf: float, sb: float, batches: int = 6) -> list[dict]:
     """Two stages side by side, each running one TF, one SB and OPT (1 ms) per mini-batch."""
     out, t = [], 0.0
@@ -15,17 +28,7 @@ def _timeline(tf: float, sb: float, batches: int = 6) -> list[dict]:
         for stage in (0, 1):
             start = t
             for op, ms in (("TF", tf), ("SB", sb), ("OPT", 1.0)):
-                out.append(
-                    {
-                        "stage": stage,
-                        "op": op,
-                        "batch": b,
-                        "microbatch": 0,
-                        "part": None,
-                        "start_ms": start,
-                        "end_ms": start + ms,
-                    }
-                )
+                out.append(_record(stage, op, b, start, ms))
                 start += ms
         t = start
     return out
@@ -130,17 +133,7 @@ def _messages_timeline(batches: int = 6) -> list[dict]:
         for stage, ops in plan.items():
             start = t
             for op, after in ops:
-                out.append(
-                    {
-                        "stage": stage,
-                        "op": op,
-                        "batch": b,
-                        "microbatch": 0,
-                        "part": None,
-                        "start_ms": start,
-                        "end_ms": start + 2.0,
-                    }
-                )
+                out.append(_record(stage, op, b, start, 2.0))
                 start += 2.0 + after
         t += 6.5
     return out
