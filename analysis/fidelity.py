@@ -12,7 +12,7 @@ receive before the second), show which end of a message the simulator under- or 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +61,16 @@ def steady(records: Sequence[dict], first: int) -> tuple[dict[str, float], float
     return kinds, step
 
 
+def timeline_pairs(folder: Path) -> Iterator[tuple[str, list[dict], list[dict]]]:
+    """Each kept timeline pair under ``folder/timelines``, by run name: (run, measured records,
+    simulated records); a measured timeline without its simulated one is skipped."""
+    for measured in sorted((Path(folder) / "timelines").glob("*.measured.jsonl")):
+        simulated = measured.with_name(measured.name.replace(".measured", ".simulated"))
+        if simulated.exists():
+            run = measured.name.removesuffix(".measured.jsonl")
+            yield run, load_records(measured), load_records(simulated)
+
+
 def message_gaps(records: Sequence[dict], first: int) -> dict[str, float | None]:
     """Per kind of :data:`GAPS`, the median time in ms from the end of one action of a stage to
     the start of its next, over the steady mini-batches (from ``first``, never the last); the
@@ -90,13 +100,9 @@ def gap_table(folder: Path, warmup: int) -> pd.DataFrame:
     """One line per kept timeline pair under ``folder/timelines``: per kind of gap
     (:func:`message_gaps`), its median measured and simulated, in ms."""
     out = []
-    for measured in sorted((Path(folder) / "timelines").glob("*.measured.jsonl")):
-        simulated = measured.with_name(measured.name.replace(".measured", ".simulated"))
-        if not simulated.exists():
-            continue
-        mine = message_gaps(load_records(measured), warmup + 1)
-        sim = message_gaps(load_records(simulated), 2)
-        line: dict[str, object] = {"run": measured.name.removesuffix(".measured.jsonl")}
+    for run, measured, simulated in timeline_pairs(folder):
+        mine, sim = message_gaps(measured, warmup + 1), message_gaps(simulated, 2)
+        line: dict[str, object] = {"run": run}
         for kind in GAPS:
             line[kind] = mine[kind]
             line[f"{kind} simulated"] = sim[kind]
@@ -108,13 +114,10 @@ def fidelity_table(folder: Path, warmup: int) -> pd.DataFrame:
     """One line per kept timeline pair under ``folder/timelines``: measured over simulated time
     per op kind (empty where the schedule has none) and per step."""
     out = []
-    for measured in sorted((Path(folder) / "timelines").glob("*.measured.jsonl")):
-        simulated = measured.with_name(measured.name.replace(".measured", ".simulated"))
-        if not simulated.exists():
-            continue
-        m_kinds, m_step = steady(load_records(measured), warmup + 1)
-        s_kinds, s_step = steady(load_records(simulated), 2)
-        line: dict[str, object] = {"run": measured.name.removesuffix(".measured.jsonl")}
+    for run, measured, simulated in timeline_pairs(folder):
+        m_kinds, m_step = steady(measured, warmup + 1)
+        s_kinds, s_step = steady(simulated, 2)
+        line: dict[str, object] = {"run": run}
         for k in KINDS:
             line[k] = m_kinds[k] / s_kinds[k] if s_kinds[k] > 0 and m_kinds[k] > 0 else None
         line["step"] = m_step / s_step
