@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis import rows as R  # noqa: E402
 from analysis.compare import best_per_schedule, ratio, subject_name  # noqa: E402
-from analysis.fidelity import fidelity_table, gap_table  # noqa: E402
+from analysis.fidelity import timeline_tables  # noqa: E402
 from analysis.tables import markdown, markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
 from core.schedules import SCHEDULES, order_of, schedules  # noqa: E402
@@ -213,20 +213,25 @@ def write_report(folder: Path, title: str | None = None, command: str | None = N
         "pass plus a student pass.\n\n"
     )
     text = notes + bench_table(rows) + "\n## Each schedule at its best\n\n" + best_table(rows)
-    fidelity = fidelity_table(folder, int(first.get("warmup_steps") or 0))
-    if not fidelity.empty:
+    tables = timeline_tables(folder, int(first.get("warmup_steps") or 0))
+    if not tables["kinds"].empty:
         text += (
             "\n## Where the predictions miss\n\n"
             "Measured over simulated time of a steady step, per op kind summed over the stages and for the "
             "whole step, from the kept timelines (`analysis.fidelity`). Above 1: work the simulator "
             "under-charges; a step ratio above every kind's is time spent waiting, not computing.\n\n"
-            + markdown(fidelity, digits=2)
+            + markdown(tables["kinds"], digits=2)
+            + "\n\n### By stage\n\n"
+            "The same ratios on each stage alone: a kind at about 1 in the sum whose stages err in opposite "
+            "directions is work the simulator puts on the wrong stage (the blocks' relative costs inside the "
+            "pipeline differ from the profile's), which moves the bottleneck.\n\n"
+            + markdown(tables["stages"], digits=2)
             + "\n\n## Gaps between actions, by the messages between them\n\n"
             "The median time in ms from the end of one action of a stage to the start of its next, over the "
             "steady mini-batches of the kept timelines, by what the schedule puts between them: a send after "
             "the first action, a receive before the second (its wait for the data included), both, or no "
-            "message (`analysis.fidelity.gap_table`); measured and simulated.\n\n"
-            + markdown(gap_table(folder, int(first.get("warmup_steps") or 0)), digits=2)
+            "message (`analysis.fidelity.timeline_tables`); measured and simulated.\n\n"
+            + markdown(tables["gaps"], digits=2)
             + "\n"
         )
     (folder / "TABLE.md").write_text(text)

@@ -4,7 +4,8 @@ same profiled costs), and the same for the whole step.
 
 A ratio above 1 is work the simulator under-charges. The kinds' ratios differ from one another
 when blocks run at another speed inside a pipeline than in the profile; the step's ratio exceeds
-every kind's when the missing time is waiting (messages, scheduling), not compute. The gaps
+every kind's when the missing time is waiting (messages, scheduling), not compute. Per stage,
+the same ratios show work the simulator puts on the wrong stage. The gaps
 between a stage's consecutive actions, by the messages between them (a send after the first, a
 receive before the second), show which end of a message the simulator under- or over-charges.
 """
@@ -39,9 +40,10 @@ def step_ends(records: Sequence[dict]) -> dict[int, float]:
     return ends
 
 
-def steady(records: Sequence[dict], first: int) -> tuple[dict[str, float], float]:
+def steady(records: Sequence[dict], first: int, stage: int | None = None) -> tuple[dict[str, float], float]:
     """Per op kind, the median over steady mini-batches (from ``first``, never the last) of its
-    time summed over the stages; and the median step time (between consecutive batch ends).
+    time summed over the stages (or on ``stage`` alone); and the median step time (between
+    consecutive batch ends).
 
     Raises:
         ValueError: with fewer than two steady mini-batches.
@@ -50,9 +52,10 @@ def steady(records: Sequence[dict], first: int) -> tuple[dict[str, float], float
     batches = [b for b in sorted(ends) if b >= first][:-1]
     if len(batches) < 2:
         raise ValueError(f"need two steady mini-batches from {first}, the timeline has {sorted(ends)}")
+    mine = [r for r in records if stage is None or r["stage"] == stage]
     kinds = {
         k: statistics.median(
-            sum(r["end_ms"] - r["start_ms"] for r in records if r["batch"] == b and r["op"] == k)
+            sum(r["end_ms"] - r["start_ms"] for r in mine if r["batch"] == b and r["op"] == k)
             for b in batches
         )
         for k in KINDS
@@ -96,33 +99,44 @@ def message_gaps(records: Sequence[dict], first: int) -> dict[str, float | None]
     return {kind: statistics.median(v) if v else None for kind, v in found.items()}
 
 
-def gap_table(folder: Path, warmup: int) -> pd.DataFrame:
-    """One line per kept timeline pair under ``folder/timelines``: per kind of gap
-    (:func:`message_gaps`), its median measured and simulated, in ms."""
-    out = []
-    for run, measured, simulated in timeline_pairs(folder):
-        mine, sim = message_gaps(measured, warmup + 1), message_gaps(simulated, 2)
-        line: dict[str, object] = {"run": run}
-        for kind in GAPS:
-            line[kind] = mine[kind]
-            line[f"{kind} simulated"] = sim[kind]
-        out.append(line)
-    return pd.DataFrame(out)
+def _ratios(measured: dict[str, float], simulated: dict[str, float]) -> dict[str, float | None]:
+    return {k: measured[k] / simulated[k] if simulated[k] > 0 and measured[k] > 0 else None for k in KINDS}
 
 
-def fidelity_table(folder: Path, warmup: int) -> pd.DataFrame:
-    """One line per kept timeline pair under ``folder/timelines``: measured over simulated time
-    per op kind (empty where the schedule has none) and per step."""
-    out = []
+def timeline_tables(folder: Path, warmup: int) -> dict[str, pd.DataFrame]:
+    """The tables of every kept timeline pair under ``folder/timelines``, each timeline read once:
+
+    - ``kinds``: one line per run, measured over simulated time per op kind summed over the stages
+      (empty where the schedule has none) and per step;
+    - ``stages``: the same per stage (one line per run and stage), which shows work the simulator
+      moves between stages (a kind whose stages err in opposite directions sums to about 1);
+    - ``gaps``: per kind of gap (:func:`message_gaps`), its median measured and simulated, in ms.
+    """
+    kinds, stages, gaps = [], [], []
     for run, measured, simulated in timeline_pairs(folder):
         m_kinds, m_step = steady(measured, warmup + 1)
         s_kinds, s_step = steady(simulated, 2)
+        kinds.append({"run": run, **_ratios(m_kinds, s_kinds), "step": m_step / s_step})
+        for stage in range(max(r["stage"] for r in measured) + 1):
+            mine, sim = steady(measured, warmup + 1, stage)[0], steady(simulated, 2, stage)[0]
+            stages.append({"run": run, "stage": stage, **_ratios(mine, sim)})
+        mine_gaps, sim_gaps = message_gaps(measured, warmup + 1), message_gaps(simulated, 2)
         line: dict[str, object] = {"run": run}
-        for k in KINDS:
-            line[k] = m_kinds[k] / s_kinds[k] if s_kinds[k] > 0 and m_kinds[k] > 0 else None
-        line["step"] = m_step / s_step
-        out.append(line)
-    return pd.DataFrame(out)
+        for kind in GAPS:
+            line[kind] = mine_gaps[kind]
+            line[f"{kind} simulated"] = sim_gaps[kind]
+        gaps.append(line)
+    return {"kinds": pd.DataFrame(kinds), "stages": pd.DataFrame(stages), "gaps": pd.DataFrame(gaps)}
+
+
+def gap_table(folder: Path, warmup: int) -> pd.DataFrame:
+    """The ``gaps`` table of :func:`timeline_tables`."""
+    return timeline_tables(folder, warmup)["gaps"]
+
+
+def fidelity_table(folder: Path, warmup: int) -> pd.DataFrame:
+    """The ``kinds`` table of :func:`timeline_tables`."""
+    return timeline_tables(folder, warmup)["kinds"]
 
 
 def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:

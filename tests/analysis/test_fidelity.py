@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.fidelity import fidelity_table, steady
+from analysis.fidelity import fidelity_table, steady, timeline_tables
 from core.metrics import write_rows
 
 
@@ -21,13 +21,15 @@ def _record(stage: int, op: str, batch: int, start: float, ms: float) -> dict:
     }
 
 
-def _timeline(tf: float, sb: float, batches: int = 6) -> list[dict]:
-    """Two stages side by side, each running one TF, one SB and OPT (1 ms) per mini-batch."""
+def _timeline(tf: float, sb: float, batches: int = 6, tf1: float | None = None) -> list[dict]:
+    """Two stages side by side, each running one TF (``tf1`` on stage 1 if given), one SB and
+    OPT (1 ms) per mini-batch."""
     out, t = [], 0.0
     for b in range(batches):
         for stage in (0, 1):
             start = t
-            for op, ms in (("TF", tf), ("SB", sb), ("OPT", 1.0)):
+            teacher = tf if tf1 is None or stage == 0 else tf1
+            for op, ms in (("TF", teacher), ("SB", sb), ("OPT", 1.0)):
                 out.append(_record(stage, op, b, start, ms))
                 start += ms
         t = start
@@ -54,6 +56,21 @@ def test_ratios_per_kind_and_per_step(tmp_path):
     assert kinds["TF"] == pytest.approx(4.0) and step == pytest.approx(6.0)
     with pytest.raises(ValueError):
         steady(_timeline(2.0, 3.0, batches=3), first=2)
+
+
+def test_by_stage_shows_work_on_the_wrong_stage(tmp_path):
+    # stage 0's teacher forward runs at half the simulated time, stage 1's at 1.5 times: the sum
+    # over the stages is right (1 + 3 against 2 + 2), the stages are not
+    write_rows(tmp_path / "timelines" / "gpipe_N2_M1.measured.jsonl", _timeline(tf=1.0, sb=3.0, tf1=3.0))
+    write_rows(tmp_path / "timelines" / "gpipe_N2_M1.simulated.jsonl", _timeline(tf=2.0, sb=3.0))
+    tables = timeline_tables(tmp_path, warmup=1)
+    assert tables["kinds"].iloc[0]["TF"] == pytest.approx(1.0)
+    stages = tables["stages"].set_index("stage")
+    assert list(stages["run"]) == ["gpipe_N2_M1"] * 2
+    assert stages.loc[0, "TF"] == pytest.approx(0.5) and stages.loc[1, "TF"] == pytest.approx(1.5)
+    assert stages.loc[0, "SB"] == pytest.approx(1.0) and stages.loc[1, "OPT"] == pytest.approx(1.0)
+    assert stages.loc[0, "LOSS"] is None
+    assert list(tables["gaps"]["run"]) == ["gpipe_N2_M1"]
 
 
 def _row(schedule: str, stages: int, micro: int, error: float | None) -> dict:
