@@ -208,9 +208,11 @@ def write_report(folder: Path, title: str | None = None, command: str | None = N
         "unit sizes) and scaled to reproduce the measured one-process step (blocks timed alone run faster than "
         "inside a training step; for several processes, the step measured on every process at once: a block is "
         "slower when every core is busy). *simulated samples/s* is the simulator's prediction (labelled "
-        "simulated) from the same costs and the measured link (bandwidth, latency and the per-message cost of "
-        "each send and receive); ddp's is one replica's work plus a ring all-reduce, the torch peer's a teacher "
-        "pass plus a student pass.\n\n"
+        "simulated) from the same costs and the measured link (bandwidth, latency, the per-message cost of "
+        "each send and receive, and what a wait for a message costs the stage that waited), made for each round "
+        "from that round's one-process runs: the median over the rounds; *sim. error %*: the median over the "
+        "rounds of each round's prediction over its measurement, less 1. ddp's prediction is one replica's "
+        "work plus a ring all-reduce, the torch peer's a teacher pass plus a student pass.\n\n"
     )
     text = notes + bench_table(rows) + "\n## Each schedule at its best\n\n" + best_table(rows)
     tables = timeline_tables(folder, int(first.get("warmup_steps") or 0))

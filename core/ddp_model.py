@@ -3,7 +3,7 @@ mini-batch, then a ring all-reduce of the gradients (there is no action list to 
 
 from __future__ import annotations
 
-from core.simulate import Link
+from core.link import Link
 
 
 def ring_allreduce_ms(nbytes: float, replicas: int, link: Link) -> float:

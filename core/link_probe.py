@@ -1,7 +1,7 @@
 """Measuring the link between two stage processes: the wire (latency and bandwidth, from
 ping-pongs), the CPU cost of a message's bytes at each end, and what one message costs each end
 through the runtime's own transport (:func:`message_ms`), for the simulator's
-:class:`~core.simulate.Link`."""
+:class:`~core.link.Link`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 
 from core.calibration import fit_fixed_per_sample
+from core.link import Link
 from core.runtime.transport import Transport
-from core.simulate import Link
 
 
 def message_ms(transport: Transport, size: int = 8, count: int = 24) -> float:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from core.calibration import Calibration, load_calibration
+from core.link import Link
 from core.paper_scale import (
     PLACED,
     SEARCH_BATCHES,
@@ -48,7 +49,7 @@ from core.paper_scale import (
 from core.partition import uniform_balance
 from core.plan_table import table
 from core.schedules import get_schedule, schedules
-from core.simulate import WINDOW_BATCHES, Link
+from core.simulate import WINDOW_BATCHES
 
 GIB = 2**30
 PARTITIONS = ("cost", "uniform")
@@ -290,7 +291,7 @@ def plan(
         gpus: GPUs to plan for.
         memory_gib: per-GPU memory limit.
         names: schedules to consider (default: every one of the registry that can run the pair).
-        link: the link between GPUs (default: :class:`core.simulate.Link`'s).
+        link: the link between GPUs (default: :class:`core.link.Link`'s).
         ddp: also model data parallelism (when ``names`` is None, or names it).
         max_lookahead: also try the tspipe family's teacher lookahead up to this L (EMA teachers).
         hybrid: also try dp replicas of a ``gpus / dp``-stage pipeline (dp >= 2, 2 stages or more).

@@ -29,7 +29,8 @@ class BlockCosts:
         teacher_fwd, student_fwd, student_bwd: per block.
         teacher_bytes, student_bytes: bytes of each block's output for one unit.
         loss_ms: the loss over the whole mini-batch (every unit).
-        opt_ms: optimizer step plus teacher update per block, proportional to parameters.
+        opt_ms: optimizer step plus teacher update per block: the whole model's, spread over the
+            blocks as each block's own step costs when timed alone.
         param_bytes: bytes of each student block's parameters (what ddp all-reduces).
         student_bwd_input: the input-gradient half of each student block's backward (a split
             backward's ``SB``; the rest is its weight half); the whole backward for the first
@@ -84,8 +85,8 @@ def profile_blocks(
 ) -> BlockCosts:
     """Time each block of student and teacher on one unit of ``batch`` (first view, first
     micro-batch): forward, and backward of the student from a random output gradient. Also the
-    loss over the whole batch, and the optimizer step and teacher update spread over blocks by
-    parameter count.
+    loss over the whole batch, and the optimizer step and teacher update, spread over blocks by
+    each block's own step timed alone (:func:`step_costs_by_block`).
 
     Args:
         compile_mode: time every block compiled (``torch.compile`` with this mode, as
@@ -223,23 +224,26 @@ def _profile_blocks(
         except (RuntimeError, ValueError, IndexError):  # uneven micro-batches: leave it out
             loss_ms = 0.0
 
-    # optimizer step + EMA over the whole model, spread over blocks by parameter count
+    # optimizer step + EMA over the whole model, spread over blocks as each block's own end of
+    # step costs (timed block by block: per-tensor overheads, not parameter counts, dominate
+    # small blocks)
     model = nn.Sequential(*student)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer = optimizer_factory(list(model.named_parameters()))
     teacher_model = nn.Sequential(*teacher)
+    ema = task.teacher_rule.kind == "ema"
 
     def step():
         optimizer.step()
-        if task.teacher_rule.kind == "ema":
+        if ema:
             ema_update_(teacher_model, model, 0.99)
         sync()
 
     step()
     opt_total = _median_ms(step, repeats)
-    counts = [sum(p.numel() for p in b.parameters()) for b in student]
-    opt = [opt_total * c / max(sum(counts), 1) for c in counts]
+    opt = step_costs_by_block(student, teacher if ema else [], optimizer_factory, repeats, sync)
+    opt = [opt_total * x / max(sum(opt), 1e-12) for x in opt]
     param_bytes = [float(sum(p.numel() * p.element_size() for p in b.parameters())) for b in student]
     return BlockCosts(
         samples=tensors(s_unit)[0].shape[0],
@@ -254,6 +258,35 @@ def _profile_blocks(
         student_bwd_input=s_bwd_input,
         student_bwd_split=s_bwd_split,
     )
+
+
+def step_costs_by_block(
+    student: Sequence[nn.Module],
+    teacher: Sequence[nn.Module],
+    optimizer_factory: Callable[[list[tuple[str, nn.Parameter]]], torch.optim.Optimizer],
+    repeats: int,
+    sync: Callable[[], None],
+) -> list[float]:
+    """Each student block's optimizer step (its own optimizer) and EMA of its teacher block (the
+    block of the same index, when ``teacher`` is given), timed block by block, in ms."""
+    out = []
+    for i, block in enumerate(student):
+        named = [(n, p) for n, p in block.named_parameters() if p.requires_grad]
+        if not named:
+            out.append(0.0)
+            continue
+        optimizer = optimizer_factory(named)
+        pair = teacher[i] if i < len(teacher) else None
+
+        def step(optimizer=optimizer, block=block, pair=pair):
+            optimizer.step()
+            if pair is not None:
+                ema_update_(pair, block, 0.99)
+            sync()
+
+        step()
+        out.append(_median_ms(step, repeats))
+    return out
 
 
 def fitted_costs(profiles: Sequence[BlockCosts], samples: int) -> BlockCosts:

@@ -2,7 +2,8 @@
 
 Every action of a stage runs in list order; a compute action takes its cost, a send is issued
 without blocking and arrives after ``latency + bytes / bandwidth`` (one message at a time per link
-and direction), and a receive waits for its message. The replay is :func:`core.validate.dry_run`
+and direction), and a receive waits for its message (and, on a CPU host, the stage that waited
+resumes slower: :meth:`core.link.Link.wake_penalty_ms`). The replay is :func:`core.validate.dry_run`
 with durations, so the simulator and the validator can never disagree about what runs when.
 
 Default link: 450 GB/s with 10 us latency (NVLink-class; ``--link-gbps 25`` for PCIe-class).
@@ -26,54 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.action import Action, Op
+from core.link import DEFAULT_LATENCY_US, DEFAULT_LINK_GBPS, Link
 from core.metrics import TimelineRecord, busy_and_span, steady_state
 from core.partition import Partition, stage_costs, stage_slices
 from core.schedules import SCHEDULES, Schedule
 from core.validate import dry_run
 
-DEFAULT_LINK_GBPS = 450.0
-DEFAULT_LATENCY_US = 10.0
 WINDOW_BATCHES = 8  # simulated mini-batches (window_batches adds more); steady state over 2..6
 _WARMUP_BATCH = 2
-
-
-@dataclass(frozen=True)
-class Link:
-    """A point-to-point link between neighbouring stages.
-
-    Attributes:
-        gbps: bandwidth in gigabytes (not bits) per second.
-        latency_us: fixed cost of one message in microseconds (in flight).
-        overhead_us: time a send or a receive occupies its stage (the CPU work of the transport:
-            0 for a GPU link driven by copy engines; on CPUs, what the link probe measures).
-        cpu_gbps: rate at which a message's bytes occupy each end's CPU besides ``overhead_us``
-            (between processes of one CPU host the kernel copies every byte on both ends, on the
-            cores the stages compute on); None: the bytes cost the ends nothing (copy engines).
-    """
-
-    gbps: float = DEFAULT_LINK_GBPS
-    latency_us: float = DEFAULT_LATENCY_US
-    overhead_us: float = 0.0
-    cpu_gbps: float | None = None
-
-    def __post_init__(self) -> None:
-        if (
-            self.gbps <= 0
-            or self.latency_us < 0
-            or self.overhead_us < 0
-            or (self.cpu_gbps is not None and self.cpu_gbps <= 0)
-        ):
-            raise ValueError(
-                f"link needs gbps > 0, latency_us >= 0, overhead_us >= 0 and cpu_gbps > 0, got {self}"
-            )
-
-    def handling_ms(self, nbytes: float) -> float:
-        """Milliseconds a message of ``nbytes`` occupies each end's stage."""
-        return self.overhead_us / 1e3 + (nbytes / (self.cpu_gbps * 1e9) * 1e3 if self.cpu_gbps else 0.0)
-
-    def transfer_ms(self, nbytes: float) -> float:
-        """Milliseconds to move ``nbytes`` over the link, latency included."""
-        return self.latency_us / 1e3 + nbytes / (self.gbps * 1e9) * 1e3
 
 
 @dataclass(frozen=True)
@@ -229,7 +190,7 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimRes
     def transfer(a: Action, sent: float, free: float) -> float:
         return max(sent, free) + link.transfer_ms(costs.message_bytes(a, pieces))
 
-    records = dry_run(schedule.lowered, duration, transfer, schedule.stage_to_rank)
+    records = dry_run(schedule.lowered, duration, transfer, schedule.stage_to_rank, link.wake_penalty_ms)
     tail = max(1, schedule.fill_ahead)  # the last steps lack the teacher forwards far ahead
     if schedule.batches >= 4 + tail:
         step, bubble = steady_state(records, schedule.stages, _WARMUP_BATCH, schedule.batches - 1 - tail)

@@ -144,7 +144,7 @@ def fit_step(
 
 def apply_fit(costs: BlockCosts, fit: StepFit) -> BlockCosts:
     """``costs`` with the step's per-kind scales, its loss, update and input costs (the update
-    spread over blocks as the profile spread it, by parameter count)."""
+    spread over blocks as the profile spread it)."""
     scaled = {
         name: [x * fit.scale[op] for x in getattr(costs, name)]
         for op, names in SCALED.items()

@@ -20,6 +20,7 @@ def dry_run(
     duration: DurationFn | None = None,
     transfer: TransferFn | None = None,
     stage_to_rank: Sequence[int] | None = None,
+    wake: Callable[[float], float] | None = None,
 ) -> list[TimelineRecord]:
     """Replay lowered per-stage lists as the runtime would run them: sends never block (they stay
     pending), a receive waits until the matching send was issued, and messages of one channel
@@ -31,6 +32,8 @@ def dry_run(
             receives (logical time). A receive's time starts when its message has arrived.
         transfer: arrival time of a message; default: the moment it is sent.
         stage_to_rank: the rank of each stage (default: stage s on rank s, one list per rank).
+        wake: what a receive that waited ``w`` for its message adds to its stage's time (a CPU
+            core resuming from idle); default: nothing.
 
     Returns:
         One :class:`TimelineRecord` per action, in the order they were replayed.
@@ -72,6 +75,8 @@ def dry_run(
                             f"come in the same order.\n{grid}"
                         )
                     end = max(start, arrival) + duration(a)
+                    if wake and arrival > start:
+                        end += wake(arrival - start)
                 elif a.op in SEND_OPS:
                     dst = rank(peer_stage(a))
                     free = link_free.get((s, dst), 0.0)

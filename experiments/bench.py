@@ -16,10 +16,13 @@ corrected per kind of work by the one-process step's timeline (``core.step_fit``
 forward, student forward and backward each by its own factor, the loss, the update and the
 input-making as measured): measured alone for the one-process rows, and measured with the same
 one-process step running on every process at once for the others (a block runs slower when
-every core is busy); plus the link's measured per-message cost and the split backward's own
-measured cost. The
-rows hold the simulator's prediction beside each measurement, and the measured and simulated
-timelines; ``analysis.bench`` makes the tables and plots.
+every core is busy); plus the link's measured per-message cost, what a wait for a message
+costs the stage that waited (``core.wake_probe``: an idle core resumes slower) and the split
+backward's own measured cost. Each round is predicted from that round's own one-process runs and
+compared with that round's measurement (a drift of the machine between rounds hits both alike);
+a row's prediction and error are the medians over the rounds. The rows hold the simulator's
+prediction beside each measurement, and the measured and simulated timelines (the last round's);
+``analysis.bench`` makes the tables and plots.
 
 The preset (default: the method's benchmark preset for its device) fixes the workload: model,
 batch, device, threads, bf16 and the backward pieces of the pipelined schedules.
@@ -34,24 +37,28 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from core.bench import bound_samples_per_s, partial_steps, predict, steady_steps, timed_run
 from core.config import Config, PipelineConfig
+from core.link import Link
 from core.link_probe import probe_link
 from core.metrics import TimelineRecord, make_row, steady_state, write_rows
 from core.overrides import ConfigError, apply_overrides, from_dict, to_dict
 from core.partition import plan_partition
 from core.profile import BlockCosts, fitted_costs, profile_blocks
+from core.runtime import prepare_models
 from core.schedules import get_schedule, schedules
-from core.simulate import Link
 from core.step_fit import StepFit, apply_fit, fit_step, processes
+from core.task import scatter
+from core.wake_probe import probe_wake
 from methods.registry import get_method
 from methods.spec import MethodSpec, Setup
 
@@ -299,8 +306,24 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
             + ")"
         )
     fits = calibration_fits(work, results, profiles, settings)
+    # each round's own calibration: a round's prediction is paired with the same round's
+    # measurement, so a drift of the machine between rounds hits both alike
+    by_round = [
+        calibration_fits(work, one_round(results, k), profiles, settings) for k in range(settings.rounds)
+    ]
     rows = [
-        _row(settings, spec, config, work, run, result, run_costs(profiles, fits, run), profiles, out)
+        _row(
+            settings,
+            spec,
+            config,
+            work,
+            run,
+            result,
+            run_costs(profiles, fits, run),
+            [run_costs(profiles, f, run) for f in by_round],
+            profiles,
+            out,
+        )
         for run, result in results.items()
         if not run.busy
     ]
@@ -332,6 +355,11 @@ def combine_rounds(rounds: list[dict], warmup: int, tail: int = 1) -> dict:
         "steady_steps_s": [x for per_round in steps for x in per_round],
         "round_records": [r["records"] for r in rounds],
     }
+
+
+def one_round(results: dict[BenchRun, dict], k: int) -> dict[BenchRun, dict]:
+    """The results of round ``k`` alone (its step ends and timeline), for a round's calibration."""
+    return {run: {**result, "round_records": [result["round_records"][k]]} for run, result in results.items()}
 
 
 def calibration_fits(
@@ -428,9 +456,14 @@ def _row(
     run: BenchRun,
     result: dict,
     unit_costs: BlockCosts,
+    round_costs: list[BlockCosts],
     profiles: dict[int, BlockCosts],
     out: Path,
 ) -> dict:
+    """One row: the run's measured speed beside the simulator's, predicted once per round from
+    that round's calibration (``round_costs``) and compared with that round's measurement; the
+    row's prediction and error are the medians over the rounds, its simulated timeline the last
+    round's (beside the measured timeline, also the last round's)."""
     schedule = get_schedule(run.schedule)
     batch, views = work.samples_per_step, work.task.views
     step_s = result["median_step_s"]
@@ -448,19 +481,27 @@ def _row(
     )
     balance = result["extra"].get("balance") or [len(unit_costs.student_fwd)]
     teacher_balance = result["extra"].get("teacher_balance") or [len(unit_costs.teacher_fwd)]
-    predicted, sim_records = None, []
+    predicted, error, sim_records, per_round = None, None, [], []
     if schedule.runner == "ddp" or run.procs == len(balance):
-        predicted, sim_records = predict(
-            run.schedule,
-            unit_costs,
-            pipeline,
-            views,
-            work.task.teacher_rule.kind,
-            batch,
-            balance,
-            teacher_balance,
-            link,
-        )
+        for costs in round_costs:
+            speed, sim_records = predict(
+                run.schedule,
+                costs,
+                pipeline,
+                views,
+                work.task.teacher_rule.kind,
+                batch,
+                balance,
+                teacher_balance,
+                link,
+            )
+            per_round.append(speed)
+        if per_round and None not in per_round:
+            measured = [batch / s for s in result["round_steps_s"]]
+            predicted = statistics.median(per_round)
+            error = statistics.median(p / m for p, m in zip(per_round, measured)) - 1.0
+        else:
+            per_round = []
     records = [TimelineRecord(**r) for r in result["records"]]
     bubble = None
     if schedule.is_pipeline:
@@ -499,7 +540,8 @@ def _row(
         seed=config.run.seed,
         simulated=False,
         predicted_samples_per_s=predicted,
-        prediction_error=(predicted - samples) / samples if predicted else None,
+        prediction_error=error,
+        round_predicted_samples_per_s=per_round or None,
         backward_pieces=pipeline.pieces,
         balance=result["extra"].get("balance"),
         teacher_balance=result["extra"].get("teacher_balance"),
@@ -507,11 +549,27 @@ def _row(
         link_latency_us=link.latency_us if "link" in result["extra"] else None,
         link_overhead_us=link.overhead_us if "link" in result["extra"] else None,
         link_cpu_gbps=link.cpu_gbps if "link" in result["extra"] else None,
+        link_wake_ms=link.wake_ms if "link" in result["extra"] else None,
+        link_wake_tau_ms=link.wake_tau_ms if "link" in result["extra"] else None,
         synthetic_inputs=work.synthetic_data,
         amp_bf16=config.pipeline.amp_bf16,
         teacher_fwd_share=teacher_share(profiles[run.unit_microbatches]),
         preset=settings.preset,
     )
+
+
+def teacher_pass(work: Setup, microbatches: Sequence[int]) -> Callable[[], object]:
+    """The whole teacher's forward on one unit at the largest micro-batch count the runs use:
+    the piece of work the wake probe times after each idle (a typical action's size)."""
+    teacher = nn.Sequential(*prepare_models(work.task)[1])
+    views = work.task.split_inputs(next(iter(work.batches(0, 1))), 0)[1]
+    unit = scatter(views[0], max(microbatches))[0]
+
+    @torch.no_grad()
+    def run() -> object:
+        return teacher(unit)
+
+    return run
 
 
 def worker(spec_file: Path) -> None:
@@ -534,11 +592,14 @@ def worker(spec_file: Path) -> None:
         messages = network(config.pipeline, rank.device)  # the runs' own message path
         measured = probe_link(transport=messages)
         messages.close()
+        wake_ms, wake_tau_ms = probe_wake(teacher_pass(method.setup(config), settings.microbatches))
         link = {
             "gbps": measured.gbps,
             "latency_us": measured.latency_us,
             "overhead_us": measured.overhead_us,
             "cpu_gbps": measured.cpu_gbps,
+            "wake_ms": wake_ms,
+            "wake_tau_ms": wake_tau_ms,
         }
     total = settings.warmup + settings.steps
     setups: dict[str, Setup] = {}  # a method's setup may depend on the runner kind, not on the shape

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import pandas as pd
 
 from core.calibration import Calibration, load_calibration
+from core.link import Link
 from core.paper_scale import SEARCH_BATCHES, calibration_partition, configurations, simulate_calibration
 from core.schedules import get_schedule
-from core.simulate import Link
 
 FAMILY = ("tspipe", "tspipe-zb")
 BASELINES = ("gpipe", "1f1b")

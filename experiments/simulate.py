@@ -36,6 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.calibration import Calibration, load_calibration
+from core.link import Link
 from core.metrics import make_row, write_rows
 from core.paper_scale import (
     best_configuration,
@@ -47,7 +48,6 @@ from core.paper_scale import (
 )
 from core.plan import ddp_candidate, per_schedule, plan
 from core.schedules import get_schedule, schedules
-from core.simulate import Link
 
 # every pipeline schedule that runs on several stages (the registry's), in table order, and the
 # data-parallel runner, which is modelled rather than simulated action by action

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from core.calibration import fit_fixed_per_sample, load_calibration, sweep_file
+from core.link import Link
 from core.paper_scale import best_configuration, configurations, sequential_check
-from core.simulate import Link
 from experiments.simulate import FILES
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from core.calibration import load_calibration
 from core.ddp_model import ring_allreduce_ms
+from core.link import Link
 from core.paper_scale import (
     best_configuration,
     calibration_costs,
@@ -18,7 +19,6 @@ from core.paper_scale import (
     simulate_calibration,
     with_allreduce,
 )
-from core.simulate import Link
 
 FREE = Link(1e9, 0.0)  # a link that costs nothing
 

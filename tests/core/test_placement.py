@@ -104,8 +104,8 @@ def test_non_uniform_counts_equal_the_reference_in_threads(name):
 
 def test_paper_scale_places_the_counts_and_records_them(calibration_dir):
     from core.calibration import load_calibration
+    from core.link import Link
     from core.paper_scale import result_dict, simulate_calibration
-    from core.simulate import Link
 
     cal = load_calibration(calibration_dir / "kd_resnet152_to_resnet50_bf16.json", "linear")
     link = Link(450.0)

@@ -9,9 +9,10 @@ import json
 import pytest
 
 from core.calibration import load_calibration
+from core.link import Link
 from core.plan import main, per_schedule, plan
 from core.schedules import get_schedule
-from core.simulate import WINDOW_BATCHES, Link
+from core.simulate import WINDOW_BATCHES
 
 FAST = Link(gbps=1e6, latency_us=0.0)
 MIB = 2**20

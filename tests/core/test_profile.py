@@ -3,9 +3,10 @@ the weight share of a split backward in the cost model."""
 
 import torch
 
+from core.link import Link
 from core.partition import Partition
-from core.profile import fitted_costs, profile_blocks
-from core.simulate import Link, stage_cost_model
+from core.profile import fitted_costs, profile_blocks, step_costs_by_block
+from core.simulate import stage_cost_model
 from tests.core.toy import ToyTask, make_batches, sgd
 
 
@@ -48,3 +49,22 @@ def test_the_weight_share_of_each_stage_comes_from_its_blocks():
     assert model.weight_share == (1 - 5 / 8, 1 - 4 / 8)
     assert model.split_bwd is None  # not measured: a split costs the whole backward
     assert _two_stages([1.0] * 4).weight_share == 0.5
+
+
+def test_the_optimizer_step_is_spread_by_each_blocks_own_cost_not_its_parameter_count():
+    # block 0: eighty tiny tensors (0.1 % of the parameters); block 1: one large weight. The step's
+    # per-tensor work makes block 0's share far larger than its parameter count gives
+    many = torch.nn.Sequential(*[torch.nn.BatchNorm1d(4) for _ in range(40)])
+    big = torch.nn.Linear(512, 512, bias=False)
+    for p in [*many.parameters(), *big.parameters()]:
+        p.grad = torch.zeros_like(p)
+    params = [sum(p.numel() for p in b.parameters()) for b in (many, big)]
+    assert params[0] / sum(params) < 0.002
+    timed = step_costs_by_block([many, big], [], sgd, 5, lambda: None)
+    assert len(timed) == 2 and all(t > 0 for t in timed)
+    assert timed[0] / sum(timed) > 0.1
+    # an EMA teacher block of the same index is updated with its student block
+    twin = torch.nn.Linear(512, 512, bias=False)
+    before = twin.weight.detach().clone()
+    step_costs_by_block([big], [twin], sgd, 1, lambda: None)
+    assert not torch.equal(twin.weight, before)

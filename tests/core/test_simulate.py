@@ -1,20 +1,16 @@
 """Simulator: pinned step times on unit costs, calibration results, CLI."""
 
 import json
+import math
 
 import pytest
 
 from core.calibration import load_calibration
+from core.link import Link
 from core.metrics import text_timeline
 from core.paper_scale import simulate_calibration
 from core.schedules import build_schedule
-from core.simulate import (
-    CostModel,
-    Link,
-    main,
-    simulate,
-    unit_costs,
-)
+from core.simulate import CostModel, main, simulate, unit_costs
 
 
 def run(name, stages, micro, batches=8, views=1, loss_opt=0.0, pieces=None):
@@ -124,6 +120,30 @@ def test_transfers_add_latency_and_bandwidth_time():
     # behind it on the link and arrives at 4; stage 1 (receives hoisted) runs TF, SF, B [4, 8];
     # the gradient arrives at 9.5; stage 0's backward ends at 11.5
     assert result.step_ms == pytest.approx(11.5)
+
+
+def test_a_stage_resumes_slower_after_waiting_for_a_message():
+    costs = CostModel(
+        teacher_fwd=(1.0, 1.0),
+        student_fwd=(1.0, 1.0),
+        student_bwd=(2.0, 2.0),
+        teacher_bytes=(1e6, 0.0),
+        student_bytes=(1e6, 0.0),
+        opt_ms=(0.0, 0.0),
+        # every wait costs its stage 2 ms more (a time constant far below any wait)
+        link=Link(gbps=1.0, latency_us=500.0, wake_ms=2.0, wake_tau_ms=1e-6),
+    )
+    result = simulate(build_schedule("mp", 2, 1, "ema", 1, views=1), costs, 1)
+    # as above, but stage 1's teacher receive waits (until 2.5) and resumes at 4.5, so the
+    # student message (at 4) has no wait; compute [4.5, 8.5], the gradient arrives at 10, stage 0
+    # waited for it and resumes at 12: its backward ends at 14
+    assert result.step_ms == pytest.approx(14.0)
+    assert Link(wake_ms=2.0, wake_tau_ms=10.0).wake_penalty_ms(10.0) == pytest.approx(
+        2.0 * (1 - math.exp(-1))
+    )
+    assert Link(wake_ms=2.0).wake_penalty_ms(0.0) == 0.0 == Link().wake_penalty_ms(50.0)
+    with pytest.raises(ValueError, match="wake"):
+        Link(wake_tau_ms=0.0)
 
 
 def test_text_timeline_draws_idle():

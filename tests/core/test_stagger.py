@@ -12,6 +12,7 @@ import pytest
 
 from core.action import Action, Op
 from core.calibration import load_calibration
+from core.link import Link
 from core.paper_scale import calibration_memory, simulate_calibration
 from core.schedules import (
     Program,
@@ -22,7 +23,7 @@ from core.schedules import (
     window_batches,
 )
 from core.schedules.teacher_fill import check_early, fill_ahead, staggered
-from core.simulate import CostModel, Link, simulate
+from core.simulate import CostModel, simulate
 from core.validate import validate
 
 AHEAD = [s.name for s in schedules("pipeline") if s.accepts_lookahead]

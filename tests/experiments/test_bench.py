@@ -2,6 +2,7 @@
 bench table from rows."""
 
 import json
+import statistics
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
         schedules=("sequential", "gpipe", "tspipe", "ddp", "torch-gpipe"),
         warmup=1,
         steps=4,
-        rounds=1,
+        rounds=2,
         out=str(tmp_path),
         command="pytest",
     )
@@ -47,6 +48,12 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
     # the balance comes from the profiled block costs, so a loaded machine may tilt it
     assert ts["predicted_samples_per_s"] > 0
     assert ts["link_cpu_gbps"] > 0  # gloo between processes of one host: bytes cost CPU on both ends
+    assert ts["link_wake_ms"] >= 0 and ts["link_wake_tau_ms"] > 0
+    # each round predicted from its own calibration and compared with its own measurement
+    per_round = ts["round_predicted_samples_per_s"]
+    assert len(per_round) == 2 and ts["predicted_samples_per_s"] == pytest.approx(statistics.median(per_round))
+    ratios_ = [p / m for p, m in zip(per_round, ts["round_samples_per_s"])]
+    assert ts["prediction_error"] == pytest.approx(statistics.median(ratios_) - 1)
     fits = json.loads((tmp_path / "costs.json").read_text())["step_fits"]
     assert set(fits) == {"alone", "busy"} and fits["busy"]["2"]["scale"]["SB"] > 0
     assert sum(ts["balance"]) == 4 and len(ts["balance"]) == 2 and min(ts["balance"]) >= 1

@@ -4,8 +4,8 @@ every schedule under each lever with the family's edge."""
 from __future__ import annotations
 
 from core.calibration import load_calibration
+from core.link import Link
 from core.paper_scale import calibration_partition
-from core.simulate import Link
 from experiments.levers import climb, main, samples_per_s
 
 
