@@ -104,7 +104,8 @@ def test_split_costs_follow_the_weight_share():
         CostModel(**{**costs.__dict__, "weight_share": 1.5})
 
 
-def test_transfers_add_latency_and_bandwidth_time():
+def _mp_over(link: Link) -> float:
+    """Step time of one mini-batch of mp on two stages whose stage 0 sends 1 MB messages."""
     costs = CostModel(
         teacher_fwd=(1.0, 1.0),
         student_fwd=(1.0, 1.0),
@@ -112,32 +113,26 @@ def test_transfers_add_latency_and_bandwidth_time():
         teacher_bytes=(1e6, 0.0),
         student_bytes=(1e6, 0.0),
         opt_ms=(0.0, 0.0),
-        link=Link(gbps=1.0, latency_us=500.0),  # 1 MB at 1 GB/s = 1 ms, plus 0.5 ms
+        link=link,
     )
-    built = build_schedule("mp", 2, 1, "ema", 1, views=1)
-    result = simulate(built, costs, 1)
+    return simulate(build_schedule("mp", 2, 1, "ema", 1, views=1), costs, 1).step_ms
+
+
+def test_transfers_add_latency_and_bandwidth_time():
+    step = _mp_over(Link(gbps=1.0, latency_us=500.0))  # 1 MB at 1 GB/s = 1 ms, plus 0.5 ms
     # stage 0: TF [0, 1], SF [1, 2]; the teacher message arrives at 2.5, the student one queues
     # behind it on the link and arrives at 4; stage 1 (receives hoisted) runs TF, SF, B [4, 8];
     # the gradient arrives at 9.5; stage 0's backward ends at 11.5
-    assert result.step_ms == pytest.approx(11.5)
+    assert step == pytest.approx(11.5)
 
 
 def test_a_stage_resumes_slower_after_waiting_for_a_message():
-    costs = CostModel(
-        teacher_fwd=(1.0, 1.0),
-        student_fwd=(1.0, 1.0),
-        student_bwd=(2.0, 2.0),
-        teacher_bytes=(1e6, 0.0),
-        student_bytes=(1e6, 0.0),
-        opt_ms=(0.0, 0.0),
-        # every wait costs its stage 2 ms more (a time constant far below any wait)
-        link=Link(gbps=1.0, latency_us=500.0, wake_ms=2.0, wake_tau_ms=1e-6),
-    )
-    result = simulate(build_schedule("mp", 2, 1, "ema", 1, views=1), costs, 1)
+    # every wait costs its stage 2 ms more (a time constant far below any wait)
+    step = _mp_over(Link(gbps=1.0, latency_us=500.0, wake_ms=2.0, wake_tau_ms=1e-6))
     # as above, but stage 1's teacher receive waits (until 2.5) and resumes at 4.5, so the
     # student message (at 4) has no wait; compute [4.5, 8.5], the gradient arrives at 10, stage 0
     # waited for it and resumes at 12: its backward ends at 14
-    assert result.step_ms == pytest.approx(14.0)
+    assert step == pytest.approx(14.0)
     assert Link(wake_ms=2.0, wake_tau_ms=10.0).wake_penalty_ms(10.0) == pytest.approx(
         2.0 * (1 - math.exp(-1))
     )

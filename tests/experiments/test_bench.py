@@ -51,7 +51,9 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
     assert ts["link_wake_ms"] >= 0 and ts["link_wake_tau_ms"] > 0
     # each round predicted from its own calibration and compared with its own measurement
     per_round = ts["round_predicted_samples_per_s"]
-    assert len(per_round) == 2 and ts["predicted_samples_per_s"] == pytest.approx(statistics.median(per_round))
+    assert len(per_round) == 2 and ts["predicted_samples_per_s"] == pytest.approx(
+        statistics.median(per_round)
+    )
     ratios_ = [p / m for p, m in zip(per_round, ts["round_samples_per_s"])]
     assert ts["prediction_error"] == pytest.approx(statistics.median(ratios_) - 1)
     fits = json.loads((tmp_path / "costs.json").read_text())["step_fits"]
