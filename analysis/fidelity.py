@@ -129,16 +129,6 @@ def timeline_tables(folder: Path, warmup: int) -> dict[str, pd.DataFrame]:
     return {"kinds": pd.DataFrame(kinds), "stages": pd.DataFrame(stages), "gaps": pd.DataFrame(gaps)}
 
 
-def gap_table(folder: Path, warmup: int) -> pd.DataFrame:
-    """The ``gaps`` table of :func:`timeline_tables`."""
-    return timeline_tables(folder, warmup)["gaps"]
-
-
-def fidelity_table(folder: Path, warmup: int) -> pd.DataFrame:
-    """The ``kinds`` table of :func:`timeline_tables`."""
-    return timeline_tables(folder, warmup)["kinds"]
-
-
 def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per bench (key -> its measured rows): how many pipelined rows (two or more processes,
     an action-list schedule or the torch peer) the simulator predicts within ``GOAL``, how many

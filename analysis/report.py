@@ -200,9 +200,10 @@ def fidelity_section(frames: dict[str, pd.DataFrame]) -> str:
         "Every measured pipelined row above (2 processes; action-list schedules and the torch peer) against "
         f"the simulator's prediction from costs profiled in the same run (goal: within {100 * GOAL:.0f} %); "
         "error = the median over a row's rounds of (simulated - measured) / measured, each round simulated "
-        "from its own one-process runs; a positive median error is a simulator faster than the runs. *Inside the rounds*: predictions between the slowest and the fastest of the row's "
-        "measured rounds, which the rounds' own spread cannot tell from a measurement. ddp is a model of "
-        "one replica plus an all-reduce, not a schedule the simulator replays.\n\n"
+        "from its own one-process runs; a positive median error is a simulator faster than the runs. "
+        "*Inside the rounds*: predictions between the slowest and the fastest of the row's measured rounds, "
+        "which the rounds' own spread cannot tell from a measurement. ddp is a model of one replica plus an "
+        "all-reduce, not a schedule the simulator replays.\n\n"
         + markdown_table(
             [
                 "bench",

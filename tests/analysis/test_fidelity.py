@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.fidelity import fidelity_table, steady, timeline_tables
+from analysis.fidelity import steady, timeline_tables
 from core.metrics import write_rows
 
 
@@ -42,7 +42,7 @@ def test_ratios_per_kind_and_per_step(tmp_path):
     write_rows(
         tmp_path / "timelines" / "tspipe_N2_M1.measured.jsonl", _timeline(1.0, 1.0)
     )  # no pair: skipped
-    table = fidelity_table(tmp_path, warmup=1)
+    table = timeline_tables(tmp_path, warmup=1)["kinds"]
     assert list(table["run"]) == ["gpipe_N2_M1"]
     line = table.iloc[0]
     assert (
@@ -157,7 +157,7 @@ def _messages_timeline(batches: int = 6) -> list[dict]:
 
 
 def test_gaps_are_told_apart_by_the_messages_between_actions(tmp_path):
-    from analysis.fidelity import gap_table, message_gaps
+    from analysis.fidelity import message_gaps
 
     gaps = message_gaps(_messages_timeline(), first=1)
     assert gaps["send"] == pytest.approx(0.4)  # after stage 0's TF, whose output goes to stage 1
@@ -165,5 +165,5 @@ def test_gaps_are_told_apart_by_the_messages_between_actions(tmp_path):
     assert gaps["none"] == pytest.approx(0.1) and gaps["both"] is None  # 0.1, 0.1 and 2.1 per batch
     write_rows(tmp_path / "timelines" / "tspipe_N2_M1.measured.jsonl", _messages_timeline())
     write_rows(tmp_path / "timelines" / "tspipe_N2_M1.simulated.jsonl", _timeline(1.0, 1.0))
-    line = gap_table(tmp_path, warmup=0).iloc[0]
+    line = timeline_tables(tmp_path, warmup=0)["gaps"].iloc[0]
     assert line["send"] == pytest.approx(0.4) and line["none simulated"] == pytest.approx(0.0)
