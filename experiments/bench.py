@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import json
 import os
 import statistics
@@ -626,6 +627,7 @@ def worker(spec_file: Path) -> None:
             timed_run(runner, work.batches(0, total), total, out if rank.rank == 0 else None, extra)
             runner.close()
             del runner
+            gc.collect()  # what the last run left in reference cycles goes now, not inside a timed run
             if rank.rank == 0:
                 print(f"{PROGRESS}{run['name']} round {r + 1}", file=sys.stderr, flush=True)
 

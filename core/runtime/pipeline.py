@@ -232,9 +232,10 @@ class PipelineRunner(_state.RunnerState):
         return log
 
     def close(self) -> None:
-        """Release the message groups."""
+        """Release the message groups and the replicas' mesh."""
         self.transport.close()
         self.transport = Solo()
+        self.replicas.close()
 
     def stage_state(self) -> dict[str, dict[str, torch.Tensor]]:
         return {

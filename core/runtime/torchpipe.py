@@ -85,6 +85,7 @@ class TorchPipelineRunner(_state.RunnerState):
         self.student, self.teacher = s_part.to(device), t_part.to(device)
         ranks = list(range(world))
         s_group, t_group = dist.new_group(ranks), dist.new_group(ranks)
+        self._groups = [s_group, t_group]
         s_stage = PipelineStage(self.student, self.rank, world, device, group=s_group)
         t_stage = PipelineStage(self.teacher, self.rank, world, device, group=t_group)
         schedule_cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[
@@ -210,4 +211,10 @@ class TorchPipelineRunner(_state.RunnerState):
         }
 
     def close(self) -> None:
-        """Nothing to release beyond the process groups, which live until shutdown."""
+        """Destroy the two process groups and drop the schedules that hold them: each group has
+        its own communication threads, which a process running many runs (the bench's worker)
+        would otherwise keep, and wake, until a garbage collection found the cycle."""
+        for group in self._groups:
+            dist.destroy_process_group(group)
+        self._groups = []
+        self.schedule = self.teacher_schedule = None

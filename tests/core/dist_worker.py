@@ -6,6 +6,7 @@ Usage: python -m core.launch --nproc N tests.core.dist_worker SPEC.json OUT_DIR
 and the transport the job starts with (``cuda`` with ``host``: every rank on one GPU).
 """
 
+import gc
 import json
 import os
 import sys
@@ -38,6 +39,16 @@ def equal_replicas(runner) -> bool:
     )
 
 
+def threads() -> int | None:
+    """This process's OS threads (Linux), communication threads included."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    return int(
+        next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("Threads:"))
+    )
+
+
 def main() -> None:
     spec, out = Path(sys.argv[1]), Path(sys.argv[2])
     transport = os.environ.get("DIST_TRANSPORT", "auto")
@@ -66,7 +77,10 @@ def main() -> None:
         replicas_equal = equal_replicas(runner) if case.get("dp", 1) > 1 else None
         network = type(getattr(runner, "transport", None)).__name__
         runner.close()
+        del runner
+        gc.collect()  # as the bench's worker does between runs
         if rank.rank == 0:
+            state["threads"] = threads()
             state["transport"] = network
             state["replicas_equal"] = replicas_equal
             torch.save(state, out / f"{case['name']}.pt")

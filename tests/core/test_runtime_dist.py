@@ -219,6 +219,17 @@ def test_frozen_teacher_tspipe_equals_gpipe_step_for_step(world2, tmp_path_facto
 
 
 @pytest.mark.dist
+def test_a_closed_runner_leaves_no_threads_behind(world2):
+    # one process runs every case in turn, as the bench's worker runs every run: each runner's
+    # communication threads (the torch peer's process groups included) end with its close
+    counts = [world2[c["name"]]["threads"] for c in cases(2)]
+    if counts[0] is None:
+        pytest.skip("no /proc/self/status")
+    assert any(c["schedule"].startswith("torch-") for c in cases(2))
+    assert {c["name"]: n for c, n in zip(cases(2), counts) if n != counts[0]} == {}
+
+
+@pytest.mark.dist
 def test_a_failing_rank_stops_the_job_and_names_itself(tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(
