@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 
 from core.calibration import fit_fixed_per_sample
 from core.momentum import ema_update_
@@ -37,7 +38,9 @@ class BlockCosts:
             block, whose input needs no gradient; empty when not measured.
         student_bwd_split: each student block's backward done as a split one does it (the input
             half keeping the graph, then the weight half), in all: more than ``student_bwd``;
-            the whole backward for the first block; empty when not measured.
+            the whole backward for the first block; empty when not measured. Both halves are
+            timed with the functions the runtime splits with (``torch.distributed.pipelining``'s
+            ``stage_backward_input`` / ``stage_backward_weight``), graph walks included.
         input_ms: making one mini-batch's inputs on the first stage (data and augmentations),
             measured in a training step's timeline (:mod:`core.step_fit`); 0 from a profile.
     """
@@ -170,17 +173,16 @@ def _profile_blocks(
             out = forward(block, inp)
             outs = [t for t in tensors(out) if t.requires_grad]
             wrt = [t for t in tensors(inp) if t.requires_grad]
-            torch.autograd.grad(outs, wrt, [torch.ones_like(t) for t in outs], allow_unused=True)
+            groups = stage_backward_input(outs, [torch.ones_like(t) for t in outs], wrt, block.parameters())[
+                1
+            ]
             sync()
+            return groups
 
         def forward_split_backward(block=block, inp=inp):
-            out = forward(block, inp)
-            outs = [t for t in tensors(out) if t.requires_grad]
-            wrt = [t for t in tensors(inp) if t.requires_grad]
-            ones = [torch.ones_like(t) for t in outs]
-            torch.autograd.grad(outs, wrt, ones, retain_graph=True, allow_unused=True)
-            weights = [p for p in block.parameters() if p.requires_grad]
-            torch.autograd.grad(outs, weights, ones, allow_unused=True)
+            # the runtime's split (core.runtime.stage): its graph walks cost as much as the math
+            # on a block of many small tensors
+            stage_backward_weight(block.parameters(), forward_input_backward(block, inp))
             sync()
 
         forward()

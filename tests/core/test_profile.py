@@ -36,6 +36,29 @@ def _two_stages(backward, **kw):
     return stage_cost_model(zeros, zeros, backward, zeros, zeros, zeros, zeros, split, Link(), **kw)
 
 
+def test_the_split_backward_is_timed_with_the_runtimes_own_halves(monkeypatch):
+    # core.runtime.stage splits with torch's stage_backward_input / stage_backward_weight, whose
+    # graph walks cost as much as the math on a block of many small tensors: the profile times those
+    import core.profile as profile
+
+    calls = {"input": 0, "weight": 0}
+
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(profile, "stage_backward_input", counted("input", profile.stage_backward_input))
+    monkeypatch.setattr(profile, "stage_backward_weight", counted("weight", profile.stage_backward_weight))
+    task = ToyTask("frozen", True, 1)
+    costs = profile_blocks(task, make_batches(1)[0], 1, sgd, torch.device("cpu"), repeats=3)
+    split_blocks = len(costs.student_bwd) - 1  # every block but the first, whose input needs no gradient
+    assert calls["weight"] >= split_blocks * 3
+    assert calls["input"] >= calls["weight"] + split_blocks * 3  # the input half is timed alone too
+
+
 def test_a_measured_split_backward_sets_each_stages_split_cost_and_share():
     model = _two_stages(
         [4.0, 4.0, 2.0, 6.0], student_bwd_input=[4.0, 1.0, 1.0, 3.0], student_bwd_split=[4.0, 6.0, 3.0, 7.0]
