@@ -170,12 +170,15 @@ def _profile_blocks(
             sync()
 
         def forward_input_backward(block=block, inp=inp):
-            out = forward(block, inp)
+            # a fresh leaf every call: stage_backward_input detaches the outputs in place, and a
+            # block that passes its input through (DistilBERT's head) would lose the input's grad
+            leaf = detached_leaves(inp)
+            out = forward(block, leaf)
             outs = [t for t in tensors(out) if t.requires_grad]
-            wrt = [t for t in tensors(inp) if t.requires_grad]
-            groups = stage_backward_input(outs, [torch.ones_like(t) for t in outs], wrt, block.parameters())[
-                1
-            ]
+            wrt = [t for t in tensors(leaf) if t.requires_grad]
+            _, groups = stage_backward_input(
+                outs, [torch.ones_like(t) for t in outs], wrt, block.parameters()
+            )
             sync()
             return groups
 

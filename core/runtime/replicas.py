@@ -130,9 +130,8 @@ class Replicas:
     def close(self) -> None:
         """Destroy the mesh's two groups (each holds communication threads until destroyed);
         the job's default group, should the mesh have reused it, stays."""
-        default = dist.distributed_c10d._get_default_group() if dist.is_initialized() else None
         for group in {id(g): g for g in (self.group, self.pp_group) if g is not None}.values():
-            if group is not default:
+            if group is not dist.group.WORLD:
                 dist.destroy_process_group(group)
         self.group = self.pp_group = None
 

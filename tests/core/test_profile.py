@@ -59,6 +59,27 @@ def test_the_split_backward_is_timed_with_the_runtimes_own_halves(monkeypatch):
     assert calls["input"] >= calls["weight"] + split_blocks * 3  # the input half is timed alone too
 
 
+def test_every_timed_input_half_has_an_input_to_differentiate(monkeypatch):
+    # stage_backward_input detaches a block's outputs in place; a block that passes its input
+    # through (DistilBERT's head returns its hidden states) thereby detaches its input, so a
+    # profile reusing one input leaf would time an empty input half from the second repeat on
+    import core.profile as profile
+
+    inputs_seen = []
+    real = profile.stage_backward_input
+
+    def passing_through(outputs, grads, inputs, weights):
+        inputs_seen.append(len(inputs))
+        result = real(outputs, grads, inputs, weights)
+        for t in inputs:  # as if each input were also an output
+            t.detach_()
+        return result
+
+    monkeypatch.setattr(profile, "stage_backward_input", passing_through)
+    profile_blocks(ToyTask("frozen", True, 1), make_batches(1)[0], 1, sgd, torch.device("cpu"), repeats=3)
+    assert inputs_seen and min(inputs_seen) >= 1
+
+
 def test_a_measured_split_backward_sets_each_stages_split_cost_and_share():
     model = _two_stages(
         [4.0, 4.0, 2.0, 6.0], student_bwd_input=[4.0, 1.0, 1.0, 3.0], student_bwd_split=[4.0, 6.0, 3.0, 7.0]
