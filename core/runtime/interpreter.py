@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import torch
@@ -72,10 +73,16 @@ class Interpreter:
         self.sync = record and device.type == "cuda"
         self.device = device
         self.status = StatusFile.open(rank)
+        # receives not posted yet, per (channel, peer) in message order, and the last step queued
+        self._unposted: dict[tuple[str, int], deque[Action]] = {}
+        self._queued_through = -1
 
     def _receive(self, a: Action) -> None:
-        channel = CHANNEL[a.op]
-        message = self.transport.recv(channel, self.rank_of(peer_stage(a)), (a.microbatch, a.part))
+        channel, src = CHANNEL[a.op], self.rank_of(peer_stage(a))
+        waiting = self._unposted.get((channel, src))
+        if waiting and waiting[0] == a:  # not pre-posted: received now, in its turn
+            waiting.popleft()
+        message = self.transport.recv(channel, src, (a.microbatch, a.part))
         self.store[(RECEIVED_AS[channel], a.batch, a.microbatch, a.part)] = message
 
     def _send(self, a: Action) -> None:
@@ -83,17 +90,30 @@ class Interpreter:
         message = self.store.pop((f"out:{channel}", a.batch, a.microbatch, a.part))
         self.transport.send(channel, self.rank_of(peer_stage(a)), message)
 
-    def prepost(self, segment: Sequence[Action]) -> None:
-        """Post a step's receives ahead of time, in order per channel, up to the first one whose
-        shape is not known yet (``Transport.prepost``)."""
-        stopped: set[str] = set()
-        for a in segment:
-            if a.op in RECV_OPS:
-                channel = CHANNEL[a.op]
-                if channel not in stopped and not self.transport.prepost(
-                    channel, self.rank_of(peer_stage(a)), (a.microbatch, a.part)
-                ):
-                    stopped.add(channel)
+    def prepost(self, batch: int, segments: Sequence[Sequence[Action]]) -> None:
+        """Post receives ahead of time: ``segments`` are this rank's segments of steps ``batch``,
+        ``batch + 1``, ... (the step about to run and the ones after it). Their receives join,
+        in message order per channel and peer, the ones not posted yet, and each queue is posted
+        from its head up to the first message whose shape is not known yet
+        (``Transport.prepost``); the rest are tried again at the next step, or received when
+        their turn comes.
+
+        Posting the next step's receives too lets a message sent while this step runs travel
+        at once: gloo moves a message only once its receive is posted, so a receive posted at
+        the start of its own step would leave every message sent during the step before waiting
+        for that step to end.
+        """
+        for offset, segment in enumerate(segments):
+            if batch + offset <= self._queued_through:
+                continue
+            self._queued_through = batch + offset
+            for a in segment:
+                if a.op in RECV_OPS:
+                    key = (CHANNEL[a.op], self.rank_of(peer_stage(a)))
+                    self._unposted.setdefault(key, deque()).append(a)
+        for (channel, src), waiting in self._unposted.items():
+            while waiting and self.transport.prepost(channel, src, (waiting[0].microbatch, waiting[0].part)):
+                waiting.popleft()
 
     def run(
         self,

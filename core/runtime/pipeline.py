@@ -218,11 +218,14 @@ class PipelineRunner(_state.RunnerState):
             config.record_timeline,
         )
 
+        end = program.batches().stop
+
         def step(b: int, log: StepLog) -> dict[str, float] | None:
             segment = program.segment(self.rank, b)
             if self.replicas.size > 1:
                 self._reduce_after = last_backward(segment, b)
-            interpreter.prepost(segment)
+            ahead = [program.segment(self.rank, b + 1)] if b + 1 < end else []
+            interpreter.prepost(b, [segment, *ahead])
             interpreter.run(segment, b, log.t0_s, log.records, lambda: program.grid(b))
             return self.stage.losses.pop(b, None)
 

@@ -15,7 +15,8 @@ tensors; receives block until the data is there, sends stay pending until the pe
 Message shapes repeat from step to step, so once a message of a given kind and unit has been
 seen, its receive can be posted ahead of time (:meth:`TorchTransport.prepost`), header and payload
 together: the transfer then overlaps computation instead of costing two round trips when the
-data is needed. A message whose header differs from the remembered one is an error (batch
+data is needed. The interpreter posts each step's receives while the step before it runs
+(``Interpreter.prepost``), so a message sent a step early moves as soon as it is sent. A message whose header differs from the remembered one is an error (batch
 sizes must stay fixed; use ``drop_last``).
 """
 
