@@ -74,7 +74,10 @@ def predict(
     Pipeline schedules are simulated directly. The torch pipelining peer runs a forward-only
     teacher pass and then the student's schedule; a stage starts the student pass as soon as
     its own teacher forwards are done, which is the action list of our schedule of the same
-    name (teacher forwards first), so that is what is simulated. ``ddp`` is one replica's work
+    name (teacher forwards first), so that is what is simulated, with torch's messaging: each
+    receive posted just before the action that needs it (over gloo its message moves only
+    then), and each pass waiting for its sends to be delivered before its next phase (the
+    teacher pass before the student's forwards, the forwards before the backwards). ``ddp`` is one replica's work
     on its share of the batch plus a ring all-reduce of the gradients.
 
     Returns:
@@ -101,7 +104,7 @@ def predict(
         # a forward-only teacher pass, then the student schedule, without a flush between them:
         # the actions of our own schedule of the same name (teacher forwards first), unsplit
         built = build_schedule(spec.student_schedule, stages, micro, teacher, 8, 1, views)
-        result = simulate(built, model, batch)
+        result = simulate(built, model, batch, torch_p2p=True)
         return result.samples_per_s, [r.to_dict() for r in result.records]
     if spec.runner == "ddp":
         # costs profiled at one replica's share (batch / stages samples per view)

@@ -157,7 +157,7 @@ class SimResult:
     records: list[TimelineRecord]
 
 
-def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimResult:
+def simulate(schedule: Schedule, costs: CostModel, batch_samples: int, torch_p2p: bool = False) -> SimResult:
     """Simulate ``schedule`` under ``costs``.
 
     Args:
@@ -167,6 +167,10 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimRes
             counting them would favour the schedule; fewer batches use the whole window).
         costs: per-stage costs; its stage count must match the schedule's.
         batch_samples: samples per mini-batch, for samples/s.
+        torch_p2p: messages as ``torch.distributed.pipelining``'s schedules exchange them over
+            gloo: each receive posted only when its stage reaches it (the message moves from
+            then on), and a stage waiting for its sends to be delivered whenever its work
+            changes kind (``core.validate.dry_run``'s ``on_demand`` and ``send_waits``).
 
     Returns:
         A :class:`SimResult`.
@@ -190,7 +194,15 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int) -> SimRes
     def transfer(a: Action, sent: float, free: float) -> float:
         return max(sent, free) + link.transfer_ms(costs.message_bytes(a, pieces))
 
-    records = dry_run(schedule.lowered, duration, transfer, schedule.stage_to_rank, link.wake_penalty_ms)
+    records = dry_run(
+        schedule.lowered,
+        duration,
+        transfer,
+        schedule.stage_to_rank,
+        link.wake_penalty_ms,
+        on_demand=torch_p2p,
+        send_waits=torch_p2p,
+    )
     tail = max(1, schedule.fill_ahead)  # the last steps lack the teacher forwards far ahead
     if schedule.batches >= 4 + tail:
         step, bubble = steady_state(records, schedule.stages, _WARMUP_BATCH, schedule.batches - 1 - tail)

@@ -21,6 +21,8 @@ def dry_run(
     transfer: TransferFn | None = None,
     stage_to_rank: Sequence[int] | None = None,
     wake: Callable[[float], float] | None = None,
+    on_demand: bool = False,
+    send_waits: bool = False,
 ) -> list[TimelineRecord]:
     """Replay lowered per-stage lists as the runtime would run them: sends never block (they stay
     pending), a receive waits until the matching send was issued, and messages of one channel
@@ -34,6 +36,15 @@ def dry_run(
         stage_to_rank: the rank of each stage (default: stage s on rank s, one list per rank).
         wake: what a receive that waited ``w`` for its message adds to its stage's time (a CPU
             core resuming from idle); default: nothing.
+        on_demand: receives are posted only when their stage reaches them (torch's pipelining
+            schedules post each receive just before the action that needs it), and a message
+            moves only once its receive is posted (gloo): ``transfer`` then starts at the later
+            of the send and the receive. Default: posted ahead (the project's runtime), the
+            message moves as soon as it is sent.
+        send_waits: before a compute action of another kind than its last one, a stage waits
+            until every message it sent has been delivered (torch's schedules wait for their
+            sends at the end of each forward and backward phase and of the teacher's pass, or,
+            in 1F1B, fused with the next receive). Default: sends never block.
 
     Returns:
         One :class:`TimelineRecord` per action, in the order they were replayed.
@@ -51,8 +62,12 @@ def dry_run(
 
     pc = [0] * stages
     clock = [0.0] * stages
-    queues: dict[tuple[str, int, int], deque[tuple[Action, float]]] = {}
+    # per channel and (source, destination) rank, in order: [send, arrival, taken]; with
+    # on-demand receives the arrival is set when the receive is posted
+    queues: dict[tuple[str, int, int], deque[list]] = {}
     link_free: dict[tuple[int, int], float] = {}
+    unfinished: list[list[list]] = [[] for _ in range(stages)]  # sends not waited for yet
+    last_kind: list[Op | None] = [None] * stages
     records: list[TimelineRecord] = []
     progress = True
     while progress:
@@ -62,11 +77,21 @@ def dry_run(
             while pc[s] < len(actions):
                 a = actions[pc[s]]
                 start = clock[s]
+                if send_waits and a.is_compute and a.op != last_kind[s] and unfinished[s]:
+                    if not all(entry[2] for entry in unfinished[s]):
+                        break  # a message of this stage has no posted receive yet
+                    delivered = max(entry[1] for entry in unfinished[s])
+                    unfinished[s] = []
+                    if delivered > start:
+                        start = delivered + (wake(delivered - start) if wake else 0.0)
+                        clock[s] = start
                 if a.op in RECV_OPS:
-                    queue = queues.get((CHANNEL[a.op], rank(peer_stage(a)), s))
+                    src = rank(peer_stage(a))
+                    queue = queues.get((CHANNEL[a.op], src, s))
                     if not queue:
                         break
-                    sent, arrival = queue.popleft()
+                    entry = queue.popleft()
+                    sent = entry[0]
                     if sent.key() != a.key():
                         grid = format_grid([list(x) for x in lowered], mark=(s, pc[s]))
                         raise ValueError(
@@ -74,6 +99,13 @@ def dry_run(
                             f"stage {sent.stage} is {sent}: sends and receives of a channel must "
                             f"come in the same order.\n{grid}"
                         )
+                    if on_demand:  # the message leaves once this receive is posted
+                        free = link_free.get((src, s), 0.0)
+                        moved = max(entry[1], start)
+                        entry[1] = transfer(sent, moved, free) if transfer else moved
+                        link_free[(src, s)] = max(free, entry[1])
+                    entry[2] = True
+                    arrival = entry[1]
                     end = max(start, arrival) + duration(a)
                     if wake and arrival > start:
                         end += wake(arrival - start)
@@ -81,12 +113,19 @@ def dry_run(
                     dst = rank(peer_stage(a))
                     free = link_free.get((s, dst), 0.0)
                     issued = start + duration(a)  # the send's own work, then the message leaves
-                    arrival = transfer(a, issued, free) if transfer else issued
-                    link_free[(s, dst)] = max(free, arrival)
-                    queues.setdefault((CHANNEL[a.op], s, dst), deque()).append((a, arrival))
+                    if on_demand:  # it leaves when its receive is posted: timed there
+                        arrival = issued
+                    else:
+                        arrival = transfer(a, issued, free) if transfer else issued
+                        link_free[(s, dst)] = max(free, arrival)
+                    entry = [a, arrival, False]
+                    queues.setdefault((CHANNEL[a.op], s, dst), deque()).append(entry)
+                    if send_waits:
+                        unfinished[s].append(entry)
                     end = issued
                 else:
                     end = start + duration(a)
+                    last_kind[s] = a.op
                 records.append(TimelineRecord.of(a, start, end))
                 clock[s] = end
                 pc[s] += 1

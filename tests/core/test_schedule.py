@@ -253,6 +253,55 @@ def test_dry_run_reports_a_deadlock_with_the_grid():
     assert ">>0RECV_SB0<<" in str(err.value) and ">>1RECV_SF0<<" in str(err.value)
 
 
+def test_an_on_demand_receive_moves_its_message_only_once_posted():
+    # stage 0 sends at 1; stage 1 reaches the receive at 3 (after its teacher forward)
+    lowered = [
+        [Action(0, Op.SF, 0, 0), Action(0, Op.SEND_SF, 0, 0)],
+        [Action(1, Op.TF, 0, 0), Action(1, Op.RECV_SF, 0, 0), Action(1, Op.SF, 0, 0)],
+    ]
+    costs = {Op.SF: 1.0, Op.TF: 3.0}
+
+    def student_forward_on_1(on_demand):
+        records = dry_run(
+            lowered,
+            lambda a: costs.get(a.op, 0.0),
+            lambda a, sent, free: max(sent, free) + 1.0,
+            on_demand=on_demand,
+        )
+        return next((r.start_ms, r.end_ms) for r in records if r.stage == 1 and r.op == "SF")
+
+    assert student_forward_on_1(False) == (3.0, 4.0)  # posted ahead: arrived at 2
+    assert student_forward_on_1(True) == (4.0, 5.0)  # moves from 3, arrives at 4
+
+
+def test_a_stage_waiting_for_its_sends_starts_its_next_kind_of_work_once_they_are_delivered():
+    # torch's teacher pass: stage 0 may start its student forward only once stage 1 has posted
+    # (at 6, after its first teacher forward) the receive of its second teacher message
+    lowered = [
+        [
+            Action(0, Op.TF, 0, 0),
+            Action(0, Op.SEND_TF, 0, 0),
+            Action(0, Op.TF, 0, 1),
+            Action(0, Op.SEND_TF, 0, 1),
+        ]
+        + [Action(0, Op.SF, 0, 0)],
+        [
+            Action(1, Op.RECV_TF, 0, 0),
+            Action(1, Op.TF, 0, 0),
+            Action(1, Op.RECV_TF, 0, 1),
+            Action(1, Op.TF, 0, 1),
+        ],
+    ]
+    costs = {Op.TF: 1.0, Op.SF: 1.0}
+
+    def stage_0_student_forward(**how):
+        records = dry_run(lowered, lambda a: costs.get(a.op, 0.0) * (5 if a.stage else 1), **how)
+        return next((r.start_ms, r.end_ms) for r in records if r.stage == 0 and r.op == "SF")
+
+    assert stage_0_student_forward() == (2.0, 3.0)
+    assert stage_0_student_forward(on_demand=True, send_waits=True) == (6.0, 7.0)
+
+
 def test_dry_run_reports_mismatched_message_order():
     lowered = [
         [Action(0, Op.SEND_SF, 0, 0), Action(0, Op.SEND_SF, 0, 1)],
