@@ -14,6 +14,7 @@ import json
 import resource
 import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,15 @@ from core.simulate import CostModel, simulate, stage_cost_model
 
 
 def cost_model(
-    costs: BlockCosts, balance: Sequence[int], teacher_balance: Sequence[int], link: Link
+    costs: BlockCosts,
+    balance: Sequence[int],
+    teacher_balance: Sequence[int],
+    link: Link,
+    waiting: Sequence[tuple[float, float]] | None = None,
 ) -> CostModel:
-    """Per-stage unit costs of a partition from measured block costs."""
-    return stage_cost_model(
+    """Per-stage unit costs of a partition from measured block costs (``waiting``: per stage,
+    the factors on split-backward halves run while other weight halves wait, ``core.deferral``)."""
+    model = stage_cost_model(
         costs.teacher_fwd,
         costs.student_fwd,
         costs.student_bwd,
@@ -48,6 +54,7 @@ def cost_model(
         costs.student_bwd_split or None,
         costs.input_ms,
     )
+    return replace(model, waiting=tuple(waiting)) if waiting else model
 
 
 def bound_samples_per_s(costs: BlockCosts, units: int, batch: int, stages: int) -> float:
@@ -67,9 +74,10 @@ def predict(
     balance: Sequence[int],
     teacher_balance: Sequence[int],
     link: Link,
+    waiting: Sequence[tuple[float, float]] | None = None,
 ) -> tuple[float | None, list[dict]]:
     """Simulated samples/s of a run and its timeline records (``costs`` profiled at the run's
-    unit size).
+    unit size; ``waiting``: :func:`cost_model`'s, for the schedules that split backwards).
 
     Pipeline schedules are simulated directly. The torch pipelining peer runs a forward-only
     teacher pass and then the student's schedule; a stage starts the student pass as soon as
@@ -85,7 +93,7 @@ def predict(
     """
     stages, micro = config.stages, config.microbatches
     spec = get_schedule(schedule)
-    model = cost_model(costs, balance, teacher_balance, link)
+    model = cost_model(costs, balance, teacher_balance, link, waiting)
     if spec.is_pipeline:
         built = build_schedule(
             schedule,

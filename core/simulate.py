@@ -58,6 +58,8 @@ class CostModel:
             compute action of each mini-batch on stage 0, where the runtime does it.
         split_bwd: per stage, what a split backward (``SB`` + ``SW``) costs in all, more than
             the whole ``student_bwd`` (two autograd passes); None: the same.
+        waiting: per stage, the factors on ``SB`` and ``SW`` run while another unit's weight
+            half waits on the stage (``core.deferral``); None: no change.
     """
 
     teacher_fwd: tuple[float, ...]
@@ -71,6 +73,7 @@ class CostModel:
     weight_share: float | tuple[float, ...] = 0.5
     input_ms: float = 0.0
     split_bwd: tuple[float, ...] | None = None
+    waiting: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.teacher_fwd)
@@ -79,7 +82,8 @@ class CostModel:
             raise ValueError(
                 f"cost model: weight_share must lie in [0, 1], one or one per stage, got {shares}"
             )
-        for name in ("student_fwd", "student_bwd", "teacher_bytes", "student_bytes", "opt_ms", "split_bwd"):
+        per_stage = ("student_fwd", "student_bwd", "teacher_bytes", "student_bytes", "opt_ms")
+        for name in (*per_stage, "split_bwd", "waiting"):
             if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise ValueError(f"cost model: {name} has {len(getattr(self, name))} stages, expected {n}")
 
@@ -101,9 +105,13 @@ class CostModel:
         """The weight half's share of stage ``stage``'s backward."""
         return self.weight_share[stage] if isinstance(self.weight_share, tuple) else self.weight_share
 
-    def duration(self, action: Action, units: int, pieces: int, split: bool = False) -> float:
-        """Milliseconds ``action`` occupies its stage (``split``: the schedule splits backwards)."""
+    def duration(
+        self, action: Action, units: int, pieces: int, split: bool = False, waits: bool = False
+    ) -> float:
+        """Milliseconds ``action`` occupies its stage (``split``: the schedule splits backwards;
+        ``waits``: another unit's weight half waits on the stage while it runs)."""
         s = action.stage
+        slower = self.waiting[s] if waits and self.waiting else (1.0, 1.0)
         if action.op == Op.TF:
             return self.teacher_fwd[s]
         if action.op == Op.SF:
@@ -111,9 +119,9 @@ class CostModel:
         whole = self.split_bwd[s] if split and s > 0 and self.split_bwd else self.student_bwd[s]
         if action.op == Op.SB:
             share = self.share(s) if split and s > 0 else 0.0
-            return whole * (1.0 - share) / pieces
+            return whole * (1.0 - share) / pieces * slower[0]
         if action.op == Op.SW:
-            return whole * self.share(s) / pieces if s > 0 else 0.0
+            return whole * self.share(s) / pieces * slower[1] if s > 0 else 0.0
         if action.op == Op.LOSS:
             return self.loss_ms if action.microbatch is None else self.loss_ms / units
         if action.op == Op.OPT:
@@ -183,9 +191,10 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int, torch_p2p
     units, pieces, link = schedule.units, schedule.backward_pieces, costs.link
 
     fed: set[int] = set()  # mini-batches whose inputs stage 0 has made
+    waits = waiting_halves(schedule) if costs.waiting else set()
 
     def duration(a: Action) -> float:
-        took = costs.duration(a, units, pieces, schedule.split_backward)
+        took = costs.duration(a, units, pieces, schedule.split_backward, a in waits)
         if a.stage == 0 and a.is_compute and a.batch not in fed:
             fed.add(a.batch)
             took += costs.input_ms
@@ -224,6 +233,19 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int, torch_p2p
         balance_cap=(sum(work) / len(work)) / max(work),
         records=records,
     )
+
+
+def waiting_halves(schedule: Schedule) -> set[Action]:
+    """Split-backward halves that run while another piece's ``SW`` waits on their stage."""
+    waits: set[Action] = set()
+    for actions in schedule.compute if schedule.split_backward else ():
+        held: dict[int, set[tuple]] = {}
+        for a in (a for a in actions if a.op in (Op.SB, Op.SW)):
+            key, mine = (a.batch, a.microbatch, a.part), held.setdefault(a.stage, set())
+            if mine - {key}:
+                waits.add(a)
+            (mine.add if a.op == Op.SB else mine.discard)(key)
+    return waits
 
 
 def unit_costs(stages: int, pieces_loss_opt: float = 0.5) -> CostModel:

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from core.bench import bound_samples_per_s, partial_steps, predict, steady_steps, timed_run
 from core.config import Config, PipelineConfig
+from core.deferral import deferral_factors
 from core.link import Link
 from core.link_probe import probe_link
 from core.metrics import TimelineRecord, make_row, steady_state, write_rows
@@ -263,6 +264,12 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
         student_extra=work.task.predictor_blocks,
     )
     balances = (list(partition.student), list(partition.teacher))
+    waiting: dict[int, list[tuple[float, float]]] = {}
+    for run in plan:
+        m = run.unit_microbatches
+        if run.pipelined and get_schedule(run.schedule).split_backward and m not in waiting:
+            progress(f"timing split backwards with weight halves waiting, {m} micro-batch(es)")
+            waiting[m] = deferral_factors(work.task, first, m, balances[0], device)
     groups: dict[int, list[BenchRun]] = {}
     for run in plan:
         groups.setdefault(run.procs, []).append(run)
@@ -324,6 +331,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
             [run_costs(profiles, f, run) for f in by_round],
             profiles,
             out,
+            waiting.get(run.unit_microbatches),
         )
         for run, result in results.items()
         if not run.busy
@@ -336,6 +344,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
                     kind: {str(m): f.to_dict() for m, f in by_m.items()} for kind, by_m in fits.items()
                 },
                 **{str(m): c.to_dict() for m, c in profiles.items()},
+                "waiting": {str(m): w for m, w in waiting.items()},
             },
             indent=1,
         )
@@ -460,6 +469,7 @@ def _row(
     round_costs: list[BlockCosts],
     profiles: dict[int, BlockCosts],
     out: Path,
+    waiting: list[tuple[float, float]] | None = None,
 ) -> dict:
     """One row: the run's measured speed beside the simulator's, predicted once per round from
     that round's calibration (``round_costs``) and compared with that round's measurement; the
@@ -495,6 +505,7 @@ def _row(
                 balance,
                 teacher_balance,
                 link,
+                waiting if run.pipelined and run.procs == len(waiting or []) else None,
             )
             per_round.append(speed)
         if per_round and None not in per_round:
