@@ -85,8 +85,8 @@ def predict(
     name (teacher forwards first), so that is what is simulated, with torch's messaging: each
     receive posted just before the action that needs it (over gloo its message moves only
     then), and each pass waiting for its sends to be delivered before its next phase (the
-    teacher pass before the student's forwards, the forwards before the backwards). ``ddp`` is one replica's work
-    on its share of the batch plus a ring all-reduce of the gradients.
+    teacher pass before the student's forwards, the forwards before the backwards). ``ddp`` is
+    one replica's work on its share of the batch plus a ring all-reduce of the gradients.
 
     Returns:
         (samples/s, records); (None, []) for runs no model covers.
