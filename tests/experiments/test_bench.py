@@ -87,3 +87,41 @@ def test_speedups_are_tspipe_at_its_best_over_each_row():
     assert speed[("mp", 1)] == pytest.approx(2.0)
     table = bench_table(rows)
     assert table.splitlines()[2].startswith("| mp | 2 | 1 | 150 | — | 2.000 |")
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_a_split_schedule_is_predicted_with_its_stages_waiting_factors(tmp_path, monkeypatch):
+    import experiments.bench as bench
+
+    seen = []
+
+    def recording_predict(schedule, *args):
+        seen.append((schedule, args[-1]))
+        return predict(schedule, *args)
+
+    predict = bench.predict
+    monkeypatch.setattr(bench, "predict", recording_predict)
+    settings = BenchSettings(
+        method="synthetic",
+        preset="tiny",
+        overrides=("batch=8", "image=4", "channels=4", "blocks=4", "backward_pieces=1"),
+        microbatches=(2,),
+        schedules=("sequential", "tspipe-zb"),
+        warmup=1,
+        steps=4,
+        rounds=1,
+        out=str(tmp_path),
+        command="pytest",
+    )
+    rows = run_benchmark(settings)
+    waiting = json.loads((tmp_path / "costs.json").read_text())["waiting"]
+    # timed once, for the micro-batch count the split schedule runs at: one entry per stage,
+    # stage 0 (no weight halves of its own) unchanged
+    assert list(waiting) == ["2"] and len(waiting["2"]) == 2 and waiting["2"][0] == [1.0, 1.0]
+    assert all(x > 0 for x in waiting["2"][1])
+    # the pipeline's prediction got them, the one-process runs none
+    given = dict(seen)
+    assert [list(x) for x in given["tspipe-zb"]] == waiting["2"]
+    assert given["sequential"] is None
+    assert next(r for r in rows if r["schedule"] == "tspipe-zb")["predicted_samples_per_s"] > 0
