@@ -85,7 +85,9 @@ def predict(
     name (teacher forwards first), so that is what is simulated, with torch's messaging: each
     receive posted just before the action that needs it (over gloo its message moves only
     then), and each pass waiting for its sends to be delivered before its next phase (the
-    teacher pass before the student's forwards, the forwards before the backwards). ``ddp`` is
+    teacher pass before the student's forwards, the forwards before the backwards). With
+    global-norm clipping or ``nan_guard=skip`` every stage's step waits for the last stage to
+    reach its own (the all-reduce at its start). ``ddp`` is
     one replica's work on its share of the batch plus a ring all-reduce of the gradients.
 
     Returns:
@@ -93,6 +95,7 @@ def predict(
     """
     stages, micro = config.stages, config.microbatches
     spec = get_schedule(schedule)
+    sync = config.max_grad_norm is not None or config.nan_guard == "skip"  # all-reduced at the step
     model = cost_model(costs, balance, teacher_balance, link, waiting)
     if spec.is_pipeline:
         built = build_schedule(
@@ -106,13 +109,13 @@ def predict(
             config.teacher_early,
             config.teacher_lookahead,
         )
-        result = simulate(built, model, batch)
+        result = simulate(built, model, batch, step_sync=sync)
         return result.samples_per_s, [r.to_dict() for r in result.records]
     if spec.runner == "torch":
         # a forward-only teacher pass, then the student schedule, without a flush between them:
         # the actions of our own schedule of the same name (teacher forwards first), unsplit
         built = build_schedule(spec.student_schedule, stages, micro, teacher, 8, 1, views)
-        result = simulate(built, model, batch, torch_p2p=True)
+        result = simulate(built, model, batch, torch_p2p=True, step_sync=sync)
         return result.samples_per_s, [r.to_dict() for r in result.records]
     if spec.runner == "ddp":
         # costs profiled at one replica's share (batch / stages samples per view)

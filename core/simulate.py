@@ -165,7 +165,9 @@ class SimResult:
     records: list[TimelineRecord]
 
 
-def simulate(schedule: Schedule, costs: CostModel, batch_samples: int, torch_p2p: bool = False) -> SimResult:
+def simulate(
+    schedule: Schedule, costs: CostModel, batch_samples: int, torch_p2p: bool = False, step_sync: bool = False
+) -> SimResult:
     """Simulate ``schedule`` under ``costs``.
 
     Args:
@@ -179,6 +181,8 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int, torch_p2p
             gloo: each receive posted only when its stage reaches it (the message moves from
             then on), and a stage waiting for its sends to be delivered whenever its work
             changes kind (``core.validate.dry_run``'s ``on_demand`` and ``send_waits``).
+        step_sync: every stage's ``OPT`` starts when the last one reaches it (global-norm
+            clipping, ``dry_run``'s ``step_sync``).
 
     Returns:
         A :class:`SimResult`.
@@ -211,6 +215,7 @@ def simulate(schedule: Schedule, costs: CostModel, batch_samples: int, torch_p2p
         link.wake_penalty_ms,
         on_demand=torch_p2p,
         send_waits=torch_p2p,
+        step_sync=step_sync,
     )
     tail = max(1, schedule.fill_ahead)  # the last steps lack the teacher forwards far ahead
     if schedule.batches >= 4 + tail:

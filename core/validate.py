@@ -23,6 +23,7 @@ def dry_run(
     wake: Callable[[float], float] | None = None,
     on_demand: bool = False,
     send_waits: bool = False,
+    step_sync: bool = False,
 ) -> list[TimelineRecord]:
     """Replay lowered per-stage lists as the runtime would run them: sends never block (they stay
     pending), a receive waits until the matching send was issued, and messages of one channel
@@ -45,6 +46,9 @@ def dry_run(
             until every message it sent has been delivered (torch's schedules wait for their
             sends at the end of each forward and backward phase and of the teacher's pass, or,
             in 1F1B, fused with the next receive). Default: sends never block.
+        step_sync: every ``OPT`` of a mini-batch starts together, when the last stage reaches
+            its own (global-norm clipping and ``nan_guard=skip`` all-reduce across the stages
+            at the start of the step). Default: each stage steps on its own.
 
     Returns:
         One :class:`TimelineRecord` per action, in the order they were replayed.
@@ -68,6 +72,10 @@ def dry_run(
     link_free: dict[tuple[int, int], float] = {}
     unfinished: list[list[list]] = [[] for _ in range(stages)]  # sends not waited for yet
     last_kind: list[Op | None] = [None] * stages
+    steppers: dict[int, int] = {}  # OPT actions of each mini-batch, over every list
+    for a in (a for actions in lowered for a in actions if a.op == Op.OPT):
+        steppers[a.batch] = steppers.get(a.batch, 0) + 1
+    reached: dict[int, dict[int, float]] = {}  # per mini-batch: the stages at their OPT, since when
     records: list[TimelineRecord] = []
     progress = True
     while progress:
@@ -85,6 +93,12 @@ def dry_run(
                     if delivered > start:
                         start = delivered + (wake(delivered - start) if wake else 0.0)
                         clock[s] = start
+                if step_sync and a.op == Op.OPT:
+                    here = reached.setdefault(a.batch, {})
+                    here.setdefault(a.stage, start)
+                    if len(here) < steppers[a.batch]:
+                        break  # the others have not reached the step's all-reduce yet
+                    start = max(here.values())
                 if a.op in RECV_OPS:
                     src = rank(peer_stage(a))
                     queue = queues.get((CHANNEL[a.op], src, s))

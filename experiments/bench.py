@@ -489,6 +489,8 @@ def _row(
         stages=run.procs,
         microbatches=run.microbatches,
         backward_pieces=result["extra"].get("backward_pieces"),
+        max_grad_norm=config.pipeline.max_grad_norm,
+        nan_guard=config.pipeline.nan_guard,
     )
     balance = result["extra"].get("balance") or [len(unit_costs.student_fwd)]
     teacher_balance = result["extra"].get("teacher_balance") or [len(unit_costs.teacher_fwd)]

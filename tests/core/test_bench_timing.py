@@ -37,3 +37,36 @@ def test_every_schedules_middle_steps_repeat(spec):
     for rank in range(3):
         sizes = [len(program.segment(rank, b)) for b in program.batches()]
         assert len(set(sizes[1:-1])) == 1
+
+
+def test_a_clipped_or_guarded_run_is_predicted_with_its_steps_synced():
+    from core.bench import predict
+    from core.config import PipelineConfig
+    from core.link import Link
+    from core.profile import BlockCosts
+
+    # stage 1's backward is the slow one, so stage 0 reaches its step first
+    costs = BlockCosts(
+        samples=4,
+        teacher_fwd=[1.0, 1.0],
+        student_fwd=[1.0, 1.0],
+        student_bwd=[1.0, 6.0],
+        teacher_bytes=[0.0, 0.0],
+        student_bytes=[0.0, 0.0],
+        loss_ms=0.0,
+        opt_ms=[1.0, 1.0],
+        param_bytes=[0.0, 0.0],
+    )
+
+    def run(**pipeline):
+        config = PipelineConfig(schedule="tspipe", stages=2, microbatches=2, **pipeline)
+        speed, records = predict("tspipe", costs, config, 1, "frozen", 8, [1, 1], [1, 1], Link())
+        starts: dict[int, set[float]] = {}
+        for r in records:
+            if r["op"] == "OPT":
+                starts.setdefault(r["batch"], set()).add(round(r["start_ms"], 9))
+        return speed, all(len(s) == 1 for s in starts.values())
+
+    free, clipped, guarded = run(), run(max_grad_norm=1.0), run(nan_guard="skip")
+    assert not free[1] and clipped[1] and guarded[1]
+    assert clipped[0] <= free[0] and guarded[0] == pytest.approx(clipped[0])

@@ -329,3 +329,34 @@ def test_dry_run_reports_mismatched_message_order():
 def test_bad_input_raises_value_error_saying_what_to_change(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         call()
+
+
+def test_with_a_step_all_reduce_every_stage_steps_when_the_last_one_reaches_its_step():
+    # global-norm clipping all-reduces at the start of OPT: stage 0 is ready at 1, stage 1 at 4
+    lowered = [
+        [Action(0, Op.SF, 0, 0), Action(0, Op.OPT, 0), Action(0, Op.SF, 1, 0), Action(0, Op.OPT, 1)],
+        [Action(1, Op.SF, 0, 0), Action(1, Op.OPT, 0), Action(1, Op.SF, 1, 0), Action(1, Op.OPT, 1)],
+    ]
+
+    def steps(**how):
+        records = dry_run(lowered, lambda a: 4.0 if a.stage and a.op == Op.SF else 1.0, **how)
+        return [(r.stage, r.start_ms) for r in records if r.op == "OPT"]
+
+    assert sorted(steps()) == [(0, 1.0), (0, 3.0), (1, 4.0), (1, 9.0)]
+    # stage 0 waits for stage 1 at each step: 4, then 5 + 4 = 9 for the second
+    assert sorted(steps(step_sync=True)) == [(0, 4.0), (0, 9.0), (1, 4.0), (1, 9.0)]
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "tspipe", "tspipe-zb"])
+def test_a_synced_step_starts_together_on_every_stage_and_is_never_faster(name):
+    from core.simulate import simulate, unit_costs
+
+    schedule = build_schedule(name, 3, 4, "ema", 8, 1, 2)
+    costs = unit_costs(3)
+    free, synced = simulate(schedule, costs, 8), simulate(schedule, costs, 8, step_sync=True)
+    assert synced.step_ms >= free.step_ms - 1e-9
+    starts: dict[int, set[float]] = {}
+    for r in synced.records:
+        if r.op == "OPT":
+            starts.setdefault(r.batch, set()).add(round(r.start_ms, 9))
+    assert len(starts) == 8 and all(len(s) == 1 for s in starts.values())
