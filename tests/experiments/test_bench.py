@@ -23,21 +23,26 @@ def test_the_plan_covers_every_registered_schedule():
     assert not any(r.schedule == "torch-1f1b" for r in single)
 
 
-@pytest.mark.dist
-@pytest.mark.slow
-def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
-    settings = BenchSettings(
+def _tiny(out, schedules, rounds):
+    """The synthetic pair at its smallest, at M = 2, four timed steps a round."""
+    return BenchSettings(
         method="synthetic",
         preset="tiny",
         overrides=("batch=8", "image=4", "channels=4", "blocks=4", "backward_pieces=1"),
         microbatches=(2,),
-        schedules=("sequential", "gpipe", "tspipe", "ddp", "torch-gpipe"),
+        schedules=schedules,
         warmup=1,
         steps=4,
-        rounds=2,
-        out=str(tmp_path),
+        rounds=rounds,
+        out=str(out),
         command="pytest",
     )
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
+    settings = _tiny(tmp_path, ("sequential", "gpipe", "tspipe", "ddp", "torch-gpipe"), rounds=2)
     rows = run_benchmark(settings)
     assert {r["schedule"] for r in rows} == {"sequential", "gpipe", "tspipe", "ddp", "torch-gpipe"}
     for row in rows:
@@ -102,18 +107,7 @@ def test_a_split_schedule_is_predicted_with_its_stages_waiting_factors(tmp_path,
 
     predict = bench.predict
     monkeypatch.setattr(bench, "predict", recording_predict)
-    settings = BenchSettings(
-        method="synthetic",
-        preset="tiny",
-        overrides=("batch=8", "image=4", "channels=4", "blocks=4", "backward_pieces=1"),
-        microbatches=(2,),
-        schedules=("sequential", "tspipe-zb"),
-        warmup=1,
-        steps=4,
-        rounds=1,
-        out=str(tmp_path),
-        command="pytest",
-    )
+    settings = _tiny(tmp_path, ("sequential", "tspipe-zb"), rounds=1)
     rows = run_benchmark(settings)
     waiting = json.loads((tmp_path / "costs.json").read_text())["waiting"]
     # timed once, for the micro-batch count the split schedule runs at: one entry per stage,
