@@ -1,6 +1,6 @@
 """The link between neighbouring pipeline stages: what a message costs in flight and at each end
-(the simulator's :class:`Link`; :mod:`core.link_probe` and :mod:`core.wake_probe` measure it on a
-CPU host)."""
+(the simulator's :class:`Link`; :mod:`core.link_probe`, :mod:`core.wake_probe` and
+:mod:`core.traffic_probe` measure it on a CPU host)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ class Link:
         cpu_gbps: rate at which a message's bytes occupy each end's CPU besides ``overhead_us``
             (between processes of one CPU host the kernel copies every byte on both ends, on the
             cores the stages compute on); None: the bytes cost the ends nothing (copy engines).
+        beside_gbps: rate at which a message's bytes slow the work running beside them at each
+            end (between processes of one CPU host the copies share the cores' caches and memory
+            with the computation: :func:`core.traffic_probe.probe_traffic`); None: they do not.
         wake_ms, wake_tau_ms: what a wait for a message costs the stage that waited, on top of
             the wait: ``wake_ms x (1 - exp(-wait / wake_tau_ms))`` (a CPU core left idle resumes
             slower, more so the longer it idled: :func:`core.wake_probe.probe_wake` measures
@@ -35,6 +38,7 @@ class Link:
     cpu_gbps: float | None = None
     wake_ms: float = 0.0
     wake_tau_ms: float = 1.0
+    beside_gbps: float | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -42,17 +46,20 @@ class Link:
             or self.latency_us < 0
             or self.overhead_us < 0
             or (self.cpu_gbps is not None and self.cpu_gbps <= 0)
+            or (self.beside_gbps is not None and self.beside_gbps <= 0)
             or self.wake_ms < 0
             or self.wake_tau_ms <= 0
         ):
             raise ValueError(
-                "link needs gbps > 0, latency_us >= 0, overhead_us >= 0, cpu_gbps > 0, wake_ms >= 0 "
-                f"and wake_tau_ms > 0, got {self}"
+                "link needs gbps > 0, latency_us >= 0, overhead_us >= 0, cpu_gbps > 0, wake_ms >= 0, "
+                f"wake_tau_ms > 0 and beside_gbps > 0, got {self}"
             )
 
     def handling_ms(self, nbytes: float) -> float:
-        """Milliseconds a message of ``nbytes`` occupies each end's stage."""
-        return self.overhead_us / 1e3 + (nbytes / (self.cpu_gbps * 1e9) * 1e3 if self.cpu_gbps else 0.0)
+        """Milliseconds a message of ``nbytes`` occupies each end's stage (its handling, and
+        what its bytes cost the work beside them)."""
+        per_byte = sum(1.0 / (g * 1e9) for g in (self.cpu_gbps, self.beside_gbps) if g)
+        return self.overhead_us / 1e3 + nbytes * per_byte * 1e3
 
     def transfer_ms(self, nbytes: float) -> float:
         """Milliseconds to move ``nbytes`` over the link, latency included."""

@@ -16,11 +16,14 @@ corrected per kind of work by the one-process step's timeline (``core.step_fit``
 forward, student forward and backward each by its own factor, the loss, the update and the
 input-making as measured): measured alone for the one-process rows, and measured with the same
 one-process step running on every process at once for the others (a block runs slower when
-every core is busy); plus the link's measured per-message cost, what a wait for a message
-costs the stage that waited (``core.wake_probe``: an idle core resumes slower) and the split
-backward's own measured cost. Each round is predicted from that round's own one-process runs and
-compared with that round's measurement (a drift of the machine between rounds hits both alike);
-a row's prediction and error are the medians over the rounds. The rows hold the simulator's
+every core is busy), each kind's total split over a pipeline's stages as the stages timed
+whole on one process split it (``core.stage_timing``); plus the link's measured per-message
+cost, what a message's bytes cost the work running beside them (``core.traffic_probe``: the
+copies share the cores' caches), what a wait for a message costs the stage that waited
+(``core.wake_probe``: an idle core resumes slower) and the split backward's own measured cost.
+Each round is predicted from that round's own one-process runs and compared with that round's
+measurement (a drift of the machine between rounds hits both alike); a row's prediction and
+error are the medians over the rounds. The rows hold the simulator's
 prediction beside each measurement, and the measured and simulated timelines (the last round's);
 ``analysis.bench`` makes the tables and plots.
 
@@ -58,8 +61,10 @@ from core.partition import plan_partition
 from core.profile import BlockCosts, fitted_costs, profile_blocks
 from core.runtime import prepare_models
 from core.schedules import get_schedule, schedules
+from core.stage_timing import split_by_stage, stage_times
 from core.step_fit import StepFit, apply_fit, fit_step, processes
 from core.task import scatter
+from core.traffic_probe import probe_traffic
 from core.wake_probe import probe_wake
 from methods.registry import get_method
 from methods.spec import MethodSpec, Setup
@@ -270,6 +275,16 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
         if run.pipelined and get_schedule(run.schedule).split_backward and m not in waiting:
             progress(f"timing split backwards with weight halves waiting, {m} micro-batch(es)")
             waiting[m] = deferral_factors(work.task, first, m, balances[0], device)
+    splits: dict[int, list[tuple[float, float, float]]] = {}
+    for run in plan:
+        m = run.unit_microbatches
+        if run.pipelined and run.procs == settings.stages and m not in splits:
+            progress(f"timing each stage whole, {m} micro-batch(es)")
+            splits[m] = stage_times(work.task, first, m, balances[0], balances[1], device)
+    # the size the traffic probe measures at: the student's message at the first cut, at the
+    # unit the wake probe's piece of work runs (the largest micro-batch count)
+    cut_costs = profiles.get(max(settings.microbatches)) or profiles[max(profiles)]
+    message_bytes = int(max(cut_costs.student_bytes[balances[0][0] - 1], 4.0))
     groups: dict[int, list[BenchRun]] = {}
     for run in plan:
         groups.setdefault(run.procs, []).append(run)
@@ -295,6 +310,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
                             for r in runs
                         ],
                         "folder": str(out / "runs"),
+                        "message_bytes": message_bytes,
                     }
                 )
             )
@@ -327,8 +343,8 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
             work,
             run,
             result,
-            run_costs(profiles, fits, run),
-            [run_costs(profiles, f, run) for f in by_round],
+            staged(run_costs(profiles, fits, run), run, balances, splits),
+            [staged(run_costs(profiles, f, run), run, balances, splits) for f in by_round],
             profiles,
             out,
             waiting.get(run.unit_microbatches),
@@ -345,6 +361,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
                 },
                 **{str(m): c.to_dict() for m, c in profiles.items()},
                 "waiting": {str(m): w for m, w in waiting.items()},
+                "stage_times": {str(m): t for m, t in splits.items()},
             },
             indent=1,
         )
@@ -421,6 +438,21 @@ def run_costs(
         return base
     m = run.unit_microbatches
     return apply_fit(base, by_m[min(by_m, key=lambda s: abs(s - m))])
+
+
+def staged(
+    costs: BlockCosts,
+    run: BenchRun,
+    balances: tuple[list[int], list[int]],
+    splits: dict[int, list[tuple[float, float, float]]],
+) -> BlockCosts:
+    """A pipelined run's costs with each kind of work split over its stages as the stages timed
+    whole at its unit size say (:func:`core.stage_timing.split_by_stage`); the others' as
+    they are."""
+    times = splits.get(run.unit_microbatches) if run.pipelined else None
+    if not times or len(times) != run.procs:
+        return costs
+    return split_by_stage(costs, balances[0], balances[1], times)
 
 
 def teacher_share(costs: BlockCosts) -> float:
@@ -565,6 +597,7 @@ def _row(
         link_cpu_gbps=link.cpu_gbps if "link" in result["extra"] else None,
         link_wake_ms=link.wake_ms if "link" in result["extra"] else None,
         link_wake_tau_ms=link.wake_tau_ms if "link" in result["extra"] else None,
+        link_beside_gbps=link.beside_gbps if "link" in result["extra"] else None,
         synthetic_inputs=work.synthetic_data,
         amp_bf16=config.pipeline.amp_bf16,
         teacher_fwd_share=teacher_share(profiles[run.unit_microbatches]),
@@ -574,7 +607,8 @@ def _row(
 
 def teacher_pass(work: Setup, microbatches: Sequence[int]) -> Callable[[], object]:
     """The whole teacher's forward on one unit at the largest micro-batch count the runs use:
-    the piece of work the wake probe times after each idle (a typical action's size)."""
+    the piece of work the wake probe times after each idle and the traffic probe beside messages
+    (a typical action's size)."""
     teacher = nn.Sequential(*prepare_models(work.task)[1])
     views = work.task.split_inputs(next(iter(work.batches(0, 1))), 0)[1]
     unit = scatter(views[0], max(microbatches))[0]
@@ -605,8 +639,11 @@ def worker(spec_file: Path) -> None:
     if rank.world > 1:
         messages = network(config.pipeline, rank.device)  # the runs' own message path
         measured = probe_link(transport=messages)
+        piece = teacher_pass(method.setup(config), settings.microbatches)
+        size = group.get("message_bytes")  # groups that predict nothing (bench_hybrid) give none
+        per_byte = probe_traffic(messages, piece, size) if size else 0.0
         messages.close()
-        wake_ms, wake_tau_ms = probe_wake(teacher_pass(method.setup(config), settings.microbatches))
+        wake_ms, wake_tau_ms = probe_wake(piece)
         link = {
             "gbps": measured.gbps,
             "latency_us": measured.latency_us,
@@ -614,6 +651,7 @@ def worker(spec_file: Path) -> None:
             "cpu_gbps": measured.cpu_gbps,
             "wake_ms": wake_ms,
             "wake_tau_ms": wake_tau_ms,
+            "beside_gbps": 1e-6 / per_byte if per_byte > 0 else None,  # ms per byte -> GB/s
         }
     total = settings.warmup + settings.steps
     setups: dict[str, Setup] = {}  # a method's setup may depend on the runner kind, not on the shape

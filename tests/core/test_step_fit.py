@@ -148,3 +148,12 @@ def test_a_cpu_links_bytes_occupy_both_ends():
     assert Link(overhead_us=10.0).handling_ms(1e9) == pytest.approx(0.01)  # copy engines: bytes are free
     with pytest.raises(ValueError, match="cpu_gbps"):
         Link(cpu_gbps=0.0)
+
+
+def test_what_a_messages_bytes_cost_the_work_beside_them_adds_to_each_ends_handling():
+    link = Link(overhead_us=10.0, cpu_gbps=0.5, beside_gbps=0.25)
+    # 1 GB: 2 s of copying and 4 s lost beside it, at each end
+    assert link.handling_ms(1e9) == pytest.approx(0.01 + 2e3 + 4e3)
+    assert Link(overhead_us=10.0, beside_gbps=0.25).handling_ms(1e9) == pytest.approx(0.01 + 4e3)
+    with pytest.raises(ValueError, match="beside_gbps"):
+        Link(beside_gbps=0.0)

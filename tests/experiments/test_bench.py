@@ -54,6 +54,7 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
     assert ts["predicted_samples_per_s"] > 0
     assert ts["link_cpu_gbps"] > 0  # gloo between processes of one host: bytes cost CPU on both ends
     assert ts["link_wake_ms"] >= 0 and ts["link_wake_tau_ms"] > 0
+    assert ts["link_beside_gbps"] is None or ts["link_beside_gbps"] > 0
     # each round predicted from its own calibration and compared with its own measurement
     per_round = ts["round_predicted_samples_per_s"]
     assert len(per_round) == 2 and ts["predicted_samples_per_s"] == pytest.approx(
@@ -96,17 +97,22 @@ def test_speedups_are_tspipe_at_its_best_over_each_row():
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_a_split_schedule_is_predicted_with_its_stages_waiting_factors(tmp_path, monkeypatch):
+def test_a_split_schedule_is_predicted_with_its_stages_waiting_factors_and_timed_split(tmp_path, monkeypatch):
     import experiments.bench as bench
 
-    seen = []
+    seen, splits = [], []
 
     def recording_predict(schedule, *args):
         seen.append((schedule, args[-1]))
         return predict(schedule, *args)
 
-    predict = bench.predict
+    def recording_split(costs, balance, teacher_balance, times):
+        splits.append((list(balance), list(teacher_balance), [list(t) for t in times]))
+        return split_by_stage(costs, balance, teacher_balance, times)
+
+    predict, split_by_stage = bench.predict, bench.split_by_stage
     monkeypatch.setattr(bench, "predict", recording_predict)
+    monkeypatch.setattr(bench, "split_by_stage", recording_split)
     settings = _tiny(tmp_path, ("sequential", "tspipe-zb"), rounds=1)
     rows = run_benchmark(settings)
     waiting = json.loads((tmp_path / "costs.json").read_text())["waiting"]
@@ -119,3 +125,9 @@ def test_a_split_schedule_is_predicted_with_its_stages_waiting_factors(tmp_path,
     assert [list(x) for x in given["tspipe-zb"]] == waiting["2"]
     assert given["sequential"] is None
     assert next(r for r in rows if r["schedule"] == "tspipe-zb")["predicted_samples_per_s"] > 0
+    # each stage timed whole once, at the pipeline's micro-batch count, and only the pipeline's
+    # costs split by it (once overall and once per round)
+    times = json.loads((tmp_path / "costs.json").read_text())["stage_times"]
+    assert list(times) == ["2"] and len(times["2"]) == 2 and all(x > 0 for t in times["2"] for x in t)
+    zb = next(r for r in rows if r["schedule"] == "tspipe-zb")
+    assert splits == [(zb["balance"], zb["teacher_balance"], times["2"])] * 2
