@@ -30,9 +30,10 @@ import torch
 from torch import nn
 from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 
-from core.partition import stage_slices
+from core.partition import stage_modules
 from core.runtime import prepare_models
-from core.task import Task, detached_leaves, map_structure, scatter, tensors
+from core.stage_timing import batch_units
+from core.task import Task, detached_leaves, tensors
 
 
 def _halves(stage: nn.Module, inputs: Sequence[Any], deferred: bool, sync) -> tuple[float, float]:
@@ -85,16 +86,15 @@ def deferral_factors(
     half) and for a mini-batch of one unit (nothing can wait). The two orders alternate, one
     untimed round first; each factor is the median over ``repeats`` rounds.
     """
-    student, _ = prepare_models(task)
-    stages = [nn.Sequential(*(student[i].to(device) for i in r)) for r in stage_slices(balance)]
-    s_views, _ = task.split_inputs(batch, 0)
-    units = [map_structure(lambda t: t.to(device), u) for v in s_views for u in scatter(v, microbatches)]
+    student = [b.to(device) for b in prepare_models(task)[0]]
+    stages = [stage_modules(student, balance, s) for s in range(len(balance))]
+    units, _ = batch_units(task, batch, microbatches, device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     factors = [(1.0, 1.0)]
     inputs = units
-    for stage in stages[1:] if len(units) > 1 else []:
+    for before, stage in zip(stages, stages[1:]) if len(units) > 1 else []:
         with torch.no_grad():
-            inputs = [stages[len(factors) - 1](x) for x in inputs]
+            inputs = [before(x) for x in inputs]
         b_ratio, w_ratio = [], []
         for k in range(repeats + 1):
             now = _halves(stage, inputs, False, sync)

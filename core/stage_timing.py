@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.partition import stage_slices
+from core.partition import stage_modules, stage_slices
 from core.profile import BlockCosts
 from core.runtime import prepare_models
 from core.task import Task, detached_leaves, map_structure, scatter, tensors
@@ -35,15 +35,15 @@ from core.task import Task, detached_leaves, map_structure, scatter, tensors
 KINDS = ("teacher_fwd", "student_fwd", "student_bwd")
 
 
-def stage_modules(
+def build_stages(
     task: Task, balance: Sequence[int], teacher_balance: Sequence[int], device: torch.device
 ) -> tuple[list[nn.Module], list[nn.Module]]:
     """The student's and the teacher's stages of a partition, each its blocks chained."""
-    student, teacher = prepare_models(task)
-    chain = lambda blocks, bal: [  # noqa: E731
-        nn.Sequential(*(blocks[i].to(device) for i in r)) for r in stage_slices(bal)
-    ]
-    return chain(student, balance), chain(teacher, teacher_balance)
+    student, teacher = ([b.to(device) for b in blocks] for blocks in prepare_models(task))
+    return (
+        [stage_modules(student, balance, s) for s in range(len(balance))],
+        [stage_modules(teacher, teacher_balance, s) for s in range(len(teacher_balance))],
+    )
 
 
 def batch_units(task: Task, batch: Any, microbatches: int, device: torch.device) -> tuple[list, list]:
@@ -103,7 +103,7 @@ def stage_times(
         raise ValueError(
             f"student partition {list(balance)} and teacher {list(teacher_balance)} differ in stages"
         )
-    students, teachers = stage_modules(task, balance, teacher_balance, device)
+    students, teachers = build_stages(task, balance, teacher_balance, device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     units = batch_units(task, batch, microbatches, device)
     passes = []
