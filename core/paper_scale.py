@@ -110,7 +110,13 @@ def simulate_calibration(
 
     Returns:
         (result, built schedule, partition used).
+
+    Raises:
+        ValueError: for stages or micro-batches below 1, a bad ``dp`` or partition.
     """
+    for name, value in (("stages", stages), ("microbatches", microbatches)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     check_dp(cal, dp)
     partition = calibration_partition(cal, stages, balance, cal.batch / (dp * microbatches))
     costs = calibration_costs(cal, partition, dp * microbatches, link)

@@ -27,10 +27,15 @@ from core.runtime.transport import Transport
 CHANNEL = "TF"
 
 
+def _key(x: torch.Tensor) -> tuple[str, int]:
+    """The receive key of the probe's messages (their shape is fixed by the first one)."""
+    return ("traffic", x.numel())
+
+
 def _block(transport: Transport, work: Callable[[], object], peer: int | None, x, count: int) -> float:
     """Median ms of ``work`` over ``count`` pieces; with a ``peer``, a message to it after each
     piece and as many from it posted for ahead and taken at the end."""
-    key = ("traffic", x.numel())
+    key = _key(x)
     if peer is not None:
         for _ in range(count):
             transport.prepost(CHANNEL, peer, key)
@@ -68,7 +73,7 @@ def probe_traffic(
     active = rank < 2 and dist.get_world_size() >= 2
     peer = 1 - rank if active else None
     x = torch.zeros(max(size // 4, 1), device=getattr(transport, "device", None))
-    key = ("traffic", x.numel())
+    key = _key(x)
     if active:  # the first message each way makes its shape known, so later receives post ahead
         transport.send(CHANNEL, peer, x)
         transport.recv(CHANNEL, peer, key)

@@ -46,9 +46,10 @@ def dry_run(
             until every message it sent has been delivered (torch's schedules wait for their
             sends at the end of each forward and backward phase and of the teacher's pass, or,
             in 1F1B, fused with the next receive). Default: sends never block.
-        step_sync: every ``OPT`` of a mini-batch starts together, when the last stage reaches
-            its own (global-norm clipping and ``nan_guard=skip`` all-reduce across the stages
-            at the start of the step). Default: each stage steps on its own.
+        step_sync: every ``OPT`` of a mini-batch starts together, when the last rank reaches
+            its first one (global-norm clipping and ``nan_guard=skip`` all-reduce across the
+            ranks at the start of the step; a rank holding several stages joins it once).
+            Default: each stage steps on its own.
 
     Returns:
         One :class:`TimelineRecord` per action, in the order they were replayed.
@@ -72,10 +73,11 @@ def dry_run(
     link_free: dict[tuple[int, int], float] = {}
     unfinished: list[list[list]] = [[] for _ in range(stages)]  # sends not waited for yet
     last_kind: list[Op | None] = [None] * stages
-    steppers: dict[int, int] = {}  # OPT actions of each mini-batch, over every list
-    for a in (a for actions in lowered for a in actions if a.op == Op.OPT):
-        steppers[a.batch] = steppers.get(a.batch, 0) + 1
-    reached: dict[int, dict[int, float]] = {}  # per mini-batch: the stages at their OPT, since when
+    steppers: dict[int, int] = {}  # per mini-batch, the lists (ranks) with an OPT of it
+    for actions in lowered:
+        for b in {a.batch for a in actions if a.op == Op.OPT}:
+            steppers[b] = steppers.get(b, 0) + 1
+    reached: dict[int, dict[int, float]] = {}  # per mini-batch: the ranks at their first OPT, since when
     records: list[TimelineRecord] = []
     progress = True
     while progress:
@@ -95,10 +97,10 @@ def dry_run(
                         clock[s] = start
                 if step_sync and a.op == Op.OPT:
                     here = reached.setdefault(a.batch, {})
-                    here.setdefault(a.stage, start)
+                    here.setdefault(s, start)  # a rank's first OPT of the batch all-reduces
                     if len(here) < steppers[a.batch]:
                         break  # the others have not reached the step's all-reduce yet
-                    start = max(here.values())
+                    start = max(start, *here.values())
                 if a.op in RECV_OPS:
                     src = rank(peer_stage(a))
                     queue = queues.get((CHANNEL[a.op], src, s))

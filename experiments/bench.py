@@ -109,6 +109,11 @@ class BenchSettings:
     command: str = ""
 
     def __post_init__(self) -> None:
+        if self.stages < 1 or not self.microbatches or min(self.microbatches) < 1:
+            raise ValueError(
+                f"need stages >= 1 and micro-batch counts >= 1; got stages={self.stages}, "
+                f"microbatches={list(self.microbatches)}"
+            )
         if self.steps < 4 or self.rounds < 1 or self.warmup < 0:
             raise ValueError(
                 "need steps >= 4 (the first timed step and the last are not steady), rounds >= 1 and "
@@ -118,6 +123,23 @@ class BenchSettings:
     def config(self) -> Config:
         """The workload: the preset with the overrides applied."""
         return apply_overrides(get_method(self.method).preset(self.preset), list(self.overrides))
+
+
+class SettingsError(ValueError):
+    """Settings the workload cannot run (found once its setup is built): reported, not traced."""
+
+
+def check_fits(settings: BenchSettings, samples: int) -> None:
+    """Every micro-batch count splits a mini-batch of ``samples`` per view.
+
+    Raises:
+        SettingsError: naming the counts that do not.
+    """
+    over = [m for m in settings.microbatches if m > samples]
+    if over:
+        raise SettingsError(
+            f"micro-batch count(s) {over} exceed the {samples} samples of a mini-batch; use at most {samples}"
+        )
 
 
 def reference_schedule() -> str:
@@ -240,6 +262,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
         The rows written.
 
     Raises:
+        SettingsError: if a micro-batch count exceeds the mini-batch or the stages the blocks.
         RuntimeError: if a group of runs fails (its output is shown).
     """
     spec = get_method(settings.method)
@@ -250,6 +273,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
     torch.set_num_threads(threads)
     device = torch.device(config.run.device)
     work = spec.setup(config)
+    check_fits(settings, work.samples_per_step)
     first = next(iter(work.batches(0, 1)))
     plan = plan_runs(settings, work.task.views)
     profiles: dict[int, BlockCosts] = {}
@@ -261,13 +285,16 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
                 work.task, first, m, work.optimizer, device, amp_bf16=config.pipeline.amp_bf16
             )
     biggest = profiles[max(profiles)]
-    partition = plan_partition(
-        settings.stages,
-        [f + b for f, b in zip(biggest.student_fwd, biggest.student_bwd)],
-        biggest.teacher_fwd,
-        work.task.teacher_rule.kind,
-        student_extra=work.task.predictor_blocks,
-    )
+    try:
+        partition = plan_partition(
+            settings.stages,
+            [f + b for f, b in zip(biggest.student_fwd, biggest.student_bwd)],
+            biggest.teacher_fwd,
+            work.task.teacher_rule.kind,
+            student_extra=work.task.predictor_blocks,
+        )
+    except ValueError as err:  # more stages than blocks
+        raise SettingsError(str(err)) from err
     balances = (list(partition.student), list(partition.teacher))
     waiting: dict[int, list[tuple[float, float]]] = {}
     for run in plan:
@@ -636,10 +663,13 @@ def worker(spec_file: Path) -> None:
     torch.set_num_threads(max(config.run.threads, 1))
     rank = init_distributed(config.run.device, transport=config.pipeline.transport)
     link: dict[str, float | None] = {}
+    setups: dict[str, Setup] = {}  # a method's setup may depend on the runner kind, not on the shape
     if rank.world > 1:
         messages = network(config.pipeline, rank.device)  # the runs' own message path
         measured = probe_link(transport=messages)
-        piece = teacher_pass(method.setup(config), settings.microbatches)
+        kind = get_schedule(config.pipeline.schedule).runner
+        setups[kind] = method.setup(config)  # the probes' piece of work, then the runs of its kind
+        piece = teacher_pass(setups[kind], settings.microbatches)
         size = group.get("message_bytes")  # groups that predict nothing (bench_hybrid) give none
         per_byte = probe_traffic(messages, piece, size) if size else 0.0
         messages.close()
@@ -654,7 +684,6 @@ def worker(spec_file: Path) -> None:
             "beside_gbps": 1e-6 / per_byte if per_byte > 0 else None,  # ms per byte -> GB/s
         }
     total = settings.warmup + settings.steps
-    setups: dict[str, Setup] = {}  # a method's setup may depend on the runner kind, not on the shape
     for r in range(settings.rounds):
         for run in group["runs"]:
             pipeline = from_dict(PipelineConfig, run["pipeline"])
@@ -737,7 +766,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    rows = run_benchmark(settings)
+    try:
+        rows = run_benchmark(settings)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     progress(f"{len(rows)} rows in {Path(settings.out) / 'rows.jsonl'}")
     return 0
 

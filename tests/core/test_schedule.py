@@ -347,6 +347,18 @@ def test_with_a_step_all_reduce_every_stage_steps_when_the_last_one_reaches_its_
     assert sorted(steps(step_sync=True)) == [(0, 4.0), (0, 9.0), (1, 4.0), (1, 9.0)]
 
 
+def test_a_rank_holding_two_stages_joins_the_step_all_reduce_once_and_does_not_wait_on_itself():
+    # rank 0 holds stages 0 and 2, each with its own OPT; rank 1 holds stage 1 (ready at 4)
+    lowered = [
+        [Action(0, Op.SF, 0, 0), Action(2, Op.SF, 0, 0), Action(0, Op.OPT, 0), Action(2, Op.OPT, 0)],
+        [Action(1, Op.SF, 0, 0), Action(1, Op.OPT, 0)],
+    ]
+    records = dry_run(lowered, lambda a: 4.0 if a.stage == 1 and a.op == Op.SF else 1.0, step_sync=True)
+    opts = sorted((r.stage, r.start_ms, r.end_ms) for r in records if r.op == "OPT")
+    # rank 0 reaches its first OPT at 2, waits for rank 1 (4); its second OPT follows its first
+    assert opts == [(0, 4.0, 5.0), (1, 4.0, 5.0), (2, 5.0, 6.0)]
+
+
 @pytest.mark.parametrize("name", ["gpipe", "1f1b", "tspipe", "tspipe-zb"])
 def test_a_synced_step_starts_together_on_every_stage_and_is_never_faster(name):
     from core.simulate import simulate, unit_costs

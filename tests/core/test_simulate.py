@@ -258,3 +258,8 @@ def test_cli_timeline_gantt_and_errors(calibration_dir, tmp_path, capsys):
     assert main([*args, "--microbatches", "2", "--schedule", "nope"]) == 2
     assert "not a simulated pipeline schedule" in capsys.readouterr().err
     assert main([*args[:2], "--stages", "40", "--microbatches", "2", "--schedule", "gpipe"]) == 2
+    capsys.readouterr()
+    assert main([*args, "--microbatches", "0", "--schedule", "gpipe"]) == 2
+    assert "microbatches must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert main([*args[:2], "--stages", "0", "--microbatches", "2", "--schedule", "gpipe"]) == 2
+    assert "stages must be an integer >= 1, got 0" in capsys.readouterr().err

@@ -2,13 +2,14 @@
 bench table from rows."""
 
 import json
+import re
 import statistics
 
 import pytest
 
 from analysis.bench import bench_table, ratios, write_report
 from core.metrics import read_rows
-from experiments.bench import BenchSettings, plan_runs, run_benchmark
+from experiments.bench import BenchSettings, main, plan_runs, run_benchmark
 
 
 def test_the_plan_covers_every_registered_schedule():
@@ -21,6 +22,26 @@ def test_the_plan_covers_every_registered_schedule():
     # a shape a schedule refuses is left out: torch's 1F1B wants a unit per stage
     single = plan_runs(BenchSettings("synthetic", "tiny", stages=4, microbatches=(1,)), views=1)
     assert not any(r.schedule == "torch-1f1b" for r in single)
+
+
+@pytest.mark.parametrize("shape", [{"stages": 0}, {"microbatches": (2, 0)}, {"microbatches": ()}])
+def test_settings_without_a_stage_or_a_micro_batch_are_refused(shape):
+    with pytest.raises(ValueError, match="need stages >= 1 and micro-batch counts >= 1"):
+        BenchSettings("synthetic", "tiny", **shape)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--microbatches", "2", "9"], r"micro-batch count\(s\) \[9\] exceed the 8 samples"),
+        (["--stages", "5", "--microbatches", "1"], "5 stages but only 4 blocks; use at most 4 stages"),
+    ],
+)
+def test_a_shape_the_workload_cannot_run_is_an_error_not_a_traceback(tmp_path, capsys, args, message):
+    argv = ["synthetic", "batch=8", "blocks=4", "--preset", "tiny", "--out", str(tmp_path), *args]
+    assert main(argv) == 2
+    assert re.search("error: " + message, capsys.readouterr().err)
+    assert not (tmp_path / "rows.jsonl").exists()
 
 
 def _tiny(out, schedules, rounds):
