@@ -22,12 +22,13 @@ import torch
 import torch.distributed as dist
 
 from core.config import PipelineConfig
+from core.cost_model import CostModel, stage_cost_model
 from core.ddp_model import ddp_step
 from core.link import Link
 from core.partition import Partition
 from core.profile import BlockCosts
 from core.schedules import build_schedule, furthest_ahead, get_schedule, window_batches
-from core.simulate import CostModel, simulate, stage_cost_model
+from core.simulate import simulate
 
 
 def cost_model(

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from core.calibration import Calibration
+from core.cost_model import CostModel, stage_cost_model
 from core.ddp_model import ddp_step, ring_allreduce_ms
 from core.link import Link
 from core.memory import StagePeak, stage_peaks
@@ -23,7 +24,7 @@ from core.partition import Partition, plan_partition, stage_slices
 from core.placement import place_teacher_forwards
 from core.schedules import Schedule, build_schedule, furthest_ahead, get_schedule, window_batches
 from core.schedules.teacher_fill import early_counts
-from core.simulate import WINDOW_BATCHES, CostModel, SimResult, simulate, stage_cost_model
+from core.simulate import WINDOW_BATCHES, SimResult, simulate
 
 
 def calibration_partition(

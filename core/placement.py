@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 
+from core.cost_model import CostModel
 from core.schedules import build_schedule, furthest_ahead, get_schedule, window_batches
 from core.schedules.teacher_fill import early_counts, staggered
-from core.simulate import CostModel, SimResult, simulate
+from core.simulate import SimResult, simulate
 
 SEARCH_BATCHES = 6  # simulated window of each evaluation (steady state over batches 2..4)
 BUDGET = 40  # most simulations of one placement

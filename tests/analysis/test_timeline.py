@@ -1,8 +1,9 @@
 """Gantt charts from simulated and measured records."""
 
 from analysis.timeline import plot_timelines, window
+from core.cost_model import unit_costs
 from core.schedules import build_schedule
-from core.simulate import simulate, unit_costs
+from core.simulate import simulate
 
 
 def test_gantt_png_from_simulated_records(tmp_path):

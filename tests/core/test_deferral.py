@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import core.deferral as deferral
+from core.cost_model import unit_costs
 from core.deferral import deferral_factors
 from core.schedules import build_schedule
-from core.simulate import simulate, unit_costs, waiting_halves
+from core.simulate import simulate, waiting_halves
 from tests.core.toy import ToyTask, make_batches
 
 CPU = torch.device("cpu")

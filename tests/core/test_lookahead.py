@@ -11,10 +11,11 @@ from torch import nn
 
 from core.action import Action, Op
 from core.config import PipelineConfig
+from core.cost_model import unit_costs
 from core.overrides import apply_overrides
 from core.runtime.versions import TeacherVersions
 from core.schedules import Program, build_schedule, get_schedule, schedules, window_batches
-from core.simulate import simulate, unit_costs
+from core.simulate import simulate
 from core.validate import validate
 from tests.core.inprocess import fp64_threads_and_reference
 from tests.core.test_runtime_dist import relative_difference

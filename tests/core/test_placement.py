@@ -9,11 +9,12 @@ import pytest
 
 import core.schedules.teacher_fill as teacher_fill
 from core.config import PipelineConfig
+from core.cost_model import unit_costs
 from core.overrides import apply_overrides
 from core.placement import monotone, place_teacher_forwards
 from core.schedules import build_schedule, schedules
 from core.schedules.teacher_fill import early_counts
-from core.simulate import simulate, unit_costs
+from core.simulate import simulate
 from core.validate import validate
 from tests.core.inprocess import fp64_threads_and_reference
 from tests.core.test_runtime_dist import relative_difference

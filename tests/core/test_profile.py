@@ -3,10 +3,10 @@ the weight share of a split backward in the cost model."""
 
 import torch
 
+from core.cost_model import stage_cost_model
 from core.link import Link
 from core.partition import Partition
 from core.profile import fitted_costs, profile_blocks, step_costs_by_block
-from core.simulate import stage_cost_model
 from tests.core.toy import ToyTask, make_batches, sgd
 
 

@@ -13,9 +13,10 @@ import torch
 from analysis.bench import bench_table, colour
 from analysis.simulated import speedup_table
 from core.config import PipelineConfig
+from core.cost_model import unit_costs
 from core.schedules import SCHEDULES, build_schedule, get_schedule, schedules
 from core.simulate import main as simulate_main
-from core.simulate import simulate, unit_costs
+from core.simulate import simulate
 from core.validate import validate
 from experiments.bench import BenchSettings, plan_runs
 from tests.core.inprocess import run_in_process

@@ -361,7 +361,8 @@ def test_a_rank_holding_two_stages_joins_the_step_all_reduce_once_and_does_not_w
 
 @pytest.mark.parametrize("name", ["gpipe", "1f1b", "tspipe", "tspipe-zb"])
 def test_a_synced_step_starts_together_on_every_stage_and_is_never_faster(name):
-    from core.simulate import simulate, unit_costs
+    from core.cost_model import unit_costs
+    from core.simulate import simulate
 
     schedule = build_schedule(name, 3, 4, "ema", 8, 1, 2)
     costs = unit_costs(3)

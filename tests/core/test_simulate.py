@@ -6,11 +6,12 @@ import math
 import pytest
 
 from core.calibration import load_calibration
+from core.cost_model import CostModel, unit_costs
 from core.link import Link
 from core.metrics import text_timeline
 from core.paper_scale import simulate_calibration
 from core.schedules import build_schedule
-from core.simulate import CostModel, main, simulate, unit_costs
+from core.simulate import main, simulate
 
 
 def run(name, stages, micro, batches=8, views=1, loss_opt=0.0, pieces=None):

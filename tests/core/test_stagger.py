@@ -12,6 +12,7 @@ import pytest
 
 from core.action import Action, Op
 from core.calibration import load_calibration
+from core.cost_model import CostModel
 from core.link import Link
 from core.paper_scale import calibration_memory, simulate_calibration
 from core.schedules import (
@@ -23,7 +24,7 @@ from core.schedules import (
     window_batches,
 )
 from core.schedules.teacher_fill import check_early, fill_ahead, staggered
-from core.simulate import CostModel, simulate
+from core.simulate import simulate
 from core.validate import validate
 
 AHEAD = [s.name for s in schedules("pipeline") if s.accepts_lookahead]

@@ -7,10 +7,11 @@ import pytest
 
 from core.action import Op
 from core.bench import cost_model
+from core.cost_model import CostModel
 from core.link import Link
 from core.profile import BlockCosts
 from core.schedules import build_schedule
-from core.simulate import CostModel, simulate
+from core.simulate import simulate
 from core.step_fit import apply_fit, fit_step, processes
 
 # the "machine": what each kind really costs per unit (one stage), and per mini-batch
