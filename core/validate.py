@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from core.action import CHANNEL, OPS, RECV_OPS, SEND_OPS, Action, Op, format_grid, peer_stage
 from core.metrics import TimelineRecord
@@ -13,6 +14,16 @@ ActionLists = Sequence[Sequence[Action]]
 DurationFn = Callable[[Action], float]
 # (send action, time the send is issued, earliest time the link is free) -> arrival time
 TransferFn = Callable[[Action, float, float], float]
+
+
+@dataclass(slots=True)
+class _Message:
+    """A message of the dry run: its send, when it arrives (with on-demand receives, set when
+    its receive is posted) and whether its receive has been posted."""
+
+    sent: Action
+    arrival: float
+    posted: bool = False
 
 
 def dry_run(
@@ -67,11 +78,10 @@ def dry_run(
 
     pc = [0] * stages
     clock = [0.0] * stages
-    # per channel and (source, destination) rank, in order: [send, arrival, taken]; with
-    # on-demand receives the arrival is set when the receive is posted
-    queues: dict[tuple[str, int, int], deque[list]] = {}
+    # per channel and (source, destination) rank, the messages in order
+    queues: dict[tuple[str, int, int], deque[_Message]] = {}
     link_free: dict[tuple[int, int], float] = {}
-    unfinished: list[list[list]] = [[] for _ in range(stages)]  # sends not waited for yet
+    unfinished: list[list[_Message]] = [[] for _ in range(stages)]  # sends not waited for yet
     last_kind: list[Op | None] = [None] * stages
     steppers: dict[int, int] = {}  # per mini-batch, the lists (ranks) with an OPT of it
     for actions in lowered:
@@ -88,9 +98,9 @@ def dry_run(
                 a = actions[pc[s]]
                 start = clock[s]
                 if send_waits and a.is_compute and a.op != last_kind[s] and unfinished[s]:
-                    if not all(entry[2] for entry in unfinished[s]):
+                    if not all(m.posted for m in unfinished[s]):
                         break  # a message of this stage has no posted receive yet
-                    delivered = max(entry[1] for entry in unfinished[s])
+                    delivered = max(m.arrival for m in unfinished[s])
                     unfinished[s] = []
                     if delivered > start:
                         start = delivered + (wake(delivered - start) if wake else 0.0)
@@ -106,8 +116,8 @@ def dry_run(
                     queue = queues.get((CHANNEL[a.op], src, s))
                     if not queue:
                         break
-                    entry = queue.popleft()
-                    sent = entry[0]
+                    message = queue.popleft()
+                    sent = message.sent
                     if sent.key() != a.key():
                         grid = format_grid([list(x) for x in lowered], mark=(s, pc[s]))
                         raise ValueError(
@@ -117,11 +127,11 @@ def dry_run(
                         )
                     if on_demand:  # the message leaves once this receive is posted
                         free = link_free.get((src, s), 0.0)
-                        moved = max(entry[1], start)
-                        entry[1] = transfer(sent, moved, free) if transfer else moved
-                        link_free[(src, s)] = max(free, entry[1])
-                    entry[2] = True
-                    arrival = entry[1]
+                        moved = max(message.arrival, start)
+                        message.arrival = transfer(sent, moved, free) if transfer else moved
+                        link_free[(src, s)] = max(free, message.arrival)
+                    message.posted = True
+                    arrival = message.arrival
                     end = max(start, arrival) + duration(a)
                     if wake and arrival > start:
                         end += wake(arrival - start)
@@ -134,10 +144,10 @@ def dry_run(
                     else:
                         arrival = transfer(a, issued, free) if transfer else issued
                         link_free[(s, dst)] = max(free, arrival)
-                    entry = [a, arrival, False]
-                    queues.setdefault((CHANNEL[a.op], s, dst), deque()).append(entry)
+                    message = _Message(a, arrival)
+                    queues.setdefault((CHANNEL[a.op], s, dst), deque()).append(message)
                     if send_waits:
-                        unfinished[s].append(entry)
+                        unfinished[s].append(message)
                     end = issued
                 else:
                     end = start + duration(a)
