@@ -140,16 +140,17 @@ def probe_link(
         dist.barrier()
         return wall, cpu
 
-    small = [handling(8) for _ in range(5)]
-    large = [handling(sizes[-1]) for _ in range(5)]
-    cpu_large = statistics.median(x[1] for x in large) - statistics.median(x[1] for x in small)
-    per_message = statistics.median(x[0] for x in small)
     if transport is not None:  # each end's cost through the runtime's transport, small and large
         big = 1 << 20
         small_ms = statistics.median(message_ms(transport) for _ in range(7))
         big_ms = statistics.median(message_ms(transport, big) for _ in range(7))
         per_message = small_ms / 1e3
         cpu_large = max(big_ms - small_ms, 0.0) / 1e3 * sizes[-1] / big  # as at the largest size
+    else:  # bare sends and receives
+        small = [handling(8) for _ in range(5)]
+        large = [handling(sizes[-1]) for _ in range(5)]
+        cpu_large = statistics.median(x[1] for x in large) - statistics.median(x[1] for x in small)
+        per_message = statistics.median(x[0] for x in small)
     mine = [pingpong(size) for size in sizes] + [per_message, cpu_large]
     measured = torch.tensor(mine if rank < 2 else [0.0] * len(mine), dtype=torch.float64)
     dist.all_reduce(measured)  # ranks 0 and 1 timed the same ping-pongs, and each its end's handling
