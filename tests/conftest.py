@@ -13,9 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION = ROOT / "experiments" / "calibration" / "h200"
 
 
-def launch_module(module: str, world: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def launch_module(
+    module: str, world: int, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m module *args`` as ``world`` ranks (``core.launch``; one plain process
-    when ``world`` is 1), one torch thread each, from the repository root.
+    when ``world`` is 1), one torch thread each, from the repository root (``env``: variables
+    added to this process's environment).
 
     Returns:
         The completed process (stdout and stderr captured as text).
@@ -24,7 +27,7 @@ def launch_module(module: str, world: int, *args: str, timeout: float = 600) -> 
     return subprocess.run(
         [sys.executable, "-m", *launcher, module, *args],
         cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -6,11 +6,18 @@ sum and norm. On the platform that recorded them (same torch release and CPU ker
 case must match bit for bit; elsewhere the kernels may round differently, so the sums and norms
 are compared to a tight relative tolerance instead, and the test says so.
 
-A machine of another CPU kernel family (AVX2 against AVX512: BatchNorm's sums and matmuls round
-differently by a few 1e-5 after 3 steps) keeps its own recording beside the main one,
-``fingerprints.<capability>.json``, recorded from the same code (``python -m tests.golden.update
---platform``); a case must match it bit for bit there too. The main file alone carries the
-methods' digests that accuracy rows follow.
+The golden runs pin the CPU kernels to the AVX2 family on every x86 machine that has it
+(:data:`PINNED_KERNELS`: ATen's vectorised kernels, oneDNN's JIT kernels and MKL's code path).
+Left to pick their own, two machines of one capability round apart: an AMD EPYC with AVX512
+reproduced only 46 % of the tensors the earlier AVX512 recording held bit for bit, and the
+tensors whose true gradient is zero (a key projection's bias, a LayerNorm bias before a
+normalising optimiser) differed by up to 60 %, far beyond any tolerance worth testing. Pinned,
+the same EPYC reproduced the AVX2 machine's recording, every tensor, bit for bit.
+
+A machine of another kernel family (no AVX2, another architecture) keeps its own recording
+beside the main one, ``fingerprints.<capability>.json``, recorded from the same code (``python
+-m tests.golden.update --platform``); a case must match it bit for bit there too. The main file
+alone carries the methods' digests that accuracy rows follow.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from pathlib import Path
 import torch
 
 FILE = Path(__file__).resolve().parent / "fingerprints.json"
+
+# what the golden runs set on an x86 machine with AVX2 or better, so that every such machine
+# runs the same kernels (each variable is read when torch loads, so only a new process obeys it)
+PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 
 def tensor_print(t: torch.Tensor) -> list:
@@ -42,11 +53,25 @@ def state_print(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, list]:
     }
 
 
+def pinned() -> bool:
+    """Whether the golden runs on this machine pin the kernels (x86 with AVX2 or better)."""
+    return platform.machine() in ("x86_64", "AMD64") and torch.backends.cpu.get_cpu_capability() in (
+        "AVX2",
+        "AVX512",
+    )
+
+
+def kernel_env() -> dict[str, str]:
+    """The environment a golden run adds on this machine: :data:`PINNED_KERNELS` or nothing."""
+    return dict(PINNED_KERNELS) if pinned() else {}
+
+
 def this_platform() -> dict[str, str]:
-    """What decides whether two runs can be expected to agree bit for bit."""
+    """What decides whether two golden runs can be expected to agree bit for bit: the torch
+    release and the kernels the runs use (AVX2 where they are pinned)."""
     return {
         "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": "AVX2" if pinned() else torch.backends.cpu.get_cpu_capability(),
         "machine": platform.machine(),
     }
 

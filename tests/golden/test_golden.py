@@ -9,6 +9,9 @@ the accuracy rows of the methods whose digest changed become stale.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -23,7 +26,9 @@ REFERENCE, EXACT = fingerprint.reference()
 @pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
 def measured(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("golden") / "prints.json"
-    proc = launch_module("tests.golden.worker", request.param, str(out), timeout=600)
+    proc = launch_module(
+        "tests.golden.worker", request.param, str(out), timeout=600, env=fingerprint.kernel_env()
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return request.param, json.loads(out.read_text())
 
@@ -63,3 +68,16 @@ def test_reference_is_bit_exact_only_on_a_recorded_platform(tmp_path, monkeypatc
     assert fingerprint.reference(main) == (own, True)
     monkeypatch.setattr(fingerprint, "this_platform", lambda: other)
     assert fingerprint.reference(main) == ({"a": {"k": ["main", 1.0, 1.0]}}, True)
+
+
+def test_a_golden_run_on_an_x86_machine_with_avx2_or_better_uses_the_avx2_kernels():
+    if not fingerprint.pinned():
+        pytest.skip("the kernels are pinned on x86 machines with AVX2 or better only")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env={**os.environ, **fingerprint.kernel_env()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout.strip() == "AVX2" == fingerprint.this_platform()["cpu_capability"]

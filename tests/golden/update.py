@@ -20,7 +20,9 @@ def record() -> dict[str, dict[str, list]]:
     with tempfile.TemporaryDirectory() as tmp:
         for world in (1, 2):
             out = Path(tmp) / f"world{world}.json"
-            proc = launch_module("tests.golden.worker", world, str(out), timeout=900)
+            proc = launch_module(
+                "tests.golden.worker", world, str(out), timeout=900, env=fingerprint.kernel_env()
+            )
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr[-4000:])
             cases.update(json.loads(out.read_text()))
