@@ -9,7 +9,10 @@ the partition from them, then launches one group of timed runs per process count
 (``core.launch`` of this module's ``worker``), every run on the same task, partition, data and
 thread budget, the runs of a group interleaved round by round so slow drifts of the machine hit
 every schedule alike. A run's speed is the median of its rounds' medians over the steady-state
-steps (no warm-up, no last step); the rows keep every round's value and the spread.
+steps (no warm-up, no last step); the rows keep every round's value and the spread. Every
+process of a bench, driver and workers, keeps the host memory it frees
+(:func:`core.allocator.keep_freed_memory`), so a step does not fault its tensors' pages in again
+and a run's speed does not depend on what the runs before it in the same process freed.
 
 Predictions: per-block costs as ``fixed + per_sample x size`` fitted over the profiled sizes,
 corrected per kind of work by the one-process step's timeline (``core.step_fit``: teacher
@@ -50,6 +53,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from core.allocator import keep_freed_memory
 from core.bench import bound_samples_per_s, partial_steps, predict, steady_steps, timed_run
 from core.config import Config, PipelineConfig
 from core.deferral import deferral_factors
@@ -714,6 +718,7 @@ def worker(spec_file: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # the driver's profiles and every worker's runs: no page faults per step
     if argv[:1] == ["worker"]:
         worker(Path(argv[1]))
         return 0

@@ -219,13 +219,15 @@ class PipelineRunner(_state.RunnerState):
         )
 
         end = program.batches().stop
+        built: dict[int, list] = {}  # the next step's segment, built once for its receives
 
         def step(b: int, log: StepLog) -> dict[str, float] | None:
-            segment = program.segment(self.rank, b)
+            segment = built.pop(b, None) or program.segment(self.rank, b)
             if self.replicas.size > 1:
                 self._reduce_after = last_backward(segment, b)
-            ahead = [program.segment(self.rank, b + 1)] if b + 1 < end else []
-            interpreter.prepost(b, [segment, *ahead])
+            if b + 1 < end:
+                built[b + 1] = program.segment(self.rank, b + 1)
+            interpreter.prepost(b, [segment, *built.values()])
             interpreter.run(segment, b, log.t0_s, log.records, lambda: program.grid(b))
             return self.stage.losses.pop(b, None)
 

@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -49,11 +50,25 @@ def threads() -> int | None:
     )
 
 
+def settled_threads(baseline: int | None, wait_s: float = 2.0) -> int | None:
+    """This process's threads once those that are ending have ended: above ``baseline`` (the
+    first case's count), polled for up to ``wait_s`` until it falls back (a thread that a
+    destroyed group joins can take a moment to leave ``/proc``); a thread still there after
+    that was left behind."""
+    count = threads()
+    deadline = time.monotonic() + wait_s
+    while baseline is not None and count is not None and count > baseline and time.monotonic() < deadline:
+        time.sleep(0.02)
+        count = threads()
+    return count
+
+
 def main() -> None:
     spec, out = Path(sys.argv[1]), Path(sys.argv[2])
     transport = os.environ.get("DIST_TRANSPORT", "auto")
     rank = init_distributed(os.environ.get("DIST_DEVICE", "cpu"), transport=transport)
     torch.set_num_threads(1)
+    baseline = None
     for case in json.loads(spec.read_text()):
         torch.set_default_dtype(getattr(torch, case.get("dtype", "float32")))
         task = ToyTask(case["teacher"], case.get("bn", True), case["steps"], fail_at=case.get("fail_at", -1))
@@ -80,7 +95,8 @@ def main() -> None:
         del runner
         gc.collect()  # as the bench's worker does between runs
         if rank.rank == 0:
-            state["threads"] = threads()
+            state["threads"] = settled_threads(baseline)
+            baseline = state["threads"] if baseline is None else baseline
             state["transport"] = network
             state["replicas_equal"] = replicas_equal
             torch.save(state, out / f"{case['name']}.pt")
