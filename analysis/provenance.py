@@ -18,6 +18,8 @@ GOLDEN = ROOT / "tests" / "golden" / "fingerprints.json"
 # numerics fingerprint instead, see ``staleness``)
 _METHOD_CODE = ["core", "methods/common", "methods/spec.py", "methods/registry.py"]
 SIMULATED_CODE = ["core", "experiments/simulate.py", "experiments/calibration"]
+# what ``make bench-micro`` times: the engine on the synthetic method, through ``benchmarks``
+MICRO_CODE = [*_METHOD_CODE, "methods/synthetic", "benchmarks"]
 
 
 def code_paths(key: str, rows: pd.DataFrame) -> list[str]:

@@ -43,7 +43,7 @@ from analysis.fidelity import GOAL, error_summary  # noqa: E402
 from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.hybrid import hybrid_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
-from analysis.provenance import code_paths, golden_digests, staleness  # noqa: E402
+from analysis.provenance import MICRO_CODE, code_paths, golden_digests, staleness  # noqa: E402
 from analysis.staleness import headline_pairs, staleness_section  # noqa: E402
 from analysis.tables import markdown, markdown_table  # noqa: E402
 from core.schedules import order_of  # noqa: E402
@@ -363,8 +363,9 @@ def accuracy_section(
     return "\n".join(text), headline
 
 
-def micro_section(results: Path) -> tuple[str, list[dict]]:
-    """The engine's own costs (``make bench-micro``, pytest-benchmark), from its JSON."""
+def micro_section(results: Path, repo: Path) -> tuple[str, list[dict]]:
+    """The engine's own costs (``make bench-micro``, pytest-benchmark), from its JSON, with the
+    commit that made them and whether the code they time changed since (``MICRO_CODE``)."""
     path = results / "micro" / "benchmark.json"
     title = "## 6. The engine's own costs (micro-benchmarks)\n\n"
     if not path.exists():
@@ -390,9 +391,13 @@ def micro_section(results: Path) -> tuple[str, list[dict]]:
         engine = pairs[pairs["benchmark"].str.contains("engine_step")]["median ms"].iloc[0]
         headline.append({"overhead": engine / plain - 1, "engine_ms": engine, "plain_ms": plain})
     machine = data.get("machine_info", {})
+    sha = str((data.get("commit_info") or {}).get("id") or "None")[:12]
+    # pytest-benchmark's own "dirty" flag counts the results written while benchmarking: not used
+    state = staleness(pd.DataFrame({"git_sha": [sha]}), MICRO_CODE, repo)[sha]
     note = (
         f"Measured with `make bench-micro` ({machine.get('cpu', {}).get('brand_raw', 'cpu')}, "
-        f"{data.get('datetime', '')[:10]}); medians and quartiles over pytest-benchmark's rounds.\n\n"
+        f"{data.get('datetime', '')[:10]}, git {sha}: {state}); medians and quartiles over "
+        "pytest-benchmark's rounds.\n\n"
     )
     if headline:
         note += (
@@ -590,7 +595,7 @@ def build(
     simulated, sim_head = simulated_section(data)
     accuracy, acc_head = accuracy_section(data, results, expected)
     micro, micro_head = micro_section(
-        results if (results / "micro").exists() or fallback is None else fallback
+        results if (results / "micro").exists() or fallback is None else fallback, repo
     )
     speed_png = plot_speedups(th_head, (plots or results) / "report_speedups.png")
     snippet = headline_snippet(th_head, sim_head, acc_head, micro_head)

@@ -232,3 +232,33 @@ def test_distillation_gain_and_bitwise_parity_reach_the_headline(results):
     _, snippet = build(results, ROOT, expected=EXPECTED)
     parity = next(line for line in snippet.splitlines() if "tspipe - synchronous (3 seeds)" in line)
     assert "| 0 (bitwise) | no loss: the students are bitwise identical (3 seed(s) compared)" in parity
+
+
+@pytest.mark.parametrize("when", ["head", "first", "unknown"])
+def test_micro_benchmarks_name_their_commit_and_state(results, when):
+    sha = {
+        "head": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout,
+        "first": subprocess.run(
+            ["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.split()[-1],
+        "unknown": "deadbeef" * 5,
+    }[when].strip()
+    stats = {"median": 0.01, "q1": 0.009, "q3": 0.011, "rounds": 10}
+    (results / "micro").mkdir()
+    (results / "micro" / "benchmark.json").write_text(
+        json.dumps(
+            {
+                "datetime": "2026-12-07T01:34:01",
+                "commit_info": {"id": sha, "dirty": True},
+                "machine_info": {"cpu": {"brand_raw": "a cpu"}},
+                "benchmarks": [
+                    {"name": "test_plain_loop", "stats": stats},
+                    {"name": "test_engine_step", "stats": {**stats, "median": 0.0105}},
+                ],
+            }
+        )
+    )
+    report, _ = build(results, ROOT, expected=EXPECTED)
+    state = {"head": "current", "first": "stale: code changed since", "unknown": "unknown commit"}[when]
+    assert f"a cpu, 2026-12-07, git {sha[:12]}: {state})" in report
+    assert "Engine overhead:" in report and "+5.0%" in report
