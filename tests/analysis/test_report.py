@@ -252,8 +252,12 @@ def test_micro_benchmarks_name_their_commit_and_state(results, when):
                 "commit_info": {"id": sha, "dirty": True},
                 "machine_info": {"cpu": {"brand_raw": "a cpu"}},
                 "benchmarks": [
-                    {"name": "test_plain_loop", "stats": stats},
-                    {"name": "test_engine_step", "stats": {**stats, "median": 0.0105}},
+                    {
+                        "name": "test_engine_over_plain_loop",
+                        "stats": stats,
+                        # per-round ratios 1.05, 1.10, 0.98: median +5 %, from -2 % to +10 %
+                        "extra_info": {"plain_s": [1.0, 2.0, 1.0], "engine_s": [1.05, 2.2, 0.98], "steps": 4},
+                    },
                 ],
             }
         )
@@ -261,4 +265,5 @@ def test_micro_benchmarks_name_their_commit_and_state(results, when):
     report, _ = build(results, ROOT, expected=EXPECTED)
     state = {"head": "current", "first": "stale: code changed since", "unknown": "unknown commit"}[when]
     assert f"a cpu, 2026-12-07, git {sha[:12]}: {state})" in report
-    assert "Engine overhead:" in report and "+5.0%" in report
+    assert "takes 262.5 ms (median per step) against 250.0 ms" in report
+    assert "+5.0% (median of the 3 rounds' ratios; from -2.0% to +10.0%)" in report
