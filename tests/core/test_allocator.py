@@ -3,8 +3,9 @@ same tensors again gives no memory back and faults (almost) no page in; with gli
 freed memory back, the same pattern returns every tensor's pages to the kernel each round.
 
 glibc's own defaults are not the control: their thresholds move with what the process freed
-before, so the same script gives memory back in one run and keeps it in the next (3,072 or
-about 51,000 page faults for this pattern, seen in three runs on one machine). Both sides below
+before, so the same script gives memory back in one run and keeps it in the next (this test's
+first form counted 3,072 page faults in one of three runs on one machine, about 51,000 in the
+others). Both sides below
 start from fixed give-back settings (128 KiB thresholds, glibc's starting values, which also
 stop the thresholds from moving), and the "keep" side then calls :func:`keep_freed_memory`, so
 the check fails whenever that call stops taking effect. Memory given back is read as the drop
@@ -73,8 +74,8 @@ def test_freed_memory_stays_with_the_process():
     assert given > tensors * 3 // 4  # the control: each round's tensors go back to the kernel
     faults, given = _run("keep")
     assert given < tensors // 10
-    # a few tensors may still land on fresh pages (seen: up to 3 of the 50); every one would be
-    # about 51,000 with the give-back settings
+    # a few tensors may still land on fresh pages (seen: up to 3 of the 50, 3,072 faults); the
+    # give-back settings fault about 51,000
     assert faults < 5 * tensors // 4096 // 4
 
 
