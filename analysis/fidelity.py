@@ -129,6 +129,28 @@ def timeline_tables(folder: Path, warmup: int) -> dict[str, pd.DataFrame]:
     return {"kinds": pd.DataFrame(kinds), "stages": pd.DataFrame(stages), "gaps": pd.DataFrame(gaps)}
 
 
+def _runner(schedule: str) -> str | None:
+    return SCHEDULES[schedule].runner if schedule in SCHEDULES else None
+
+
+def pipelined_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows the fidelity goal is about: two or more processes, a prediction, and an
+    action-list schedule or the torch peer (not ddp, which the simulator models, not replays)."""
+    if df.empty or "prediction_error" not in df:
+        return df.iloc[0:0]
+    rows = df[(df["stages"] > 1) & df["prediction_error"].notna()]
+    return rows[rows["schedule"].map(_runner).isin(["pipeline", "torch"])].reset_index(drop=True)
+
+
+def round_errors(row: dict) -> list[float]:
+    """A row's per-round errors, ``(simulated - measured) / measured`` of each round ([] where
+    the row does not carry both lists)."""
+    predicted, measured = row.get("round_predicted_samples_per_s"), row.get("round_samples_per_s")
+    if not isinstance(predicted, list) or not isinstance(measured, list):
+        return []
+    return [p / m - 1.0 for p, m in zip(predicted, measured)]
+
+
 def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per bench (key -> its measured rows): how many pipelined rows (two or more processes,
     an action-list schedule or the torch peer) the simulator predicts within ``GOAL``, how many
@@ -140,14 +162,13 @@ def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     for key, df in frames.items():
         if df.empty or "prediction_error" not in df:
             continue
-        rows = df[(df["stages"] > 1) & df["prediction_error"].notna()]
-        kind = rows["schedule"].map(lambda s: SCHEDULES[s].runner if s in SCHEDULES else None)
-        piped = rows[kind.isin(["pipeline", "torch"])].reset_index(drop=True)
+        piped = pipelined_rows(df)
         if piped.empty:
             continue
         miss = piped["prediction_error"].abs()
         worst = piped.loc[miss.idxmax()]
-        ddp = rows[kind == "ddp"]["prediction_error"]
+        others = df[(df["stages"] > 1) & df["prediction_error"].notna()]
+        ddp = others[others["schedule"].map(_runner) == "ddp"]["prediction_error"]
         in_rounds = None
         if {"predicted_samples_per_s", "samples_per_s_min", "samples_per_s_max"} <= set(piped):
             predicted = piped["predicted_samples_per_s"]

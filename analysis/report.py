@@ -40,7 +40,7 @@ from analysis.compare import (  # noqa: E402
     subject_name,
     verdict,
 )
-from analysis.fidelity import GOAL, error_summary  # noqa: E402
+from analysis.fidelity import GOAL, error_summary, pipelined_rows, round_errors  # noqa: E402
 from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.hybrid import hybrid_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
@@ -100,11 +100,11 @@ def _spread(row: dict) -> str | None:
 
 
 def throughput_section(
-    data: dict[str, pd.DataFrame], expected: Expected | None = None
+    data: dict[str, pd.DataFrame], expected: Expected | None = None, plots: Path | None = None
 ) -> tuple[str, list[dict]]:
     """Measured CPU throughput of every method and schedule (each row with its rounds' range),
     and the headline comparisons: the subject at its best micro-batch count against every other
-    kind of schedule at its own best."""
+    kind of schedule at its own best. ``plots``: where the fidelity plot goes (none without)."""
     text = ["## 1. Throughput measured here (CPU, 2 stages)\n"]
     headline = []
     ref = subject_name()
@@ -172,17 +172,26 @@ def throughput_section(
                 if other is not None:
                     entry["groups"][label] = other
             headline.append(entry)
-    text.append(fidelity_section(measured))
+    text.append(fidelity_section(measured, plots))
     for key in sorted(k for k in data if k.endswith("/hybrid")):
         text.append(hybrid_section(data[key]))
     return "\n".join(text), headline
 
 
-def fidelity_section(frames: dict[str, pd.DataFrame]) -> str:
-    """The simulator against every measured pipelined row above, per bench."""
+def fidelity_section(frames: dict[str, pd.DataFrame], plots: Path | None = None) -> str:
+    """The simulator against every measured pipelined row above, per bench; with ``plots``,
+    also a plot of every row's error and its rounds' range."""
     summary = error_summary(frames)
     if summary.empty:
         return ""
+    png = plot_fidelity(frames, plots / "fidelity_errors.png") if plots is not None else None
+    figure = (
+        f"\n![the simulator's error on every measured pipelined row]({png.name})\n\n"
+        "Each point is a row's error (the median over its rounds), its bar the range of its rounds' own "
+        f"errors; the band is the goal (±{100 * GOAL:.0f} %).\n"
+        if png is not None
+        else ""
+    )
     lines = [
         [
             r["bench"],
@@ -218,7 +227,49 @@ def fidelity_section(frames: dict[str, pd.DataFrame]) -> str:
             ],
             lines,
         )
+        + figure
     )
+
+
+def plot_fidelity(frames: dict[str, pd.DataFrame], out: Path) -> Path | None:
+    """Every measured pipelined row's simulator error (%) per bench, one colour per schedule,
+    with the range of its rounds' errors as a bar and the goal as a band."""
+    benches = [(key, pipelined_rows(df)) for key, df in sorted(frames.items())]
+    benches = [(key, rows) for key, rows in benches if not rows.empty]
+    if not benches:
+        return None
+    schedules = sorted({s for _, rows in benches for s in rows["schedule"]}, key=order_of)
+    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(schedules)}
+    fig, ax = plt.subplots(figsize=(9, 5.0))
+    ax.axhspan(-100 * GOAL, 100 * GOAL, color="green", alpha=0.08, label=f"goal ±{100 * GOAL:.0f} %")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    seen: set[str] = set()
+    for i, (_, rows) in enumerate(benches):
+        rows = rows.assign(_o=rows["schedule"].map(order_of)).sort_values(["_o", "microbatches"])
+        for j, r in enumerate(R.records(rows)):
+            x = i - 0.4 + 0.8 * (j + 0.5) / len(rows)
+            y = 100 * r["prediction_error"]
+            errors = [100 * e for e in round_errors(r)] or [y]
+            ax.errorbar(
+                x,
+                y,
+                yerr=[[max(y - min(errors), 0.0)], [max(max(errors) - y, 0.0)]],
+                fmt="o",
+                markersize=4,
+                capsize=2,
+                color=colours[r["schedule"]],
+                label=None if r["schedule"] in seen else r["schedule"],
+            )
+            seen.add(r["schedule"])
+    ax.set_xticks(range(len(benches)), [key for key, _ in benches], fontsize=8)
+    ax.set_ylabel("simulated - measured, % of measured")
+    ax.set_title("Simulator error per measured pipelined row, CPU, 2 processes (bar: rounds)")
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def gpu_section(data: dict[str, pd.DataFrame], results: Path) -> str:
@@ -603,7 +654,7 @@ def build(
         plots: where the report's own plot is written (default: ``results``).
     """
     data = load(results, fallback)
-    throughput, th_head = throughput_section(data, expected)
+    throughput, th_head = throughput_section(data, expected, plots or results)
     simulated, sim_head = simulated_section(data)
     accuracy, acc_head = accuracy_section(data, results, expected)
     micro, micro_head = micro_section(

@@ -167,3 +167,21 @@ def test_gaps_are_told_apart_by_the_messages_between_actions(tmp_path):
     write_rows(tmp_path / "timelines" / "tspipe_N2_M1.simulated.jsonl", _timeline(1.0, 1.0))
     line = timeline_tables(tmp_path, warmup=0)["gaps"].iloc[0]
     assert line["send"] == pytest.approx(0.4) and line["none simulated"] == pytest.approx(0.0)
+
+
+def test_round_errors_and_the_plot_of_every_row(tmp_path):
+    import pandas as pd
+
+    from analysis.fidelity import pipelined_rows, round_errors
+    from analysis.report import fidelity_section
+
+    row = {**_row("gpipe", 2, 2, 0.05), "round_predicted_samples_per_s": [110.0, 99.0]}
+    assert round_errors(row) == []  # no measured rounds: nothing to pair
+    row["round_samples_per_s"] = [100.0, 110.0]
+    assert round_errors(row) == pytest.approx([0.10, -0.10])
+    rows = pd.DataFrame([row, _row("ddp", 2, 1, 0.25), _row("sequential", 1, 1, 0.3)])
+    assert list(pipelined_rows(rows)["schedule"]) == ["gpipe"]
+    section = fidelity_section({"byol": rows}, tmp_path)
+    assert "![the simulator's error on every measured pipelined row](fidelity_errors.png)" in section
+    assert (tmp_path / "fidelity_errors.png").stat().st_size > 0
+    assert "fidelity_errors.png" not in fidelity_section({"byol": rows})  # no folder, no plot
