@@ -133,13 +133,18 @@ def _runner(schedule: str) -> str | None:
     return SCHEDULES[schedule].runner if schedule in SCHEDULES else None
 
 
-def pipelined_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows the fidelity goal is about: two or more processes, a prediction, and an
-    action-list schedule or the torch peer (not ddp, which the simulator models, not replays)."""
+def _predicted(df: pd.DataFrame, runners: Sequence[str]) -> pd.DataFrame:
+    """Rows of two or more processes with a prediction, run by one of ``runners``."""
     if df.empty or "prediction_error" not in df:
         return df.iloc[0:0]
     rows = df[(df["stages"] > 1) & df["prediction_error"].notna()]
-    return rows[rows["schedule"].map(_runner).isin(["pipeline", "torch"])].reset_index(drop=True)
+    return rows[rows["schedule"].map(_runner).isin(list(runners))].reset_index(drop=True)
+
+
+def pipelined_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows the fidelity goal is about: two or more processes, a prediction, and an
+    action-list schedule or the torch peer (not ddp, which the simulator models, not replays)."""
+    return _predicted(df, ("pipeline", "torch"))
 
 
 def round_errors(row: dict) -> list[float]:
@@ -167,8 +172,7 @@ def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
             continue
         miss = piped["prediction_error"].abs()
         worst = piped.loc[miss.idxmax()]
-        others = df[(df["stages"] > 1) & df["prediction_error"].notna()]
-        ddp = others[others["schedule"].map(_runner) == "ddp"]["prediction_error"]
+        ddp = _predicted(df, ("ddp",))["prediction_error"]
         in_rounds = None
         if {"predicted_samples_per_s", "samples_per_s_min", "samples_per_s_max"} <= set(piped):
             predicted = piped["predicted_samples_per_s"]
