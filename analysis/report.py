@@ -127,6 +127,7 @@ def throughput_section(
         lines = []
         for r in R.records(table):
             pred = r.get("predicted_samples_per_s")
+            error = r.get("prediction_error")
             lines.append(
                 [
                     r["schedule"],
@@ -137,7 +138,7 @@ def throughput_section(
                     top_row["samples_per_s"] / r["samples_per_s"] if top_row else None,
                     r["efficiency"],
                     pred,
-                    100 * (pred - r["samples_per_s"]) / r["samples_per_s"] if pred else None,
+                    100 * error if error is not None and pred else None,  # as the fidelity table counts it
                     r["_source"],
                 ]
             )
@@ -148,7 +149,9 @@ def throughput_section(
             f"Reproduce: `{bench_cmd}`. samples/s: the median over {rounds} interleaved rounds of each round's "
             f"median steady-state step (no warm-up, no last step); *range*: the slowest and fastest round. "
             f"*{ref} speedup*: {ref} at its best M over this row; *simulated*: the simulator's prediction from "
-            "costs profiled in the same run (labelled simulated).\n\n"
+            "costs profiled in the same run (labelled simulated), the median of each round's; *sim. error %*: "
+            "the median over the rounds of each round's prediction over its measurement, less 1 (what the "
+            "fidelity table counts).\n\n"
             + markdown_table(
                 [
                     "schedule",

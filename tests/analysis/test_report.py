@@ -112,6 +112,8 @@ def test_every_number_traces_to_its_row(results):
         if row.get("calibration") is None and row.get("samples_per_s") is not None:
             assert cells[3] == fmt(row["samples_per_s"]), line  # measured samples/s
             assert cells[6] == fmt(row["efficiency"]), line
+            if row.get("prediction_error") is not None:  # the same error the fidelity table counts
+                assert cells[8] == fmt(100 * row["prediction_error"]), line
         elif row.get("kind") == "check":
             assert cells[2] == fmt(row["measured_step_ms"]) and cells[3] == fmt(row["step_ms"]), line
         elif row.get("kind") == "sim":
