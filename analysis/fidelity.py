@@ -161,8 +161,10 @@ def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     an action-list schedule or the torch peer) the simulator predicts within ``GOAL``, how many
     predictions fall inside the measured rounds' range (slowest to fastest round: the
     prediction cannot be told from a round; where rows carry the range), the median (signed:
-    its sign is the bias) and median absolute error, the largest miss and its row, and ddp's
-    miss (a model, not a schedule). Errors are signed ``(simulated - measured) / measured``."""
+    its sign is the bias) and median absolute error, the largest miss and its row, ddp's
+    miss (a model, not a schedule), and the same count and median for the rows' predictions at
+    the machine speed each run met (``prediction_error_at_speed``, :mod:`experiments.drift`;
+    counted over the rows that carry it). Errors are signed ``(simulated - measured) / measured``."""
     out = []
     for key, df in frames.items():
         if df.empty or "prediction_error" not in df:
@@ -178,10 +180,18 @@ def error_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
             predicted = piped["predicted_samples_per_s"]
             inside = (predicted >= piped["samples_per_s_min"]) & (predicted <= piped["samples_per_s_max"])
             in_rounds = int(inside.sum())
+        at_speed = (
+            piped["prediction_error_at_speed"].dropna()
+            if "prediction_error_at_speed" in piped
+            else pd.Series()
+        )
         out.append(
             {
                 "bench": key,
                 "within": int((miss <= GOAL).sum()),
+                "at_speed_rows": len(at_speed),
+                "within_at_speed": int((at_speed.abs() <= GOAL).sum()),
+                "median_at_speed": float(at_speed.median()) if len(at_speed) else None,
                 "rows": len(piped),
                 "in_rounds": in_rounds,
                 "median": float(piped["prediction_error"].median()),

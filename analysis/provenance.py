@@ -36,9 +36,9 @@ def code_paths(key: str, rows: pd.DataFrame) -> list[str]:
     if key.endswith("/staleness"):
         driver = ["training", "experiments/accuracy.py", "experiments/staleness.py"]
     elif key.endswith("/hybrid"):
-        driver = ["experiments/bench.py", "experiments/bench_hybrid.py"]
+        driver = ["experiments/bench.py", "experiments/drift.py", "experiments/bench_hybrid.py"]
     elif not key.endswith("/accuracy"):
-        driver = ["experiments/bench.py"]
+        driver = ["experiments/bench.py", "experiments/drift.py"]
     return [*_METHOD_CODE, *(f"methods/{m}" for m in methods), *driver]
 
 

@@ -205,6 +205,8 @@ def fidelity_section(frames: dict[str, pd.DataFrame], plots: Path | None = None)
             100 * r["worst"],
             r["worst_run"],
             100 * r["ddp"] if pd.notna(r["ddp"]) else None,
+            f"{r['within_at_speed']} of {r['at_speed_rows']}" if r["at_speed_rows"] else None,
+            100 * r["median_at_speed"] if pd.notna(r["median_at_speed"]) else None,
         ]
         for r in R.records(summary)
     ]
@@ -216,7 +218,10 @@ def fidelity_section(frames: dict[str, pd.DataFrame], plots: Path | None = None)
         "from its own one-process runs; a positive median error is a simulator faster than the runs. "
         "*Inside the rounds*: predictions between the slowest and the fastest of the row's measured rounds, "
         "which the rounds' own spread cannot tell from a measurement. ddp is a model of one replica plus an "
-        "all-reduce, not a schedule the simulator replays.\n\n"
+        "all-reduce, not a schedule the simulator replays. *At the run's speed*: the same, with each round's "
+        "prediction scaled by the machine's speed at its calibration over its speed at the run (a fixed piece "
+        "of work timed on every process before and after every run; `experiments/drift.py`), where rows carry "
+        "it: what remains once the shared machine's drift between a round's runs is taken out.\n\n"
         + markdown_table(
             [
                 "bench",
@@ -227,6 +232,8 @@ def fidelity_section(frames: dict[str, pd.DataFrame], plots: Path | None = None)
                 "largest error %",
                 "at",
                 "ddp error %",
+                "within goal at the run's speed",
+                "median error % at the run's speed",
             ],
             lines,
         )

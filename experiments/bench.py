@@ -70,6 +70,7 @@ from core.step_fit import StepFit, apply_fit, fit_step, processes
 from core.task import scatter
 from core.traffic_probe import probe_traffic
 from core.wake_probe import probe_wake
+from experiments.drift import probe_ms, run_speeds, speed_factors
 from methods.registry import get_method
 from methods.spec import MethodSpec, Setup
 
@@ -320,6 +321,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
     for run in plan:
         groups.setdefault(run.procs, []).append(run)
     results: dict[BenchRun, dict] = {}
+    speeds: dict[BenchRun, list[float | None]] = {}  # the machine's speed at each run, per round
     total = len(plan) * settings.rounds
     progress(
         f"{len(plan)} runs x {settings.rounds} rounds of {settings.warmup} warm-up + {settings.steps} timed steps"
@@ -346,6 +348,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
                 )
             )
             launch_group(spec_file, procs, threads, bar)
+            probes = []
             for run in runs:
                 rounds = [
                     json.loads((out / "runs" / f"{run.name}.r{r}.json").read_text())
@@ -353,6 +356,8 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
                 ]
                 tail = partial_steps(run.schedule, run.procs, work.task.teacher_rule.kind)
                 results[run] = combine_rounds(rounds, settings.warmup, tail)
+                probes.append([r.get("speed_ms") for r in rounds])
+            speeds.update(zip(runs, run_speeds(probes)))
     for run, result in results.items():
         batch = work.samples_per_step
         progress(
@@ -379,6 +384,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict]:
             profiles,
             out,
             waiting.get(run.unit_microbatches),
+            speed_factors(speeds.get(calibration_run(run, fits, results)), speeds.get(run)),
         )
         for run, result in results.items()
         if not run.busy
@@ -457,6 +463,21 @@ def calibration_fits(
     return fits
 
 
+def calibration_run(
+    run: BenchRun, fits: dict[str, dict[int, StepFit]], results: dict[BenchRun, dict]
+) -> BenchRun | None:
+    """The one-process run whose step fit calibrates ``run``'s prediction (as
+    :func:`run_costs` picks it: busy, on the run's processes, for several processes); None
+    where the run is predicted from a fit of runs alone (one process) or from none."""
+    if run.procs == 1 or not fits["busy"]:
+        return None
+    m = min(fits["busy"], key=lambda s: abs(s - run.unit_microbatches))
+    return next(
+        (r for r in results if r.busy and r.procs == run.procs and r.microbatches == m),
+        None,
+    )
+
+
 def run_costs(
     profiles: dict[int, BlockCosts], fits: dict[str, dict[int, StepFit]], run: BenchRun
 ) -> BlockCosts:
@@ -533,11 +554,14 @@ def _row(
     profiles: dict[int, BlockCosts],
     out: Path,
     waiting: list[tuple[float, float]] | None = None,
+    factors: list[float] | None = None,
 ) -> dict:
     """One row: the run's measured speed beside the simulator's, predicted once per round from
     that round's calibration (``round_costs``) and compared with that round's measurement; the
     row's prediction and error are the medians over the rounds, its simulated timeline the last
-    round's (beside the measured timeline, also the last round's)."""
+    round's (beside the measured timeline, also the last round's). ``factors``: per round, the
+    machine's speed at the calibration over its speed at the run (:mod:`experiments.drift`);
+    with them the row also carries the prediction and error at the speed the run met."""
     schedule = get_schedule(run.schedule)
     batch, views = work.samples_per_step, work.task.views
     step_s = result["median_step_s"]
@@ -558,6 +582,8 @@ def _row(
     balance = result["extra"].get("balance") or [len(unit_costs.student_fwd)]
     teacher_balance = result["extra"].get("teacher_balance") or [len(unit_costs.teacher_fwd)]
     predicted, error, sim_records, per_round = None, None, [], []
+    at_speed: list[float] = []
+    at_speed_error = None
     if schedule.runner == "ddp" or run.procs == len(balance):
         for costs in round_costs:
             speed, sim_records = predict(
@@ -577,6 +603,9 @@ def _row(
             measured = [batch / s for s in result["round_steps_s"]]
             predicted = statistics.median(per_round)
             error = statistics.median(p / m for p, m in zip(per_round, measured)) - 1.0
+            if factors is not None and len(factors) == len(per_round):
+                at_speed = [p * f for p, f in zip(per_round, factors)]
+                at_speed_error = statistics.median(p / m for p, m in zip(at_speed, measured)) - 1.0
         else:
             per_round = []
     records = [TimelineRecord(**r) for r in result["records"]]
@@ -619,6 +648,9 @@ def _row(
         predicted_samples_per_s=predicted,
         prediction_error=error,
         round_predicted_samples_per_s=per_round or None,
+        round_speed_factors=factors if at_speed else None,
+        predicted_at_speed_samples_per_s=statistics.median(at_speed) if at_speed else None,
+        prediction_error_at_speed=at_speed_error,
         backward_pieces=pipeline.pieces,
         balance=result["extra"].get("balance"),
         teacher_balance=result["extra"].get("teacher_balance"),
@@ -667,6 +699,7 @@ def worker(spec_file: Path) -> None:
     torch.set_num_threads(max(config.run.threads, 1))
     rank = init_distributed(config.run.device, transport=config.pipeline.transport)
     link: dict[str, float | None] = {}
+    probe: Callable[[], object] | None = None  # the machine-speed probe around each run
     setups: dict[str, Setup] = {}  # a method's setup may depend on the runner kind, not on the shape
     if rank.world > 1:
         messages = network(config.pipeline, rank.device)  # the runs' own message path
@@ -678,6 +711,7 @@ def worker(spec_file: Path) -> None:
         per_byte = probe_traffic(messages, piece, size) if size else 0.0
         messages.close()
         wake_ms, wake_tau_ms = probe_wake(piece)
+        probe = piece if size else None  # only groups whose runs are predicted
         link = {
             "gbps": measured.gbps,
             "latency_us": measured.latency_us,
@@ -705,10 +739,20 @@ def worker(spec_file: Path) -> None:
                     list(runner.balance),
                     list(runner.teacher_balance),
                 )
+            speeds = []
+            if probe is not None:
+                dist.barrier()
+                speeds.append(probe_ms(probe))
             if rank.world > 1:
                 dist.barrier()  # every rank starts together (a busy run has no barrier of its own)
             out = Path(group["folder"]) / f"{run['name']}.r{r}.json"
             timed_run(runner, work.batches(0, total), total, out if rank.rank == 0 else None, extra)
+            if probe is not None:
+                dist.barrier()
+                speeds.append(probe_ms(probe))
+                if rank.rank == 0:  # kept with the run: the machine's speed just before and after
+                    record = json.loads(out.read_text())
+                    out.write_text(json.dumps({**record, "speed_ms": speeds}))
             runner.close()
             del runner
             gc.collect()  # what the last run left in reference cycles goes now, not inside a timed run

@@ -104,6 +104,9 @@ def test_the_error_summary_counts_pipelined_rows_within_the_goal():
             "worst": pytest.approx(-0.12),
             "worst_run": "gpipe M=4",
             "ddp": pytest.approx(0.25),
+            "at_speed_rows": 0,  # no row carries a prediction at the run's speed
+            "within_at_speed": 0,
+            "median_at_speed": None,
         }
     ]
     twice = pd.concat([pd.DataFrame(rows)] * 2)  # an index with repeats (frames put together)
@@ -185,3 +188,23 @@ def test_round_errors_and_the_plot_of_every_row(tmp_path):
     assert "![the simulator's error on every measured pipelined row](fidelity_errors.png)" in section
     assert (tmp_path / "fidelity_errors.png").stat().st_size > 0
     assert "fidelity_errors.png" not in fidelity_section({"byol": rows})  # no folder, no plot
+
+
+def test_errors_at_the_runs_speed_are_counted_apart():
+    import pandas as pd
+
+    from analysis.fidelity import error_summary
+    from analysis.report import fidelity_section
+
+    rows = [
+        {**_row("gpipe", 2, 1, 0.15), "prediction_error_at_speed": 0.04},
+        {**_row("gpipe", 2, 2, 0.08), "prediction_error_at_speed": -0.11},
+        {**_row("tspipe", 2, 2, 0.02), "prediction_error_at_speed": None},  # no probes: left out
+        {**_row("ddp", 2, 1, 0.30), "prediction_error_at_speed": 0.01},  # a model: not counted
+    ]
+    summary = error_summary({"kd": pd.DataFrame(rows)}).iloc[0]
+    assert (summary["within"], summary["rows"]) == (2, 3)  # as predicted: 0.15 misses
+    assert (summary["within_at_speed"], summary["at_speed_rows"]) == (1, 2)  # at speed: -0.11 misses
+    assert summary["median_at_speed"] == pytest.approx(-0.035)
+    assert "| kd | 2 of 3 |" in fidelity_section({"kd": pd.DataFrame(rows)})
+    assert "| 1 of 2 | -3.500 |" in fidelity_section({"kd": pd.DataFrame(rows)})

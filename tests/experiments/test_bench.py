@@ -83,6 +83,14 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
     )
     ratios_ = [p / m for p, m in zip(per_round, ts["round_samples_per_s"])]
     assert ts["prediction_error"] == pytest.approx(statistics.median(ratios_) - 1)
+    # and at the machine's speed at the run: probed around every run of the two-process group
+    factors = ts["round_speed_factors"]
+    assert len(factors) == 2 and all(f > 0 for f in factors)
+    at_speed = [p * f / m for p, f, m in zip(per_round, factors, ts["round_samples_per_s"])]
+    assert ts["prediction_error_at_speed"] == pytest.approx(statistics.median(at_speed) - 1)
+    probed = json.loads((tmp_path / "runs" / "tspipe_N2_M2.r0.json").read_text())["speed_ms"]
+    assert len(probed) == 2 and min(probed) > 0  # before and after the run
+    assert next(r for r in rows if r["schedule"] == "sequential")["round_speed_factors"] is None
     fits = json.loads((tmp_path / "costs.json").read_text())["step_fits"]
     assert set(fits) == {"alone", "busy"} and fits["busy"]["2"]["scale"]["SB"] > 0
     assert sum(ts["balance"]) == 4 and len(ts["balance"]) == 2 and min(ts["balance"]) >= 1
