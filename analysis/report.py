@@ -191,7 +191,8 @@ def fidelity_section(frames: dict[str, pd.DataFrame], plots: Path | None = None)
     figure = (
         f"\n![the simulator's error on every measured pipelined row]({png.name})\n\n"
         "Each point is a row's error (the median over its rounds), its bar the range of its rounds' own "
-        f"errors; the band is the goal (±{100 * GOAL:.0f} %).\n"
+        f"errors, a cross (where the row carries it) its error at the run's speed; the band is the goal "
+        f"(±{100 * GOAL:.0f} %).\n"
         if png is not None
         else ""
     )
@@ -271,6 +272,18 @@ def plot_fidelity(frames: dict[str, pd.DataFrame], out: Path) -> Path | None:
                 label=None if r["schedule"] in seen else r["schedule"],
             )
             seen.add(r["schedule"])
+            at_speed = r.get("prediction_error_at_speed")
+            if at_speed is not None and pd.notna(at_speed):
+                ax.plot(
+                    x,
+                    100 * at_speed,
+                    "x",
+                    markersize=5,
+                    color=colours[r["schedule"]],
+                )
+                seen.add("at speed")
+    if "at speed" in seen:  # one legend entry for the crosses, in no schedule's colour
+        ax.plot([], [], "x", color="black", label="at the run's speed")
     ax.set_xticks(range(len(benches)), [key for key, _ in benches], fontsize=8)
     ax.set_ylabel("simulated - measured, % of measured")
     ax.set_title("Simulator error per measured pipelined row, CPU, 2 processes (bar: rounds)")

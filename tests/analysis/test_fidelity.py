@@ -190,7 +190,7 @@ def test_round_errors_and_the_plot_of_every_row(tmp_path):
     assert "fidelity_errors.png" not in fidelity_section({"byol": rows})  # no folder, no plot
 
 
-def test_errors_at_the_runs_speed_are_counted_apart():
+def test_errors_at_the_runs_speed_are_counted_apart(tmp_path):
     import pandas as pd
 
     from analysis.fidelity import error_summary
@@ -208,3 +208,5 @@ def test_errors_at_the_runs_speed_are_counted_apart():
     assert summary["median_at_speed"] == pytest.approx(-0.035)
     assert "| kd | 2 of 3 |" in fidelity_section({"kd": pd.DataFrame(rows)})
     assert "| 1 of 2 | -3.500 |" in fidelity_section({"kd": pd.DataFrame(rows)})
+    section = fidelity_section({"kd": pd.DataFrame(rows)}, tmp_path)  # the plot marks them too
+    assert "a cross (where the row carries it)" in section and (tmp_path / "fidelity_errors.png").exists()
