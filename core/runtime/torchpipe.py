@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from core.config import PipelineConfig
 from core.partition import stage_slices
@@ -41,6 +42,42 @@ def peer_available() -> str | None:
     except ImportError as err:
         return f"torch.distributed.pipelining is not importable: {err}"
     return None
+
+
+def shield_shape_inference(module: nn.Module, device: torch.device) -> list[Any]:
+    """Hooks that undo what a forward without gradients does to ``module``'s buffers and to the
+    random state; the handles, to remove once the first step is done.
+
+    At its first step a ``PipelineStage`` built without shapes infers them by running its module
+    once. torch 2.11 runs it on zeros, without gradients and without restoring anything, so a
+    student's BatchNorm counts those zeros in its running statistics and dropout draws from the
+    random state (later releases back the buffers up themselves). The student never trains
+    without gradients, so its real forwards are untouched.
+    """
+    saved: list[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]] = []
+    cuda = device.type == "cuda"
+
+    def before(mod: nn.Module, args: Any) -> None:
+        if not torch.is_grad_enabled():
+            saved.append(
+                (
+                    [b.detach().clone() for b in mod.buffers()],
+                    torch.get_rng_state(),
+                    torch.cuda.get_rng_state(device) if cuda else None,
+                )
+            )
+
+    def after(mod: nn.Module, args: Any, output: Any) -> None:
+        if saved:
+            buffers, cpu_rng, cuda_rng = saved.pop()
+            with torch.no_grad():
+                for b, old in zip(mod.buffers(), buffers):
+                    b.copy_(old)
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, device)
+
+    return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
 
 class TorchPipelineRunner(_state.RunnerState):
@@ -86,6 +123,7 @@ class TorchPipelineRunner(_state.RunnerState):
         ranks = list(range(world))
         s_group, t_group = dist.new_group(ranks), dist.new_group(ranks)
         self._groups = [s_group, t_group]
+        self._shield = shield_shape_inference(self.student, device)
         s_stage = PipelineStage(self.student, self.rank, world, device, group=s_group)
         t_stage = PipelineStage(self.teacher, self.rank, world, device, group=t_group)
         schedule_cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[
@@ -192,6 +230,9 @@ class TorchPipelineRunner(_state.RunnerState):
                         self.schedule.step(target=target, losses=losses)
                 else:
                     self._step(self.schedule, s_units)
+            for handle in self._shield:  # the stage has inferred its shapes
+                handle.remove()
+            self._shield = []
             total = sum(x.detach() for x in losses) if last and losses else None
             self.end_step(b, total)
             return {"loss": float(sum(x.detach() for x in losses)) / self._loss_scale} if last else None
