@@ -30,7 +30,10 @@ class DeferredBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.accumulate = True
         self.register_buffer("_sum", torch.zeros(num_features, dtype=torch.float64), persistent=False)
         self.register_buffer("_sumsq", torch.zeros(num_features, dtype=torch.float64), persistent=False)
-        self.register_buffer("_count", torch.zeros((), dtype=torch.float64), persistent=False)
+        # one element, not a 0-dim tensor: torch 2.11's compiled forwards (aot_eager, inductor)
+        # drop in-place updates of 0-dim buffers, which left the count at 0 and the running
+        # statistics unmoved
+        self.register_buffer("_count", torch.zeros(1, dtype=torch.float64), persistent=False)
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:
@@ -59,12 +62,12 @@ class DeferredBatchNorm(nn.modules.batchnorm._BatchNorm):
         step, and reset the sums. With ``distributed``, the sums are first added up over the
         process group (data parallelism: the full batch spans the ranks)."""
         if distributed:
-            stats = torch.cat([self._sum, self._sumsq, self._count.reshape(1)])
+            stats = torch.cat([self._sum, self._sumsq, self._count])
             dist.all_reduce(stats, group=group)
             n = self._sum.numel()
             self._sum.copy_(stats[:n])
             self._sumsq.copy_(stats[n : 2 * n])
-            self._count.copy_(stats[2 * n])
+            self._count.copy_(stats[2 * n :])
         count = float(self._count)
         if count == 0:
             return

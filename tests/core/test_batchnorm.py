@@ -58,3 +58,21 @@ def test_convert_replaces_nested_layers_and_keeps_weights():
     assert torch.equal(layers[0].weight, torch.full((2,), 3.0))
     assert torch.equal(layers[0].running_var, torch.full((2,), 2.0))
     assert "_sum" not in model.state_dict() and "1.0.running_mean" in model.state_dict()
+
+
+def test_a_compiled_forward_accumulates_like_an_eager_one():
+    # torch 2.11's compiled forwards dropped in-place updates of 0-dim buffers: with the count
+    # 0-dim, the sums grew but the count stayed 0 and the commit moved nothing
+    torch.manual_seed(2)
+    x = torch.randn(16, 4, 3, 3)
+    eager = DeferredBatchNorm(4)
+    compiled_layer = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_layer, backend="aot_eager")
+    for part in x.split(8):
+        eager(part)
+        compiled(part)
+    assert float(compiled_layer._count) == float(eager._count) == 16 * 9
+    commit_all(eager)
+    commit_all(compiled_layer)
+    torch.testing.assert_close(compiled_layer.running_var, eager.running_var)
