@@ -10,12 +10,10 @@ costs profiled in the same run.
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -147,11 +145,10 @@ def timed_run(
     runner: Any,
     batches: Iterable[Any],
     steps: int,
-    out: Path | None,
     extra: dict | None = None,
 ) -> dict | None:
     """Run ``steps`` steps with timeline recording and collect every rank's step ends and
-    records on rank 0, written to ``out`` as JSON.
+    records on rank 0.
 
     Returns:
         On rank 0 (or without a process group) the result dict: ``step_end_s`` (latest over
@@ -193,9 +190,6 @@ def timed_run(
         "losses": next((p["losses"] for p in parts if p["losses"]), []),
         "extra": extra or {},
     }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result))
     return result
 
 

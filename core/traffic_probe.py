@@ -32,10 +32,11 @@ def _key(x: torch.Tensor) -> tuple[str, int]:
     return ("traffic", x.numel())
 
 
-def _block(transport: Transport, work: Callable[[], object], peer: int | None, x, count: int) -> float:
-    """Median ms of ``work`` over ``count`` pieces; with a ``peer``, a message to it after each
-    piece and as many from it posted for ahead and taken at the end."""
-    key = _key(x)
+def _block(
+    transport: Transport, work: Callable[[], object], peer: int | None, x, key: tuple[str, int], count: int
+) -> float:
+    """Median ms of ``work`` over ``count`` pieces; with a ``peer``, a message ``x`` to it after
+    each piece and as many from it (receive key ``key``) posted for ahead and taken at the end."""
     if peer is not None:
         for _ in range(count):
             transport.prepost(CHANNEL, peer, key)
@@ -83,7 +84,7 @@ def probe_traffic(
     extra = []
     for k in range(repeats):
         order = (None, peer) if k % 2 == 0 else (peer, None)
-        took = {p: _block(transport, idle, p if active else None, x, count) for p in order}
+        took = {p: _block(transport, idle, p if active else None, x, key, count) for p in order}
         extra.append(took[peer] - took[None] if active else 0.0)
     mine = torch.tensor([statistics.median(extra) / 2 if active else 0.0], dtype=torch.float64)
     dist.all_reduce(mine)

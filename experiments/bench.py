@@ -463,17 +463,27 @@ def calibration_fits(
     return fits
 
 
+def fit_key(run: BenchRun, fits: dict[str, dict[int, StepFit]]) -> tuple[str, int] | None:
+    """Which step fit calibrates ``run``: the kind (measured alone for one process, busy for
+    several, alone where no busy fit was made) and the micro-batch count of the one-process run
+    nearest in unit size; None without any fit."""
+    kind = "alone" if run.procs == 1 or not fits["busy"] else "busy"
+    by_m = fits[kind]
+    if not by_m:
+        return None
+    return kind, min(by_m, key=lambda s: abs(s - run.unit_microbatches))
+
+
 def calibration_run(
     run: BenchRun, fits: dict[str, dict[int, StepFit]], results: dict[BenchRun, dict]
 ) -> BenchRun | None:
-    """The one-process run whose step fit calibrates ``run``'s prediction (as
-    :func:`run_costs` picks it: busy, on the run's processes, for several processes); None
-    where the run is predicted from a fit of runs alone (one process) or from none."""
-    if run.procs == 1 or not fits["busy"]:
+    """The busy one-process run whose step fit calibrates ``run``'s prediction
+    (:func:`fit_key`); None where the run is predicted from a fit of runs alone or from none."""
+    key = fit_key(run, fits)
+    if key is None or key[0] != "busy":
         return None
-    m = min(fits["busy"], key=lambda s: abs(s - run.unit_microbatches))
     return next(
-        (r for r in results if r.busy and r.procs == run.procs and r.microbatches == m),
+        (r for r in results if r.busy and r.procs == run.procs and r.microbatches == key[1]),
         None,
     )
 
@@ -481,15 +491,11 @@ def calibration_run(
 def run_costs(
     profiles: dict[int, BlockCosts], fits: dict[str, dict[int, StepFit]], run: BenchRun
 ) -> BlockCosts:
-    """The run's per-block costs: the fit at its unit size, with the step fit of the
-    one-process run nearest in unit size (measured alone for one process, busy for several;
-    the profile alone without one)."""
+    """The run's per-block costs: the fit at its unit size, with the step fit :func:`fit_key`
+    picks (the profile alone without one)."""
     base = fitted_costs(list(profiles.values()), profiles[run.unit_microbatches].samples)
-    by_m = fits["alone" if run.procs == 1 else "busy"] or fits["alone"]
-    if not by_m:
-        return base
-    m = run.unit_microbatches
-    return apply_fit(base, by_m[min(by_m, key=lambda s: abs(s - m))])
+    key = fit_key(run, fits)
+    return base if key is None else apply_fit(base, fits[key[0]][key[1]])
 
 
 def staged(
@@ -745,14 +751,14 @@ def worker(spec_file: Path) -> None:
                 speeds.append(probe_ms(probe))
             if rank.world > 1:
                 dist.barrier()  # every rank starts together (a busy run has no barrier of its own)
-            out = Path(group["folder"]) / f"{run['name']}.r{r}.json"
-            timed_run(runner, work.batches(0, total), total, out if rank.rank == 0 else None, extra)
-            if probe is not None:
+            result = timed_run(runner, work.batches(0, total), total, extra)
+            if probe is not None:  # kept with the run: the machine's speed just before and after
                 dist.barrier()
                 speeds.append(probe_ms(probe))
-                if rank.rank == 0:  # kept with the run: the machine's speed just before and after
-                    record = json.loads(out.read_text())
-                    out.write_text(json.dumps({**record, "speed_ms": speeds}))
+                if result is not None:
+                    result["speed_ms"] = speeds
+            if result is not None:  # rank 0
+                (Path(group["folder"]) / f"{run['name']}.r{r}.json").write_text(json.dumps(result))
             runner.close()
             del runner
             gc.collect()  # what the last run left in reference cycles goes now, not inside a timed run
