@@ -30,7 +30,7 @@ from core.action import Action, Op
 from core.cost_model import CostModel
 from core.link import DEFAULT_LATENCY_US, DEFAULT_LINK_GBPS, Link
 from core.metrics import TimelineRecord, busy_and_span, steady_state
-from core.schedules import SCHEDULES, Schedule
+from core.schedules import Schedule, schedules
 from core.validate import dry_run
 
 WINDOW_BATCHES = 8  # simulated mini-batches (window_batches adds more); steady state over 2..6
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.calibration import load_calibration
     from core.paper_scale import result_dict, simulate_calibration
 
-    pipelines = [s.name for s in SCHEDULES.values() if s.is_pipeline]
+    pipelines = [s.name for s in schedules("pipeline")]  # plugins (TSPIPE_PLUGINS) loaded first
     parser = argparse.ArgumentParser(
         prog="python -m core.simulate", description="Simulate a schedule on a calibration file."
     )

@@ -53,6 +53,19 @@ def test_the_simulator_command_line_accepts_it(toy, calibration_dir, capsys):
     assert '"schedule": "toy"' in capsys.readouterr().out
 
 
+def test_the_simulator_command_line_loads_it_as_a_plugin(calibration_dir, capsys, monkeypatch):
+    # named in TSPIPE_PLUGINS and imported by nothing else: the command line loads it first
+    assert "toy" not in SCHEDULES and "tests.core.toy_schedule" not in sys.modules
+    monkeypatch.setenv("TSPIPE_PLUGINS", "tests.core.toy_schedule")
+    args = ["--calibration", str(calibration_dir / "byol_resnet18_bf16.json"), "--stages", "2"]
+    try:
+        assert simulate_main([*args, "--microbatches", "2", "--schedule", "toy", "--format", "json"]) == 0
+    finally:
+        SCHEDULES.pop("toy", None)
+        sys.modules.pop("tests.core.toy_schedule", None)
+    assert '"schedule": "toy"' in capsys.readouterr().out
+
+
 def test_the_runtime_runs_it_and_equals_the_reference(toy):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
