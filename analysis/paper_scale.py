@@ -13,7 +13,7 @@ import pandas as pd
 from analysis import rows as R
 from analysis.compare import best_of, comparison_groups, subject_name
 from analysis.tables import int_cell, markdown_table
-from core.schedules import SCHEDULES, order_of
+from core.schedules import SCHEDULES, order_of, schedules
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_DIR = ROOT / "experiments" / "paper"
@@ -244,9 +244,10 @@ def simulated_section(data: dict[str, pd.DataFrame]) -> tuple[str, list[dict]]:
             "\n### The schedules alone (linear model, ablation)\n\n"
             "Per-block costs scaled linearly with the micro-batch (every size equally efficient), unscaled, M = N, "
             "2 backward pieces for every schedule that splits: what the schedules do with equal work, 450 GB/s. "
-            "Not a prediction of any machine. *family / cap*: the most efficient of the tspipe family (tspipe, "
-            "tspipe-zb) over the partition's balance cap (teacher forwards placed with a 300-simulation search up "
-            "to 8 stages; a frozen teacher staggered).\n\n"
+            "Not a prediction of any machine. *family / cap*: the most efficient of the tspipe family "
+            f"({', '.join(s.name for s in schedules('pipeline') if s.accepts_lookahead)}) over the partition's "
+            "balance cap (teacher forwards placed with a 300-simulation search up to 8 stages; a frozen teacher "
+            "staggered).\n\n"
             + markdown_table(
                 ["calibration", "N", f"{ref} eff.", "balance cap", "family / cap", *ablation_headers],
                 ablation,

@@ -23,7 +23,6 @@ from core.memory import StagePeak, stage_peaks
 from core.partition import Partition, plan_partition, stage_slices
 from core.placement import place_teacher_forwards
 from core.schedules import Schedule, build_schedule, furthest_ahead, get_schedule, window_batches
-from core.schedules.teacher_fill import early_counts
 from core.simulate import WINDOW_BATCHES, SimResult, simulate
 
 
@@ -278,11 +277,12 @@ def result_dict(
 def teacher_early(built: Schedule) -> list[int] | None:
     """The per-stage early teacher forwards a built schedule runs (its spec ``accepts_early``:
     the counts given or the uniform rule's), None for other schedules."""
-    if not get_schedule(built.name).accepts_early:
+    spec = get_schedule(built.name)
+    if not spec.accepts_early:
         return None
     if built.early is not None:
         return list(built.early)  # checked when it was built
-    return list(early_counts(built.stages, built.units, built.backward_pieces))
+    return list(spec.uniform_early(built.stages, built.units, built.backward_pieces))
 
 
 def sequential_check(cal: Calibration) -> dict[str, float | None]:

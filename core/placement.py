@@ -2,10 +2,12 @@
 a tspipe-family schedule runs before its backward, chosen from per-stage costs by searching on
 the simulator.
 
-tspipe's own rule (:func:`core.schedules.tspipe_early_teacher_forwards`) sizes the early
-teacher forwards for ``t = f = b / 2``; a teacher two or three times the student fills the wait
-for the first gradient with fewer forwards, and the rest then delay the backward. The search
-starts from that rule and from counts sized by the costs (the stage's wait for its first
+A schedule's own rule (its spec's ``early_rule``: for tspipe and tspipe-zb
+:func:`core.schedules.tspipe_early_teacher_forwards`, for tspipe-zbh1
+:func:`core.schedules.zbh1_early_teacher_forwards`) sizes the early teacher forwards for unit
+costs; a teacher two or three times the student fills the wait for the first gradient with fewer
+forwards, and the rest then delay the backward. The search starts from that rule and from counts
+sized by the costs (the stage's wait for its first
 gradient in units of its own teacher forward, and those with the first stages running every
 teacher forward early), then, from each start in order of its simulated step, moves one stage's
 count by 1 or 2 at a time, keeping the counts non-increasing (the schedule deadlocks otherwise;
@@ -14,8 +16,8 @@ keeps a move only when the simulated step is strictly shorter, within a budget o
 shared by the starts (the search
 stops at once when the uniform rule is already within 0.1 % of the partition's balance cap,
 which no placement can pass). It returns the uniform rule's counts unless
-the searched ones simulate strictly faster, so a placed schedule is never slower than tspipe's
-own under the same costs.
+the searched ones simulate strictly faster, so a placed schedule is never slower than its own
+rule under the same costs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import math
 
 from core.cost_model import CostModel
 from core.schedules import build_schedule, furthest_ahead, get_schedule, window_batches
-from core.schedules.teacher_fill import early_counts, staggered
+from core.schedules.teacher_fill import staggered
 from core.simulate import SimResult, simulate
 
 SEARCH_BATCHES = 6  # simulated window of each evaluation (steady state over batches 2..4)
@@ -131,7 +133,7 @@ def place_teacher_forwards(
         return seen[counts]
 
     chained = not staggered(stages, teacher, 1 if lookahead is None else lookahead)
-    uniform = early_counts(stages, units, pieces)
+    uniform = spec.uniform_early(stages, units, pieces)
     first = run(uniform)
     seen[uniform] = first.step_ms
     if first.efficiency >= (1 - CLOSE) * first.balance_cap:

@@ -22,9 +22,9 @@ import pandas as pd
 from core.calibration import Calibration, load_calibration
 from core.link import Link
 from core.paper_scale import SEARCH_BATCHES, calibration_partition, configurations, simulate_calibration
-from core.schedules import get_schedule
+from core.schedules import get_schedule, schedules
 
-FAMILY = ("tspipe", "tspipe-zb")
+FAMILY = tuple(s.name for s in schedules("pipeline") if s.accepts_lookahead)  # the tspipe family
 BASELINES = ("gpipe", "1f1b")
 SCHEDULES = (*BASELINES, "zb", *FAMILY)
 # configurations already simulated: (the calibration, samples/s) by configuration

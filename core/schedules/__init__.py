@@ -4,7 +4,8 @@ of specs, lowering and unrolling.
 ``from core.schedules import build_schedule, get_schedule, SCHEDULES`` is all most code needs.
 One module per schedule family registers its specs on import (``flush``: sequential, mp,
 gpipe; ``pipedream``: 1f1b; ``teacher_fill``: tspipe; ``zero_bubble``: zb and tspipe-zb, whose
-backwards are split into input and weight halves; ``runners``: ddp and the torch peer).
+backwards are split into input and weight halves; ``teacher_1f1b``: tspipe-zbh1, teacher filling
+on zb's 1F1B order; ``runners``: ddp and the torch peer).
 """
 
 from core.schedules import runners  # noqa: F401  (registers ddp and the torch peer)
@@ -23,6 +24,7 @@ from core.schedules.spec import (
     schedules,
     subject,
 )
+from core.schedules.teacher_1f1b import tspipe_zbh1, zbh1_early_teacher_forwards
 from core.schedules.teacher_fill import tspipe, tspipe_early_teacher_forwards
 from core.schedules.zero_bubble import tspipe_zb, zero_bubble
 
@@ -49,6 +51,8 @@ __all__ = [
     "tspipe",
     "tspipe_early_teacher_forwards",
     "tspipe_zb",
+    "tspipe_zbh1",
     "window_batches",
+    "zbh1_early_teacher_forwards",
     "zero_bubble",
 ]

@@ -57,6 +57,9 @@ class ScheduleSpec:
         accepts_early: its builder takes ``early``, per-stage counts of the next mini-batch's
             teacher forwards run before the backward (tspipe's family); see
             :mod:`core.placement`.
+        early_rule: for a schedule that ``accepts_early``, the count its builder uses when none
+            are given, ``early_rule(stage, stages, units, pieces)``: the uniform rule that
+            placement starts from and never does worse than.
         accepts_lookahead: its builder takes ``lookahead`` L, how many mini-batches ahead its
             filling teacher forwards run; an EMA teacher's staleness is then L instead of
             ``ema_staleness``.
@@ -83,6 +86,7 @@ class ScheduleSpec:
     subject: bool = False
     baseline: bool = False
     accepts_early: bool = False
+    early_rule: Callable[[int, int, int, int], int] | None = None
     accepts_lookahead: bool = False
 
     def __post_init__(self) -> None:
@@ -90,6 +94,21 @@ class ScheduleSpec:
             raise ValueError(f"schedule {self.name!r}: runner must be one of {RUNNERS}, got {self.runner!r}")
         if (self.build is None) == (self.runner == "pipeline"):
             raise ValueError(f"schedule {self.name!r}: a pipeline schedule needs a builder, a runner none")
+        if self.accepts_early != (self.early_rule is not None):
+            raise ValueError(
+                f"schedule {self.name!r}: a schedule takes early counts exactly when it has an early_rule"
+            )
+
+    def uniform_early(self, stages: int, units: int, pieces: int) -> tuple[int, ...]:
+        """The per-stage early teacher forwards its builder runs when given none (its
+        ``early_rule``).
+
+        Raises:
+            ValueError: for a schedule that takes no early counts.
+        """
+        if self.early_rule is None:
+            raise ValueError(f"{self.name} takes no per-stage early teacher forwards")
+        return tuple(self.early_rule(s, stages, units, pieces) for s in range(stages))
 
     @property
     def is_pipeline(self) -> bool:

@@ -88,11 +88,17 @@ def check_lookahead(lookahead: int) -> int:
 
 
 def early_counts(
-    stages: int, units: int, pieces: int, early: Sequence[int] | None = None, staggered: bool = False
+    stages: int,
+    units: int,
+    pieces: int,
+    early: Sequence[int] | None = None,
+    staggered: bool = False,
+    rule: Callable[[int, int, int, int], int] = tspipe_early_teacher_forwards,
 ) -> tuple[int, ...]:
-    """Per-stage early teacher forwards: ``early`` checked, or the uniform rule when None."""
+    """Per-stage early teacher forwards: ``early`` checked, or ``rule``'s (tspipe's uniform rule
+    by default) when None."""
     if early is None:
-        return tuple(tspipe_early_teacher_forwards(s, stages, units, pieces) for s in range(stages))
+        return tuple(rule(s, stages, units, pieces) for s in range(stages))
     return check_early(early, stages, units, staggered)
 
 
@@ -222,6 +228,7 @@ register(
         gantt=True,
         subject=True,
         accepts_early=True,
+        early_rule=tspipe_early_teacher_forwards,
         accepts_lookahead=True,
     )
 )

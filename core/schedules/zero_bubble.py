@@ -17,7 +17,7 @@ from core.action import Action, Op
 from core.schedules.base import check_shape, interleave, parts, sb, sw
 from core.schedules.pipedream import one_f_one_b_order
 from core.schedules.spec import ScheduleSpec, register
-from core.schedules.teacher_fill import tspipe_order
+from core.schedules.teacher_fill import tspipe_early_teacher_forwards, tspipe_order
 
 
 def zero_bubble(
@@ -47,10 +47,10 @@ def zero_bubble(
         stage 3: ......T0T1T2T3F0B0W0F1B1W1F2LB2W2F3B3W3O............t0t1t2t3f0b0w0f1b1w1f2lb2w2f3
     """
     units = check_shape(stages, microbatches, teacher, batches, backward_pieces, views)
-    return one_f_one_b_order(stages, units, batches, lambda s, b, u: _split(s, b, u, backward_pieces))
+    return one_f_one_b_order(stages, units, batches, lambda s, b, u: split_pieces(s, b, u, backward_pieces))
 
 
-def _split(stage: int, batch: int, unit: int, pieces: int) -> list[Action]:
+def split_pieces(stage: int, batch: int, unit: int, pieces: int) -> list[Action]:
     """Each piece's input half, then its weight half."""
     return [
         x
@@ -97,7 +97,7 @@ def tspipe_zb(
 
     def tail(s: int, b: int, late: list[Action]) -> list[Action]:
         if s == 0:
-            pairs = [x for u in range(n_units) for x in _split(s, b, u, backward_pieces)]
+            pairs = [x for u in range(n_units) for x in split_pieces(s, b, u, backward_pieces)]
             return interleave(pairs, late)
         units = range(n_units)
         return sb(s, b, units, backward_pieces) + sw(s, b, units, backward_pieces) + late
@@ -128,6 +128,7 @@ register(
         colour="#ff9da7",
         gantt=True,
         accepts_early=True,
+        early_rule=tspipe_early_teacher_forwards,
         accepts_lookahead=True,
     )
 )

@@ -83,3 +83,19 @@ def test_the_best_configuration_places_teacher_forwards_beyond_the_uniform_rules
     assert result.samples_per_s == pytest.approx(placed_m2.samples_per_s)
     kept, kept_built, _ = best_configuration(cal, "tspipe-zb", 4, link, early=None)  # uniform rule
     assert kept_built.microbatches == 1 and kept_built.early is None
+
+
+def test_tspipe_zbh1_beats_tspipe_zb_where_a_flushed_last_stage_waits(calibration_dir):
+    """KD RN152 -> RN50 on 4 stages, M = 2, 2 pieces, teacher forwards placed (realistic model):
+    tspipe-zb's last stage starts its first backward only once every unit's forward has crossed
+    the pipeline; tspipe-zbh1's, after the first one's. The docstring's unit-cost claim is
+    tested in ``tests/core/test_simulate.py``."""
+    from core.paper_scale import simulate_calibration
+
+    cal = load_calibration(calibration_dir / "kd_resnet152_to_resnet50_bf16.json")
+    link = Link(450.0)
+    got = {
+        name: simulate_calibration(cal, name, 4, 2, link, backward_pieces=2, early="auto")[0].samples_per_s
+        for name in ("tspipe-zb", "tspipe-zbh1")
+    }
+    assert got["tspipe-zbh1"] > 1.05 * got["tspipe-zb"], got

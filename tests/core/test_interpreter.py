@@ -68,7 +68,7 @@ def run_rank(program: Program, rank: int) -> FakeTransport:
     return transport
 
 
-@pytest.mark.parametrize("name", ["gpipe", "1f1b", "tspipe", "tspipe-zb", "zb"])
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "tspipe", "tspipe-zb", "zb", "tspipe-zbh1"])
 @pytest.mark.parametrize("stages", [2, 3])
 def test_every_receive_gets_its_own_message(name: str, stages: int) -> None:
     program = Program.build(name, stages, 2, "ema", steps=5, views=2)

@@ -25,7 +25,7 @@ OTHERS = [s.name for s in schedules("pipeline") if not s.accepts_lookahead]
 
 
 def test_the_tspipe_family_takes_a_lookahead():
-    assert set(AHEAD) == {"tspipe", "tspipe-zb"} and OTHERS
+    assert set(AHEAD) == {"tspipe", "tspipe-zb", "tspipe-zbh1"} and OTHERS
 
 
 @pytest.mark.parametrize("name", AHEAD)
@@ -148,7 +148,7 @@ def test_an_old_checkpoint_with_one_previous_teacher_still_resumes_staleness_one
     assert versions.teacher_for(4, teacher) is not teacher
 
 
-@pytest.mark.parametrize("name", ["tspipe", "tspipe-zb"])
+@pytest.mark.parametrize("name", AHEAD)
 @pytest.mark.parametrize("lookahead", [0, 1, 2, 4])
 def test_the_simulated_steady_state_counts_only_full_steps(name, lookahead):
     """The last L steps of a window have no teacher forwards L ahead left to run: the simulator

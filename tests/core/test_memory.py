@@ -19,6 +19,8 @@ def test_gpipe_holds_every_unit_and_1f1b_only_those_in_flight():
 
 def test_zb_holds_what_1f1b_holds_since_each_weight_half_follows_its_input_half():
     assert units("zb", 4, 6) == units("1f1b", 4, 6)
+    # and so does tspipe-zbh1, whose student runs zb's order
+    assert units("tspipe-zbh1", 4, 6) == units("1f1b", 4, 6)
 
 
 def test_tspipe_holds_the_whole_mini_batch_and_a_split_backward_frees_at_the_weight_half():

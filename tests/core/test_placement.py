@@ -12,7 +12,7 @@ from core.config import PipelineConfig
 from core.cost_model import unit_costs
 from core.overrides import apply_overrides
 from core.placement import monotone, place_teacher_forwards
-from core.schedules import build_schedule, schedules
+from core.schedules import build_schedule, get_schedule, schedules
 from core.schedules.teacher_fill import early_counts
 from core.simulate import simulate
 from core.validate import validate
@@ -30,8 +30,19 @@ def test_some_schedules_take_early_counts():
 @pytest.mark.parametrize("name", EARLY)
 def test_none_keeps_the_uniform_rule(name):
     plain = build_schedule(name, 4, 4, "ema", 3)
-    given = build_schedule(name, 4, 4, "ema", 3, early=early_counts(4, 4, 2))
+    given = build_schedule(name, 4, 4, "ema", 3, early=get_schedule(name).uniform_early(4, 4, 2))
     assert plain.compute == given.compute
+
+
+def test_a_schedule_takes_counts_exactly_when_it_has_a_rule_for_them():
+    assert early_counts(4, 4, 2) == get_schedule("tspipe").uniform_early(4, 4, 2) == (4, 4, 2, 0)
+    assert get_schedule("tspipe-zbh1").uniform_early(4, 4, 2) == (4, 4, 2, 0)
+    assert get_schedule("tspipe-zbh1").uniform_early(4, 8, 1) == (6, 4, 2, 0)  # 2 (N - 1 - s)
+    with pytest.raises(ValueError, match="no per-stage early"):
+        get_schedule(OTHERS[0]).uniform_early(4, 4, 2)
+    spec = get_schedule("tspipe")
+    with pytest.raises(ValueError, match="early_rule"):
+        type(spec)("x", "no rule", spec.build, accepts_early=True)
 
 
 def test_uniform_costs_give_the_uniform_counts():
@@ -44,7 +55,7 @@ def test_a_heavy_teacher_gets_counts_that_simulate_faster(name):
     costs = unit_costs(4)
     heavy = replace(costs, teacher_fwd=tuple(3 * f for f in costs.student_fwd))
     counts = place_teacher_forwards(heavy, name, 4, 4, batch_samples=4)
-    assert counts != early_counts(4, 4, 2)
+    assert counts != get_schedule(name).uniform_early(4, 4, 2)
     assert list(counts) == sorted(counts, reverse=True) and all(0 <= k <= 4 for k in counts)
     uniform = build_schedule(name, 4, 4, "ema", 8)
     placed = build_schedule(name, 4, 4, "ema", 8, early=counts)
@@ -96,7 +107,7 @@ def test_monotone():
 @pytest.mark.parametrize("name", EARLY)
 def test_non_uniform_counts_equal_the_reference_in_threads(name):
     steps, micro, early = 3, 4, (3, 1, 0)
-    assert early != early_counts(3, micro, 2)
+    assert early != get_schedule(name).uniform_early(3, micro, 2)
     config = PipelineConfig(name, 3, micro, teacher_early=early, max_grad_norm=0.05)
     got, want = fp64_threads_and_reference(config, steps, 1)
     assert relative_difference(got["student"], want["student"]) <= 1e-12

@@ -68,7 +68,7 @@ def test_gradients_are_bucketed_by_dtype_in_order_up_to_the_bucket_size(monkeypa
     assert Replicas().start_reduce([torch.nn.Parameter(torch.zeros(2))]) is None  # one replica: nothing
 
 
-@pytest.mark.parametrize("schedule", ["tspipe", "gpipe", "zb", "tspipe-zb"])
+@pytest.mark.parametrize("schedule", ["tspipe", "gpipe", "zb", "tspipe-zb", "tspipe-zbh1"])
 def test_the_dp_gradient_sum_starts_after_each_stage_s_last_backward_of_the_step(schedule):
     from core.action import Op
     from core.runtime.pipeline import last_backward

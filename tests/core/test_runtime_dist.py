@@ -28,6 +28,8 @@ PIPELINE = [
     ("zb", 2, 2),
     ("tspipe-zb", 2, None),
     ("tspipe-zb", 3, 1),
+    ("tspipe-zbh1", 2, None),
+    ("tspipe-zbh1", 3, 1),
 ]
 
 
@@ -46,11 +48,14 @@ def cases(world: int) -> list[dict]:
         # global gradient clipping, small enough to bite at every step
         out.append(dict(schedule="tspipe", teacher="ema", microbatches=2, max_grad_norm=0.05, dtype=dtype))
         out.append(dict(schedule="tspipe-zb", teacher="ema", microbatches=2, max_grad_norm=0.05, dtype=dtype))
+        out.append(
+            dict(schedule="tspipe-zbh1", teacher="ema", microbatches=2, max_grad_norm=0.05, dtype=dtype)
+        )
         out.append(dict(schedule="gpipe", teacher="frozen", microbatches=2, max_grad_norm=0.05, dtype=dtype))
     out.append(dict(schedule="tspipe", teacher="ema", microbatches=2, bn=False, dtype="float32"))
     # teacher lookahead L (staleness L): exact at 0, two versions stale at 2, over enough steps
     # that a middle segment runs between the first and the last L
-    for schedule in ("tspipe", "tspipe-zb"):
+    for schedule in ("tspipe", "tspipe-zb", "tspipe-zbh1"):
         for lookahead in (0, 2):
             out.append(
                 dict(
@@ -75,14 +80,21 @@ def cases(world: int) -> list[dict]:
     )
     # a frozen teacher is staggered (stage s runs N - s mini-batches ahead): enough steps that a
     # middle segment runs between the first and the last N
-    for schedule in ("tspipe", "tspipe-zb"):
+    for schedule in ("tspipe", "tspipe-zb", "tspipe-zbh1"):
         out.append(
             dict(schedule=schedule, teacher="frozen", microbatches=2, steps=world + 3, dtype="float64")
         )
     # data-parallel replicas of the pipeline: dp 2 x pp world/2 (dp 2 x pp 1 on two processes)
     for dtype in ("float32", "float64"):
         for teacher in ("ema", "frozen"):
-            for schedule, micro in (("gpipe", 2), ("1f1b", 3), ("tspipe", 2), ("zb", 3), ("tspipe-zb", 2)):
+            for schedule, micro in (
+                ("gpipe", 2),
+                ("1f1b", 3),
+                ("tspipe", 2),
+                ("zb", 3),
+                ("tspipe-zb", 2),
+                ("tspipe-zbh1", 3),
+            ):
                 out.append(dict(schedule=schedule, teacher=teacher, microbatches=micro, dp=2, dtype=dtype))
     out.append(
         dict(schedule="tspipe", teacher="ema", microbatches=2, dp=2, max_grad_norm=0.05, dtype="float32")

@@ -84,6 +84,24 @@ def test_tspipe_zb_pinned():
     assert late.index("1TF3@1") > late.index("1SW3.1")
 
 
+def test_tspipe_zbh1_pinned():
+    # zb's order with a loss per unit; stage 0 runs its early teacher forwards of the next
+    # mini-batch after its warm-up forward and one more, the last stage all of them late
+    assert lists("tspipe-zbh1", 2, 2, batches=2) == [
+        "0TF0 0TF1 0SF0 0SF1 0TF0@1 0TF1@1 0SB0.0 0SW0.0 0SB0.1 0SW0.1 0SB1.0 0SW1.0 0SB1.1 0SW1.1 0OPT "
+        "0SF0@1 0SF1@1 0SB0.0@1 0SW0.0@1 0SB0.1@1 0SW0.1@1 0SB1.0@1 0SW1.0@1 0SB1.1@1 0SW1.1@1 0OPT@1",
+        "1TF0 1TF1 1SF0 1LOSS0 1SB0.0 1SW0.0 1SB0.1 1SW0.1 1SF1 1LOSS1 1SB1.0 1SW1.0 1SB1.1 1SW1.1 "
+        "1TF0@1 1TF1@1 1OPT 1SF0@1 1LOSS0@1 1SB0.0@1 1SW0.0@1 1SB0.1@1 1SW0.1@1 1SF1@1 1LOSS1@1 "
+        "1SB1.0@1 1SW1.0@1 1SB1.1@1 1SW1.1@1 1OPT@1",
+    ]
+    # N = 3, U = 3: stage 1 warms up with one forward, runs one more, then its 2 (N - 1 - s)
+    # early teacher forwards before its first backward, and the last one after its drain
+    assert lists("tspipe-zbh1", 3, 3, batches=2)[1].startswith(
+        "1TF0 1TF1 1TF2 1SF0 1SF1 1TF0@1 1TF1@1 1SB0.0 1SW0.0 1SB0.1 1SW0.1 1SF2 1SB1.0 1SW1.0 "
+        "1SB1.1 1SW1.1 1SB2.0 1SW2.0 1SB2.1 1SW2.1 1TF2@1 1OPT "
+    )
+
+
 def test_split_backward_lowering_sends_the_gradient_after_the_input_half():
     built = build_schedule("zb", 2, 1, "frozen")
     assert " ".join(map(str, built.lowered[1])) == (
@@ -132,7 +150,7 @@ def test_invariants_hold_for_every_shape():
 
 @pytest.mark.parametrize("pieces", [1, 2, 3])
 def test_backward_pieces_are_a_parameter_of_every_schedule(pieces):
-    for name in ("gpipe", "1f1b", "tspipe", "zb", "tspipe-zb"):
+    for name in ("gpipe", "1f1b", "tspipe", "zb", "tspipe-zb", "tspipe-zbh1"):
         built = build_schedule(name, 3, 2, "ema", 2, backward_pieces=pieces)
         validate(built)
         sb = [a for a in built.compute[0] if a.op == Op.SB]
@@ -146,12 +164,13 @@ def test_staleness_is_one_only_for_the_tspipe_family_with_ema_teacher():
         for teacher in ("frozen", "ema"):
             name = spec.name
             built = build_schedule(name, spec.stages or 2, spec.microbatches or 2, teacher, 3)
-            stale = name in ("tspipe", "tspipe-zb") and teacher == "ema"
+            stale = name in ("tspipe", "tspipe-zb", "tspipe-zbh1") and teacher == "ema"
             assert built.staleness == (1 if stale else 0)
 
 
-def test_tspipe_teacher_reads_version_b_minus_one():
-    built = build_schedule("tspipe", 3, 2, "ema", 4)
+@pytest.mark.parametrize("name", ["tspipe", "tspipe-zb", "tspipe-zbh1"])
+def test_tspipe_teacher_reads_version_b_minus_one(name):
+    built = build_schedule(name, 3, 2, "ema", 4)
     for actions in built.compute:
         steps = 0
         for a in actions:
@@ -359,7 +378,7 @@ def test_a_rank_holding_two_stages_joins_the_step_all_reduce_once_and_does_not_w
     assert opts == [(0, 4.0, 5.0), (1, 4.0, 5.0), (2, 5.0, 6.0)]
 
 
-@pytest.mark.parametrize("name", ["gpipe", "1f1b", "tspipe", "tspipe-zb"])
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "tspipe", "tspipe-zb", "tspipe-zbh1"])
 def test_a_synced_step_starts_together_on_every_stage_and_is_never_faster(name):
     from core.cost_model import unit_costs
     from core.simulate import simulate

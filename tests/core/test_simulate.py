@@ -1,5 +1,6 @@
 """Simulator: pinned step times on unit costs, calibration results, CLI."""
 
+import itertools
 import json
 import math
 
@@ -83,6 +84,20 @@ def test_tspipe_zb_is_never_slower_than_tspipe_and_faster_with_few_units(stages,
     assert zb <= tspipe + 1e-9
     if units < 2 * (stages - 1):  # tspipe's teacher work does not cover its bubble
         assert zb < tspipe
+
+
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_tspipe_zbh1_is_never_faster_than_tspipe_zb_on_unit_costs(pieces):
+    """Its docstring's claim: with equal costs a flushed student leaves the teacher forwards no
+    less room; what tspipe-zbh1 gains needs real costs (``tests/core/test_calibration.py``)."""
+    ratios = []
+    for stages, units in itertools.product(range(2, 9), (1, 2, 3, 4, 6, 8, 12, 16)):
+        costs = unit_costs(stages)
+        flushed = simulate(build_schedule("tspipe-zb", stages, units, "ema", 6, pieces), costs, units)
+        own = simulate(build_schedule("tspipe-zbh1", stages, units, "ema", 6, pieces), costs, units)
+        assert own.step_ms >= flushed.step_ms - 1e-9
+        ratios.append(flushed.step_ms / own.step_ms)
+    assert 0.95 < sum(ratios) / len(ratios) < 0.99  # 2.5 % slower on average over both piece counts
 
 
 def test_split_costs_follow_the_weight_share():

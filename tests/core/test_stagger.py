@@ -45,6 +45,7 @@ def test_a_frozen_teacher_runs_one_batch_further_ahead_per_stage_and_an_ema_one_
     [
         ("tspipe", 4, "frozen", None, True),
         ("tspipe-zb", 2, "frozen", 2, True),
+        ("tspipe-zbh1", 3, "frozen", None, True),
         ("tspipe", 4, "ema", None, False),  # one version per mini-batch
         ("tspipe", 4, "frozen", 0, False),  # nothing fills
         ("tspipe", 1, "frozen", None, False),  # no stage to stagger against

@@ -25,6 +25,6 @@ def test_main_prints_each_lever_and_the_edge(calibration_dir, capsys):
     assert main(["--calibration", str(path), "--stages", "2", "--max-pieces", "2"]) == 0
     out = capsys.readouterr().out
     assert "searched partition, pieces 1-2" in out and "family / best of gpipe, 1f1b" in out
-    assert out.count("tspipe-zb") == 2  # --max-pieces 2: no pieces lever, two levers
+    assert out.count("tspipe-zb ") == 2  # --max-pieces 2: no pieces lever, two levers
     assert main(["--calibration", str(path), "--max-pieces", "1"]) == 2
     assert main(["--calibration", str(calibration_dir / "missing.json")]) == 2
