@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis import rows as R  # noqa: E402
+from analysis.bench import colour  # noqa: E402
 from analysis.compare import (  # noqa: E402
     ABLATION_LABELS,
     BASELINE_LABELS,
@@ -250,7 +251,7 @@ def plot_fidelity(frames: dict[str, pd.DataFrame], out: Path) -> Path | None:
     if not benches:
         return None
     schedules = sorted({s for _, rows in benches for s in rows["schedule"]}, key=order_of)
-    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(schedules)}
+    colours = {s: colour(s) for s in schedules}  # the registry's, as in every other plot
     fig, ax = plt.subplots(figsize=(9, 5.0))
     ax.axhspan(-100 * GOAL, 100 * GOAL, color="green", alpha=0.08, label=f"goal ±{100 * GOAL:.0f} %")
     ax.axhline(0.0, color="black", linewidth=0.8)

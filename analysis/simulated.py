@@ -230,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         + speedup_table(linear)
         + "\n## Planner's choice (realistic model, 450 GB/s)\n\n"
         "`python -m core.plan` per pair and N: every schedule that runs the pair (and ddp) over micro-batches "
-        "(divisors of the batch), backward pieces and partition (balanced by cost, or uniform by block count), "
+        "(divisors of the batch), backward pieces and partition (balanced by cost, or uniform by block count, then a "
+        "local search over the balance from each schedule's best on either: `core/partition_search.py`, partition "
+        "`searched`), "
         "the tspipe family's early teacher forwards placed from costs (`core/placement.py`); each schedule's best, "
         "ranked by samples/s (rank 1: the planner's pick), with peak memory per stage (lower bound, as above; "
         "ddp: per replica). No memory limit here: `--memory-gib X` drops what does not fit.\n\n"

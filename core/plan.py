@@ -3,7 +3,8 @@
 It searches, by simulation, every pipeline schedule of the registry that runs the pair on ``G``
 stages (and ddp, through :func:`core.paper_scale.simulate_ddp`) x micro-batches (the divisors of
 the batch, :func:`core.paper_scale.configurations`) x backward pieces (1 and 2 where a schedule
-may split) x partition (balanced by cost, and uniform by block count), computes each stage's
+may split) x partition (balanced by cost, and uniform by block count; then, from each schedule's
+best, a local search over the balance: :mod:`core.partition_search`), computes each stage's
 peak memory (:func:`core.paper_scale.calibration_memory`), drops what exceeds the limit, places
 the tspipe family's early teacher forwards from costs at each schedule's ``PLACED`` best
 configurations (:mod:`core.placement`), and ranks the rest by predicted samples/s.
@@ -30,84 +31,16 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 from core.calibration import Calibration, load_calibration
+from core.candidate import Candidate, candidate, ddp_candidate, per_schedule
 from core.link import Link
-from core.paper_scale import (
-    PLACED,
-    SEARCH_BATCHES,
-    STUDENT_STATE_BYTES,
-    TEACHER_STATE_BYTES,
-    calibration_memory,
-    configurations,
-    divisors,
-    simulate_calibration,
-    simulate_ddp,
-    teacher_early,
-)
+from core.paper_scale import PLACED, SEARCH_BATCHES, configurations, divisors, simulate_calibration
 from core.partition import uniform_balance
+from core.partition_search import search_partition
 from core.plan_table import table
 from core.schedules import get_schedule, schedules
 from core.simulate import WINDOW_BATCHES
-
-GIB = 2**30
-PARTITIONS = ("cost", "uniform")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One configuration the planner simulated.
-
-    Attributes:
-        schedule: registry name.
-        gpus: GPUs (pipeline stages x dp, or ddp replicas).
-        microbatches: micro-batches per mini-batch (1 for ddp).
-        backward_pieces: pieces of each backward (None for ddp).
-        partition: ``cost`` (auto-balanced) or ``uniform`` (by block count); ``replicas`` for ddp.
-        balance: student blocks per stage (empty for ddp).
-        teacher_early: the tspipe family's per-stage early teacher forwards, else None.
-        samples_per_s: predicted throughput.
-        step_ms: predicted step.
-        efficiency: samples/s over the bubble-free bound.
-        bubble_fraction: idle share of the stages (None for ddp).
-        stage_mem_gib: peak memory of each stage (each replica, for ddp), GiB.
-        lookahead: the teacher lookahead L it was simulated with (None: the schedule's own).
-        window: mini-batches simulated (the search's short window, or the full one; None for
-            ddp's analytic step).
-    """
-
-    schedule: str
-    gpus: int
-    microbatches: int
-    backward_pieces: int | None
-    partition: str
-    balance: tuple[int, ...]
-    teacher_early: tuple[int, ...] | None
-    samples_per_s: float
-    step_ms: float
-    efficiency: float
-    bubble_fraction: float | None
-    stage_mem_gib: tuple[float, ...]
-    lookahead: int | None = None
-    window: int | None = SEARCH_BATCHES
-    dp: int = 1
-
-    @property
-    def stages(self) -> int:
-        """Pipeline stages (GPUs per replica)."""
-        return self.gpus // self.dp
-
-    @property
-    def peak_gib(self) -> float:
-        """The fullest stage's peak memory."""
-        return max(self.stage_mem_gib)
-
-    def to_dict(self) -> dict:
-        """JSON-ready fields, with ``peak_gib``."""
-        out = asdict(self)
-        out["peak_gib"] = self.peak_gib
-        return out
 
 
 def pipeline_schedules(gpus: int, names: Sequence[str] | None = None) -> list[str]:
@@ -122,31 +55,6 @@ def pipeline_schedules(gpus: int, names: Sequence[str] | None = None) -> list[st
     return out
 
 
-def _candidate(
-    cal: Calibration, found: tuple, partition: str, lookahead: int | None = None, dp: int = 1
-) -> Candidate:
-    result, built, part = found
-    memory = tuple(p.bytes / GIB for p in calibration_memory(cal, built, part, dp))
-    early = teacher_early(built)
-    return Candidate(
-        schedule=built.name,
-        gpus=built.stages * dp,
-        microbatches=built.microbatches,
-        backward_pieces=built.backward_pieces,
-        partition=partition,
-        balance=tuple(part.student),
-        teacher_early=tuple(early) if early is not None else None,
-        samples_per_s=result.samples_per_s,
-        step_ms=result.step_ms,
-        efficiency=result.efficiency,
-        bubble_fraction=result.bubble_fraction,
-        stage_mem_gib=memory,
-        lookahead=lookahead,
-        window=built.batches - max(0, built.fill_ahead - 1),  # as asked (window_batches adds)
-        dp=dp,
-    )
-
-
 def _settle(cal: Calibration, cand: Candidate, link: Link, lookahead: int | None = None) -> Candidate:
     """``cand`` simulated again over the full window (with teacher lookahead ``lookahead``)."""
     balance = None if cand.partition == "cost" else list(cand.balance)
@@ -155,14 +63,39 @@ def _settle(cal: Calibration, cand: Candidate, link: Link, lookahead: int | None
         cal, cand.schedule, cand.stages, cand.microbatches, link, balance, cand.backward_pieces,
         WINDOW_BATCHES, early, lookahead, cand.dp,
     )  # fmt: skip
-    return _candidate(cal, found, cand.partition, lookahead, cand.dp)
+    return candidate(cal, found, cand.partition, lookahead, cand.dp)
+
+
+def _searched(cal: Calibration, cand: Candidate, link: Link, memory_gib: float | None) -> Candidate | None:
+    """``cand`` on the balance the partition search reaches from its own, over the full window
+    (teacher forwards placed anew); None when the search stays or the full window loses."""
+    if cand.stages < 2:
+        return None
+    balance, _ = search_partition(
+        cal, cand.schedule, cand.stages, cand.microbatches, link, cand.balance, cand.backward_pieces,
+        cand.dp, memory_gib,
+    )  # fmt: skip
+    if balance == list(cand.balance):
+        return None
+    found = simulate_calibration(
+        cal, cand.schedule, cand.stages, cand.microbatches, link, balance, cand.backward_pieces,
+        WINDOW_BATCHES, "auto" if get_schedule(cand.schedule).accepts_early else None, dp=cand.dp,
+    )  # fmt: skip
+    searched = candidate(cal, found, "searched", dp=cand.dp)
+    return searched if searched.samples_per_s > cand.samples_per_s else None
 
 
 def _settled(
-    cal: Calibration, found: list[Candidate], link: Link, memory_gib: float | None, max_lookahead: int
+    cal: Calibration,
+    found: list[Candidate],
+    link: Link,
+    memory_gib: float | None,
+    max_lookahead: int,
+    search: bool = True,
 ) -> list[Candidate]:
-    """Each schedule's three best that fit, simulated over the full window, and its best with
-    teacher lookahead 2..``max_lookahead`` where the schedule and the teacher allow it."""
+    """Each schedule's three best that fit, simulated over the full window; the balances the
+    partition search reaches from its best on each kind of balance (``search``); and its best
+    with teacher lookahead 2..``max_lookahead`` where the schedule and the teacher allow it."""
     fits = lambda c: memory_gib is None or c.peak_gib <= memory_gib  # noqa: E731
     ranked = sorted((c for c in found if fits(c)), key=lambda c: -c.samples_per_s)
     out, counts = [], {}
@@ -170,43 +103,28 @@ def _settled(
         if counts.get((cand.schedule, cand.dp), 0) < 3:
             counts[(cand.schedule, cand.dp)] = counts.get((cand.schedule, cand.dp), 0) + 1
             out.append(_settle(cal, cand, link))
+    best_of = lambda key: max((c for c in out if (c.schedule, c.dp) == key), key=lambda c: c.samples_per_s)  # noqa: E731
+    starts: dict[tuple, Candidate] = {}  # each schedule's best settled on each kind of balance
+    for cand in out if search else ():
+        key = (cand.schedule, cand.dp, cand.partition)
+        if key not in starts or cand.samples_per_s > starts[key].samples_per_s:
+            starts[key] = cand
+    same = lambda c: (c.schedule, c.dp, c.microbatches, c.backward_pieces, c.balance)  # noqa: E731
+    for start in starts.values():  # the partition search from each
+        searched = _searched(cal, start, link, memory_gib)
+        if searched is not None and same(searched) not in {same(c) for c in out}:
+            out.append(searched)
     if max_lookahead > 1 and cal.teacher == "ema":
         for name, dp in counts:
             if not get_schedule(name).accepts_lookahead:
                 continue
-            best = max((c for c in out if (c.schedule, c.dp) == (name, dp)), key=lambda c: c.samples_per_s)
+            best = best_of((name, dp))
             for lookahead in range(2, max_lookahead + 1):
                 try:
                     out.append(_settle(cal, best, link, lookahead))
                 except ValueError:
                     continue
     return [c for c in out if fits(c)]
-
-
-def ddp_candidate(cal: Calibration, gpus: int, link: Link) -> Candidate:
-    """ddp on ``gpus`` replicas: its modelled step, and each replica's memory (the whole student
-    and teacher state, one micro-batch of ``batch / gpus`` samples' block outputs, the teacher
-    outputs it holds for the loss; as :func:`core.paper_scale.calibration_memory`)."""
-    ddp = simulate_ddp(cal, gpus, link)
-    samples = cal.batch / gpus
-    dtype_bytes = 2 if cal.amp_bf16 else 4
-    act = cal.views * samples * dtype_bytes * (sum(cal.student_out) + cal.teacher_out[-1])
-    static = STUDENT_STATE_BYTES * cal.student_params + TEACHER_STATE_BYTES * cal.teacher_params
-    return Candidate(
-        schedule=next(s.name for s in schedules("ddp")),
-        gpus=gpus,
-        microbatches=1,
-        backward_pieces=None,
-        partition="replicas",
-        balance=(),
-        teacher_early=None,
-        samples_per_s=ddp["samples_per_s"],
-        step_ms=ddp["step_ms"],
-        efficiency=ddp["efficiency"],
-        bubble_fraction=None,
-        stage_mem_gib=tuple((act + static) / GIB for _ in range(gpus)),
-        window=None,
-    )
 
 
 def _search(
@@ -235,7 +153,7 @@ def _search(
                     sim = simulate_calibration(cal, name, gpus, m, link, balance, p, SEARCH_BATCHES, dp=dp)
                 except ValueError:
                     continue
-                cand = _candidate(cal, sim, partition, dp=dp)
+                cand = candidate(cal, sim, partition, dp=dp)
                 key = (cand.microbatches, cand.backward_pieces, cand.balance)
                 if partition != "cost" and key in balanced:
                     continue  # the uniform split is the balanced one: simulated already
@@ -266,7 +184,7 @@ def _search(
             "auto",
             dp=dp,
         )
-        placed = _candidate(cal, sim, top.partition, dp=dp)
+        placed = candidate(cal, sim, top.partition, dp=dp)
         if fits(placed) and placed.samples_per_s > top.samples_per_s:
             found[found.index(top)] = placed
     return found
@@ -281,6 +199,7 @@ def plan(
     ddp: bool = True,
     max_lookahead: int = 1,
     hybrid: bool = False,
+    partition_search: bool = True,
 ) -> list[Candidate]:
     """The configurations that fit ``memory_gib`` (None: no limit), fastest first (ties: less
     memory first): each schedule's three best of the search, simulated over the full window
@@ -295,6 +214,7 @@ def plan(
         ddp: also model data parallelism (when ``names`` is None, or names it).
         max_lookahead: also try the tspipe family's teacher lookahead up to this L (EMA teachers).
         hybrid: also try dp replicas of a ``gpus / dp``-stage pipeline (dp >= 2, 2 stages or more).
+        partition_search: also search the balance around each schedule's best (slower).
 
     Raises:
         ValueError: for ``gpus < 1``, a limit <= 0, ``max_lookahead < 1``, or a schedule that
@@ -327,19 +247,11 @@ def plan(
             for name in names:
                 found += _search(cal, name, stages, link, memory_gib, dp)
     if shapes:
-        found = _settled(cal, found, link, memory_gib, max_lookahead)
+        found = _settled(cal, found, link, memory_gib, max_lookahead, partition_search)
     if ddp and gpus >= 2 and cal.student_params and (not wanted or set(wanted) & ddp_names):
         found.append(ddp_candidate(cal, gpus, link))
     fitting = [c for c in found if memory_gib is None or c.peak_gib <= memory_gib]
     return sorted(fitting, key=lambda c: (-c.samples_per_s, c.peak_gib))
-
-
-def per_schedule(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Each schedule's best of a ranked list (per schedule and dp), in rank order."""
-    seen: dict[tuple[str, int], Candidate] = {}
-    for c in candidates:
-        seen.setdefault((c.schedule, c.dp), c)
-    return list(seen.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -356,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-lookahead", type=int, default=1, help="also try teacher lookahead 2..L (EMA teachers; staler)"
     )
     parser.add_argument("--hybrid", action="store_true", help="also try dp replicas of shorter pipelines")
+    parser.add_argument(
+        "--no-partition-search", action="store_true", help="only the cost and uniform balances (faster)"
+    )
     args = parser.parse_args(argv)
     try:
         cal = load_calibration(args.calibration, args.model)
@@ -367,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             Link(args.link_gbps),
             max_lookahead=args.max_lookahead,
             hybrid=args.hybrid,
+            partition_search=not args.no_partition_search,
         )
     except (OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from core.plan import Candidate
+    from core.candidate import Candidate
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

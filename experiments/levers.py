@@ -1,12 +1,13 @@
 """Levers on the tspipe family's edge at paper scale, each given to every schedule alike, so the
-comparison stays best against best: a partition searched by simulation (a hill climb from the
-cost-balanced one, moving one stage boundary by one block while samples/s rises), and more
-backward pieces than the simulated table's 1 and 2.
+comparison stays best against best: a partition searched by simulation (the planner's local
+search, :mod:`core.partition_search`, from the cost-balanced one at every M and pieces, until no
+move gains), and more backward pieces than the simulated table's 1 and 2.
 
 An exploration for issue 15's goal 2 (the family's best over the best of gpipe / 1f1b): it
 prints, per schedule and lever, its best configuration and samples/s (realistic model), and per
-lever the family's best over the best of gpipe / 1f1b. It writes no rows; ``make simulate`` and
-the planner keep their cost-balanced and uniform partitions and pieces 1 and 2.
+lever the family's best over the best of gpipe / 1f1b. It writes no rows; the planner (and so
+``make simulate``) searches the partition from each schedule's best only (a few rounds), and keeps
+pieces 1 and 2.
 
 ``python -m experiments.levers --calibration F [--stages 8] [--link-gbps 450] [--max-pieces 8]``
 """
@@ -22,11 +23,13 @@ import pandas as pd
 from core.calibration import Calibration, load_calibration
 from core.link import Link
 from core.paper_scale import SEARCH_BATCHES, calibration_partition, configurations, simulate_calibration
+from core.partition_search import search_partition
 from core.schedules import get_schedule, schedules
 
 FAMILY = tuple(s.name for s in schedules("pipeline") if s.accepts_lookahead)  # the tspipe family
 BASELINES = ("gpipe", "1f1b")
 SCHEDULES = (*BASELINES, "zb", *FAMILY)
+UNBOUNDED = 1000  # rounds of the partition search: until no move gains
 # configurations already simulated: (the calibration, samples/s) by configuration
 _SEEN: dict[tuple, tuple[Calibration, float]] = {}
 
@@ -66,29 +69,15 @@ def samples_per_s(
 def climb(
     cal: Calibration, schedule: str, stages: int, micro: int, pieces: int | None, link: Link
 ) -> tuple[list[int], float]:
-    """The student balance a hill climb reaches from the cost-balanced one: move one boundary by
-    one block (every stage keeps a block) while the short-window samples/s rises by more than
-    0.01 %; never slower than where it starts.
+    """The student balance the partition search (:func:`core.partition_search.search_partition`,
+    teacher forwards placed at each trial) reaches from the cost-balanced one, in as many rounds
+    as gain; never slower than where it starts.
 
     Returns:
-        (balance, its short-window samples/s).
+        (balance, its samples/s over the search's window).
     """
     balance = list(calibration_partition(cal, stages, None, cal.batch / micro).student)
-    best = samples_per_s(cal, schedule, stages, micro, pieces, link, balance)
-    moved = True
-    while moved:
-        moved = False
-        for boundary in range(stages - 1):
-            for step in (1, -1):
-                trial = list(balance)
-                trial[boundary] -= step
-                trial[boundary + 1] += step
-                if min(trial) < 1:
-                    continue
-                found = samples_per_s(cal, schedule, stages, micro, pieces, link, trial)
-                if found > best * 1.0001:
-                    balance, best, moved = trial, found, True
-    return balance, best
+    return search_partition(cal, schedule, stages, micro, link, balance, pieces, rounds=UNBOUNDED)
 
 
 def best_under(

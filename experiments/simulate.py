@@ -36,6 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.calibration import Calibration, load_calibration
+from core.candidate import ddp_candidate, per_schedule
 from core.link import Link
 from core.metrics import make_row, write_rows
 from core.paper_scale import (
@@ -46,7 +47,7 @@ from core.paper_scale import (
     simulate_calibration,
     simulate_ddp,
 )
-from core.plan import ddp_candidate, per_schedule, plan
+from core.plan import plan
 from core.schedules import get_schedule, schedules
 
 # every pipeline schedule that runs on several stages (the registry's), in table order, and the

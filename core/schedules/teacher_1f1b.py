@@ -117,7 +117,7 @@ register(
         split_backward=True,
         per_unit_loss=True,
         order=4,
-        colour="#76b7b2",
+        colour="#f28e2b",
         accepts_early=True,
         early_rule=zbh1_early_teacher_forwards,
         accepts_lookahead=True,

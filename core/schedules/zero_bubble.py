@@ -113,7 +113,7 @@ register(
         split_backward=True,
         per_unit_loss=True,
         order=3,
-        colour="#9c755f",
+        colour="#edc948",
     )
 )
 register(

@@ -9,8 +9,9 @@ import json
 import pytest
 
 from core.calibration import load_calibration
+from core.candidate import per_schedule
 from core.link import Link
-from core.plan import main, per_schedule, plan
+from core.plan import main, plan
 from core.schedules import get_schedule
 from core.simulate import WINDOW_BATCHES
 

@@ -120,3 +120,9 @@ def test_the_analysis_tables_show_it_in_registry_order(toy):
         for s, v in (("tspipe", 300.0), ("toy", 150.0))
     ]
     assert "tspipe / toy" in speedup_table(sim) and "| 2.000 |" in speedup_table(sim)
+
+
+def test_every_schedule_has_its_own_plot_colour():
+    # the plots tell schedules apart by colour alone (a legend entry per schedule)
+    colours = {spec.name: spec.colour.lower() for spec in schedules()}
+    assert len(set(colours.values())) == len(colours), colours
