@@ -52,7 +52,7 @@ def samples_per_s(
     except ValueError:
         return 0.0
     key = (id(cal), schedule, stages, micro, pieces, link, tuple(student), full)
-    if key in _SEEN and _SEEN[key][0] is cal:  # the climb's start is the plain trial, pieces repeat
+    if key in _SEEN and _SEEN[key][0] is cal:  # levers share trials (pieces 1-2 in 1-N)
         return _SEEN[key][1]
     early = "auto" if full and get_schedule(schedule).accepts_early else None
     batches = {} if full else {"batches": SEARCH_BATCHES}
