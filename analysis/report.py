@@ -46,6 +46,7 @@ from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.hybrid import hybrid_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
 from analysis.provenance import MICRO_CODE, code_paths, golden_digests, staleness  # noqa: E402
+from analysis.replay import replay_section  # noqa: E402
 from analysis.staleness import headline_pairs, staleness_section  # noqa: E402
 from analysis.tables import markdown, markdown_table  # noqa: E402
 from core.schedules import order_of  # noqa: E402
@@ -101,11 +102,15 @@ def _spread(row: dict) -> str | None:
 
 
 def throughput_section(
-    data: dict[str, pd.DataFrame], expected: Expected | None = None, plots: Path | None = None
+    data: dict[str, pd.DataFrame],
+    expected: Expected | None = None,
+    plots: Path | None = None,
+    bases: Sequence[Path] = (),
 ) -> tuple[str, list[dict]]:
     """Measured CPU throughput of every method and schedule (each row with its rounds' range),
     and the headline comparisons: the subject at its best micro-batch count against every other
-    kind of schedule at its own best. ``plots``: where the fidelity plot goes (none without)."""
+    kind of schedule at its own best. ``plots``: where the fidelity plot goes (none without);
+    ``bases``: the result folders whose benches' kept runs the fidelity section replays."""
     text = ["## 1. Throughput measured here (CPU, 2 stages)\n"]
     headline = []
     ref = subject_name()
@@ -176,15 +181,18 @@ def throughput_section(
                 if other is not None:
                     entry["groups"][label] = other
             headline.append(entry)
-    text.append(fidelity_section(measured, plots))
+    text.append(fidelity_section(measured, plots, bases))
     for key in sorted(k for k in data if k.endswith("/hybrid")):
         text.append(hybrid_section(data[key]))
     return "\n".join(text), headline
 
 
-def fidelity_section(frames: dict[str, pd.DataFrame], plots: Path | None = None) -> str:
+def fidelity_section(
+    frames: dict[str, pd.DataFrame], plots: Path | None = None, bases: Sequence[Path] = ()
+) -> str:
     """The simulator against every measured pipelined row above, per bench; with ``plots``,
-    also a plot of every row's error and its rounds' range."""
+    also a plot of every row's error and its rounds' range; with ``bases``, the replay of the
+    benches' kept runs on their own compute (:mod:`analysis.replay`)."""
     summary = error_summary(frames)
     if summary.empty:
         return ""
@@ -240,6 +248,7 @@ def fidelity_section(frames: dict[str, pd.DataFrame], plots: Path | None = None)
             lines,
         )
         + figure
+        + replay_section(frames, bases, GOAL)
     )
 
 
@@ -679,7 +688,8 @@ def build(
         plots: where the report's own plot is written (default: ``results``).
     """
     data = load(results, fallback)
-    throughput, th_head = throughput_section(data, expected, plots or results)
+    bases = [b for b in (results, fallback) if b is not None]
+    throughput, th_head = throughput_section(data, expected, plots or results, bases)
     simulated, sim_head = simulated_section(data)
     accuracy, acc_head = accuracy_section(data, results, expected)
     micro, micro_head = micro_section(

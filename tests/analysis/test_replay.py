@@ -1,0 +1,160 @@
+"""The replay of a kept run on its own compute (analysis.replay), on runs the simulator itself made:
+a run that is exactly a dry run replays to itself, a stall the model does not know shows as
+replay error, a timeline of another schedule is refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.replay import replay_bench, replay_section, replay_summary
+from core.bench import cost_model
+from core.link import Link
+from core.profile import BlockCosts
+from core.schedules import build_schedule
+from core.simulate import simulate
+
+BATCHES, WARMUP = 8, 2
+BALANCE = [2, 2]
+LINK = Link(gbps=2.0, latency_us=80.0, overhead_us=100.0, cpu_gbps=5.0)
+
+
+def _costs(micro: int, scale: float = 1.0) -> BlockCosts:
+    """Four blocks of uneven cost (times ``scale``), 1 MB messages, measured at one unit of a
+    16-sample batch."""
+    return BlockCosts(
+        samples=16 // micro,
+        teacher_fwd=[scale * x for x in (1.0, 1.5, 1.2, 0.8)],
+        student_fwd=[scale * x for x in (2.0, 2.5, 2.2, 1.8)],
+        student_bwd=[scale * x for x in (3.0, 4.0, 3.5, 2.5)],
+        teacher_bytes=[1e6] * 4,
+        student_bytes=[1e6] * 4,
+        loss_ms=scale * 0.5,
+        opt_ms=[scale * 0.3] * 4,
+        param_bytes=[1e4] * 4,
+    )
+
+
+def _write_bench(
+    folder: Path, runs: dict[str, tuple[dict, list[dict]]], micro: int, link: Link = LINK
+) -> None:
+    """A bench folder as ``experiments.bench`` keeps it: ``costs.json``, ``runs/N2.spec.json`` and
+    one ``runs/<name>.r<k>.json`` per round (``runs``: name -> (pipeline settings, rounds'
+    compute records))."""
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    (folder / "costs.json").write_text(json.dumps({str(micro): _costs(micro).to_dict()}))
+    spec = {
+        "settings": {"warmup": WARMUP},
+        "runs": [{"name": n, "pipeline": p} for n, (p, _) in runs.items()],
+    }
+    (folder / "runs" / "N2.spec.json").write_text(json.dumps(spec))
+    extra = {"link": asdict(link), "balance": BALANCE, "teacher_balance": BALANCE}
+    for name, (_, rounds) in runs.items():
+        for k, records in enumerate(rounds):
+            ends = sorted({r["batch"] for r in records})
+            step_end_s = [max(r["end_ms"] for r in records if r["batch"] == b) / 1e3 for b in ends]
+            result = {"step_end_s": step_end_s, "records": records, "extra": extra}
+            (folder / "runs" / f"{name}.r{k}.json").write_text(json.dumps(result))
+
+
+def _simulated_run(
+    schedule: str, micro: int, views: int, teacher: str, scale: float = 1.0
+) -> tuple[dict, list[dict]]:
+    """A run the simulator made (every compute ``scale`` times the profile's): its pipeline
+    settings and its compute actions' records."""
+    pipeline = {
+        "schedule": schedule,
+        "stages": 2,
+        "microbatches": micro,
+        "backward_pieces": None,
+        "teacher_early": None,
+        "teacher_lookahead": None,
+    }
+    built = build_schedule(schedule, 2, micro, teacher, BATCHES, None, views)
+    model = cost_model(_costs(micro, scale), BALANCE, BALANCE, LINK)
+    result = simulate(built, model, 16)
+    records = [r.to_dict() for r in result.records]
+    ops = {"TF", "SF", "SB", "SW", "LOSS", "OPT"}
+    return pipeline, [r for r in records if r["op"] in ops]
+
+
+@pytest.mark.parametrize(
+    "schedule,views,teacher",
+    [
+        ("gpipe", 1, "frozen"),
+        ("1f1b", 2, "ema"),
+        ("tspipe", 2, "ema"),
+        ("tspipe-zb", 1, "ema"),
+        ("zb", 1, "frozen"),
+    ],
+)
+def test_a_dry_run_replays_to_itself(tmp_path, schedule, views, teacher):
+    run = _simulated_run(schedule, 2, views, teacher)
+    _write_bench(tmp_path, {f"{schedule}_N2_M2": (run[0], [run[1], run[1]])}, micro=2)
+    df = replay_bench(tmp_path)
+    assert len(df) == 1 and df.iloc[0]["rounds"] == 2
+    assert df.iloc[0]["replay_error"] == pytest.approx(0.0, abs=1e-9)
+    assert df.iloc[0]["compute_spread"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_stall_the_model_does_not_know_is_replay_error(tmp_path):
+    pipeline, records = _simulated_run("gpipe", 2, 1, "ema")
+    ends = [max(r["end_ms"] for r in records if r["batch"] == b) for b in range(BATCHES)]
+    step = ends[4] - ends[3]  # gpipe flushes: every steady step alike
+    gap = 0.25 * step  # every mini-batch starts this much later than the one before would let it
+    stalled = [
+        {**r, "start_ms": r["start_ms"] + gap * r["batch"], "end_ms": r["end_ms"] + gap * r["batch"]}
+        for r in records
+    ]
+    # the second round's compute 20 % slower throughout (a slower machine): no replay error
+    slower = _simulated_run("gpipe", 2, 1, "ema", scale=1.2)[1]
+    _write_bench(tmp_path, {"gpipe_N2_M2": (pipeline, [stalled, slower])}, micro=2)
+    rows = pd.DataFrame(
+        [
+            {
+                "schedule": "gpipe",
+                "stages": 2,
+                "microbatches": 2,
+                "round_samples_per_s": [100.0, 100.0],
+                "round_predicted_samples_per_s": [130.0, 130.0],
+            }
+        ]
+    )
+    row = replay_bench(tmp_path, rows).iloc[0]
+    errors = row["round_replay_errors"]
+    assert errors[0] == pytest.approx(gap / step)
+    assert errors[1] == pytest.approx(0.0, abs=1e-9)
+    assert row["compute_spread"] == pytest.approx(0.2)
+    # what is left of the prediction error once the replay's is taken out
+    assert row["compute_part"] == pytest.approx(((1.3 / (1 + errors[0])) + 1.3 / (1 + errors[1])) / 2 - 1.0)
+
+
+def test_message_bytes_beside_the_work_are_not_charged_again(tmp_path):
+    """A run's timed compute already holds what the messages' bytes cost it: the replay must not
+    charge ``beside_gbps`` at the sends and receives too."""
+    pipeline, records = _simulated_run("1f1b", 2, 1, "ema")
+    for name, link in (("plain", LINK), ("beside", replace(LINK, beside_gbps=0.5))):
+        _write_bench(tmp_path / name, {"1f1b_N2_M2": (pipeline, [records])}, micro=2, link=link)
+    plain, beside = (replay_bench(tmp_path / n).iloc[0]["replay_error"] for n in ("plain", "beside"))
+    assert beside == pytest.approx(plain) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_timeline_of_another_schedule_is_refused(tmp_path):
+    pipeline, records = _simulated_run("1f1b", 2, 1, "ema")
+    _write_bench(tmp_path, {"gpipe_N2_M2": ({**pipeline, "schedule": "gpipe"}, [records])}, micro=2)
+    with pytest.raises(ValueError, match="has the actions its timeline timed"):
+        replay_bench(tmp_path)
+
+
+def test_summary_and_section(tmp_path):
+    run = _simulated_run("tspipe", 2, 2, "ema")
+    _write_bench(tmp_path / "bench", {"tspipe_N2_M2": (run[0], [run[1]])}, micro=2)
+    summary = replay_summary({"bench": replay_bench(tmp_path / "bench")}, goal=0.10)
+    assert summary.iloc[0][["runs", "within"]].tolist() == [1, 1]
+    text = replay_section({"bench": pd.DataFrame(), "other": pd.DataFrame()}, [tmp_path], goal=0.10)
+    assert "| bench | 1 of 1 |" in text and "other" not in text  # a bench without kept runs is left out
+    assert replay_section({"other": pd.DataFrame()}, [tmp_path], goal=0.10) == ""
