@@ -230,17 +230,22 @@ def replay_summary(frames: dict[str, pd.DataFrame], goal: float) -> pd.DataFrame
     return pd.DataFrame(out)
 
 
-def replay_section(frames: dict[str, pd.DataFrame], bases: Sequence[Path], goal: float) -> str:
-    """The markdown of the replay per bench (``frames``: each bench's measured rows; its runs are
-    read from the first of ``bases`` holding ``<bench>/runs``); empty when no bench keeps runs."""
-    from analysis import rows as R
-    from analysis.tables import markdown_table
-
+def replay_frames(frames: dict[str, pd.DataFrame], bases: Sequence[Path]) -> dict[str, pd.DataFrame]:
+    """:func:`replay_bench` of every bench of ``frames`` (each bench's measured rows) that keeps
+    its runs, read from the first of ``bases`` holding ``<bench>/runs``."""
     replays = {}
     for key, rows in frames.items():
         folder = next((b / key for b in bases if (b / key / "runs").is_dir()), None)
         if folder is not None:
             replays[key] = replay_bench(folder, rows)
+    return replays
+
+
+def replay_section(replays: dict[str, pd.DataFrame], goal: float) -> str:
+    """The markdown of :func:`replay_frames`' replays, per bench; empty without any."""
+    from analysis import rows as R
+    from analysis.tables import markdown_table
+
     summary = replay_summary(replays, goal)
     if summary.empty:
         return ""

@@ -46,7 +46,7 @@ from analysis.gpu import gpu_run_section  # noqa: E402
 from analysis.hybrid import hybrid_section  # noqa: E402
 from analysis.paper_scale import paper_section, simulated_section  # noqa: E402
 from analysis.provenance import MICRO_CODE, code_paths, golden_digests, staleness  # noqa: E402
-from analysis.replay import replay_section  # noqa: E402
+from analysis.replay import replay_frames, replay_section  # noqa: E402
 from analysis.staleness import headline_pairs, staleness_section  # noqa: E402
 from analysis.tables import markdown, markdown_table  # noqa: E402
 from core.schedules import order_of  # noqa: E402
@@ -196,11 +196,13 @@ def fidelity_section(
     summary = error_summary(frames)
     if summary.empty:
         return ""
-    png = plot_fidelity(frames, plots / "fidelity_errors.png") if plots is not None else None
+    replays = replay_frames(frames, bases)
+    png = plot_fidelity(frames, plots / "fidelity_errors.png", replays) if plots is not None else None
     figure = (
         f"\n![the simulator's error on every measured pipelined row]({png.name})\n\n"
         "Each point is a row's error (the median over its rounds), its bar the range of its rounds' own "
-        f"errors, a cross (where the row carries it) its error at the run's speed; the band is the goal "
+        f"errors, a cross (where the row carries it) its error at the run's speed, a black dash (where the "
+        "bench keeps its runs) the replay error on the run's own compute (below); the band is the goal "
         f"(±{100 * GOAL:.0f} %).\n"
         if png is not None
         else ""
@@ -248,13 +250,16 @@ def fidelity_section(
             lines,
         )
         + figure
-        + replay_section(frames, bases, GOAL)
+        + replay_section(replays, GOAL)
     )
 
 
-def plot_fidelity(frames: dict[str, pd.DataFrame], out: Path) -> Path | None:
+def plot_fidelity(
+    frames: dict[str, pd.DataFrame], out: Path, replays: dict[str, pd.DataFrame] | None = None
+) -> Path | None:
     """Every measured pipelined row's simulator error (%) per bench, one colour per schedule,
-    with the range of its rounds' errors as a bar and the goal as a band."""
+    with the range of its rounds' errors as a bar and the goal as a band; with ``replays``
+    (:func:`analysis.replay.replay_frames`), each replayed run's replay error as a black dash."""
     benches = [(key, pipelined_rows(df)) for key, df in sorted(frames.items())]
     benches = [(key, rows) for key, rows in benches if not rows.empty]
     if not benches:
@@ -266,7 +271,14 @@ def plot_fidelity(frames: dict[str, pd.DataFrame], out: Path) -> Path | None:
     ax.axhline(0.0, color="black", linewidth=0.8)
     seen: set[str] = set()
     crossed = False  # a row marked at the run's speed
-    for i, (_, rows) in enumerate(benches):
+    dashed = False  # a row marked with its replay error
+    for i, (key, rows) in enumerate(benches):
+        replayed = (replays or {}).get(key, pd.DataFrame())
+        replay = (
+            {(r["schedule"], r["microbatches"]): r["replay_error"] for r in R.records(replayed)}
+            if not replayed.empty
+            else {}
+        )
         rows = rows.assign(_o=rows["schedule"].map(order_of)).sort_values(["_o", "microbatches"])
         for j, r in enumerate(R.records(rows)):
             x = i - 0.4 + 0.8 * (j + 0.5) / len(rows)
@@ -293,8 +305,13 @@ def plot_fidelity(frames: dict[str, pd.DataFrame], out: Path) -> Path | None:
                     color=colours[r["schedule"]],
                 )
                 crossed = True
+            if (r["schedule"], r["microbatches"]) in replay:
+                ax.plot(x, 100 * replay[(r["schedule"], r["microbatches"])], "_", markersize=7, color="black")
+                dashed = True
     if crossed:  # one legend entry for the crosses, in no schedule's colour
         ax.plot([], [], "x", color="black", label="at the run's speed")
+    if dashed:
+        ax.plot([], [], "_", markersize=7, color="black", label="replayed on the run's compute")
     ax.set_xticks(range(len(benches)), [key for key, _ in benches], fontsize=8)
     ax.set_ylabel("simulated - measured, % of measured")
     ax.set_title("Simulator error per measured pipelined row, CPU, 2 processes (bar: rounds)")

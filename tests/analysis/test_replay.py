@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.replay import replay_bench, replay_section, replay_summary
+from analysis.replay import replay_bench, replay_frames, replay_section, replay_summary
 from core.bench import cost_model
 from core.link import Link
 from core.profile import BlockCosts
@@ -155,6 +155,7 @@ def test_summary_and_section(tmp_path):
     _write_bench(tmp_path / "bench", {"tspipe_N2_M2": (run[0], [run[1]])}, micro=2)
     summary = replay_summary({"bench": replay_bench(tmp_path / "bench")}, goal=0.10)
     assert summary.iloc[0][["runs", "within"]].tolist() == [1, 1]
-    text = replay_section({"bench": pd.DataFrame(), "other": pd.DataFrame()}, [tmp_path], goal=0.10)
-    assert "| bench | 1 of 1 |" in text and "other" not in text  # a bench without kept runs is left out
-    assert replay_section({"other": pd.DataFrame()}, [tmp_path], goal=0.10) == ""
+    replays = replay_frames({"bench": pd.DataFrame(), "other": pd.DataFrame()}, [tmp_path / "none", tmp_path])
+    assert list(replays) == ["bench"]  # a bench without kept runs is left out
+    assert "| bench | 1 of 1 |" in replay_section(replays, goal=0.10)
+    assert replay_section({}, goal=0.10) == ""
