@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from analysis import rows as R  # noqa: E402
 from analysis.compare import best_per_schedule, ratio, subject_name  # noqa: E402
 from analysis.fidelity import timeline_tables  # noqa: E402
+from analysis.replay import replay_bench, run_table  # noqa: E402
 from analysis.tables import markdown, markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
 from core.schedules import SCHEDULES, order_of, schedules  # noqa: E402
@@ -190,7 +191,8 @@ def default_title(rows: Sequence[dict]) -> str:
 def write_report(folder: Path, title: str | None = None, command: str | None = None) -> Path:
     """TABLE.md and PNGs for the rows in ``folder/rows.jsonl`` (title and command from the rows
     unless given)."""
-    rows = R.records(R.read(folder / "rows.jsonl"))
+    frame = R.read(folder / "rows.jsonl")
+    rows = R.records(frame)
     first = rows[0]
     title = title or default_title(rows)
     command = command or first.get("command") or "python -m experiments.bench"
@@ -235,6 +237,18 @@ def write_report(folder: Path, title: str | None = None, command: str | None = N
             "message (`analysis.fidelity.timeline_tables`); measured and simulated.\n\n"
             + markdown(tables["gaps"], digits=2)
             + "\n"
+        )
+    replayed = run_table(replay_bench(folder, frame))
+    if not replayed.empty:
+        text += (
+            "\n## Replayed on each run's own compute\n\n"
+            "Every round of every action-list run replayed by the simulator's dry run with each compute action "
+            "taking the time the run timed for it, the messages charged by the link model (`analysis.replay`). "
+            "*Replay error*: the error of the schedule's order, its waits and the message model alone (the "
+            "median over the rounds; signed like *sim. error*). *Compute part*: what remains of the row's "
+            "error, (1 + sim. error) / (1 + replay error) - 1 per round, the median: the run's compute against "
+            "the profile. *Compute spread*: the run's slowest round over its fastest in compute per steady "
+            "step, less 1: what the machine alone moved the same run by.\n\n" + markdown(replayed, digits=2)
         )
     (folder / "TABLE.md").write_text(text)
     plot_throughput(rows, folder / "throughput.png", f"{title} (measured)")

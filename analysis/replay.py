@@ -203,6 +203,32 @@ def replay_bench(folder: Path, rows: pd.DataFrame | None = None) -> pd.DataFrame
     return pd.DataFrame(out)
 
 
+def _pct(x: float) -> str:
+    """``x`` in percent to one decimal, never ``-0.0``."""
+    return f"{round(100 * x, 1) + 0.0:.1f}"
+
+
+def run_table(replayed: pd.DataFrame) -> pd.DataFrame:
+    """:func:`replay_bench`'s frame as a bench's per-run table (percentages): each run's replay
+    error (median and the range over its rounds), compute part and compute spread."""
+    if replayed.empty:
+        return pd.DataFrame()
+    out = []
+    for r in replayed.to_dict("records"):
+        errors = r["round_replay_errors"]
+        part = r.get("compute_part")
+        out.append(
+            {
+                "run": f"{r['schedule']}_N{r['stages']}_M{r['microbatches']}",
+                "replay error %": 100 * r["replay_error"],
+                "rounds' replay errors %": f"{_pct(min(errors))} to {_pct(max(errors))}",
+                "compute part %": 100 * part if part is not None and pd.notna(part) else None,
+                "compute spread %": 100 * r["compute_spread"],
+            }
+        )
+    return pd.DataFrame(out)
+
+
 def replay_summary(frames: dict[str, pd.DataFrame], goal: float) -> pd.DataFrame:
     """Per bench (key -> :func:`replay_bench`'s frame): the runs replayed, how many within
     ``goal``, the median and largest replay error (and where), the median compute part, and the

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.replay import replay_bench, replay_frames, replay_section, replay_summary
+from analysis.replay import replay_bench, replay_frames, replay_section, replay_summary, run_table
 from core.bench import cost_model
 from core.link import Link
 from core.profile import BlockCosts
@@ -124,12 +124,16 @@ def test_a_stall_the_model_does_not_know_is_replay_error(tmp_path):
             }
         ]
     )
-    row = replay_bench(tmp_path, rows).iloc[0]
+    replayed = replay_bench(tmp_path, rows)
+    row = replayed.iloc[0]
     errors = row["round_replay_errors"]
     assert errors[0] == pytest.approx(gap / step)
     assert errors[1] == pytest.approx(0.0, abs=1e-9)
     assert row["compute_spread"] == pytest.approx(0.2)
     # what is left of the prediction error once the replay's is taken out
+    table = run_table(replayed).iloc[0]  # a bench's TABLE.md, in percentages
+    assert table["run"] == "gpipe_N2_M2" and table["compute spread %"] == pytest.approx(20.0)
+    assert table["rounds' replay errors %"] == f"0.0 to {100 * gap / step:.1f}"
     assert row["compute_part"] == pytest.approx(((1.3 / (1 + errors[0])) + 1.3 / (1 + errors[1])) / 2 - 1.0)
 
 

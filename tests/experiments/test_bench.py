@@ -5,9 +5,11 @@ import json
 import re
 import statistics
 
+import pandas as pd
 import pytest
 
 from analysis.bench import bench_table, ratios, write_report
+from analysis.replay import replay_bench
 from core.metrics import read_rows
 from experiments.bench import BenchSettings, main, plan_runs, run_benchmark
 
@@ -100,6 +102,11 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
     assert "| tspipe | 2 | 2 |" in table and "`pytest`" in table
     assert (tmp_path / "throughput.png").stat().st_size > 10_000
     assert (tmp_path / "gantt_tspipe_N2_M2.png").exists()
+    # every kept round of the action-list runs replays: the runtime ran the very lists the
+    # schedules build (analysis.replay refuses a timeline of anything else)
+    replayed = replay_bench(tmp_path, pd.DataFrame(rows))
+    assert sorted(replayed["schedule"]) == ["gpipe", "tspipe"] and set(replayed["rounds"]) == {2}
+    assert "## Replayed on each run's own compute" in table and "| tspipe_N2_M2 |" in table
 
 
 def row(schedule, micro, sps):
