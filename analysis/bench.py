@@ -243,7 +243,7 @@ def write_report(folder: Path, title: str | None = None, command: str | None = N
         text += (
             "\n## Replayed on each run's own compute\n\n"
             "Every round of every action-list run replayed by the simulator's dry run with each compute action "
-            "taking the time the run timed for it, the messages charged by the link model (`analysis.replay`). "
+            "taking the time the run timed for it, the messages charged by the run's link model (`analysis.replay`). "
             "*Replay error*: the error of the schedule's order, its waits and the message model alone (the "
             "median over the rounds; signed like *sim. error*). *Compute part*: what remains of the row's "
             "error, (1 + sim. error) / (1 + replay error) - 1 per round, the median: the run's compute against "

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.fidelity import step_ends as batch_ends
 from core.bench import cost_model, partial_steps, steady_steps
 from core.link import Link
 from core.profile import BlockCosts
@@ -105,10 +106,7 @@ def ran_schedule(pipeline: dict, records: Sequence[dict], batches: int) -> tuple
 
 def step_ends(records: Sequence[dict]) -> list[float]:
     """Each mini-batch's end (its latest ``OPT`` end), in batch order."""
-    ends: dict[int, float] = {}
-    for r in records:
-        if r["op"] == "OPT":
-            ends[r["batch"]] = max(ends.get(r["batch"], float("-inf")), r["end_ms"])
+    ends = batch_ends(records)
     return [ends[b] for b in sorted(ends)]
 
 
@@ -182,8 +180,11 @@ def replay_bench(folder: Path, rows: pd.DataFrame | None = None) -> pd.DataFrame
             files = sorted(runs_dir.glob(f"{run['name']}.r*.json"), key=lambda p: int(p.suffixes[-2][2:]))
             if not files:
                 continue
+            results = [json.loads(f.read_text()) for f in files]
+            if not all(r.get("records") for r in results):  # a run kept without its timeline
+                continue
             costs = BlockCosts(**profiles[str(pipeline["microbatches"])])
-            rounds = [replay_round(pipeline, json.loads(f.read_text()), costs, warmup) for f in files]
+            rounds = [replay_round(pipeline, result, costs, warmup) for result in results]
             replay = [m / r - 1.0 for m, r, _ in rounds]
             computes = [c for _, _, c in rounds]
             key = (pipeline["schedule"], pipeline["stages"], pipeline["microbatches"])
@@ -293,7 +294,8 @@ def replay_section(replays: dict[str, pd.DataFrame], goal: float) -> str:
         "\n**Replayed on each run's own compute** (`analysis/replay.py`): every round of every "
         "action-list run above, replayed by the simulator's dry run with each compute action taking "
         "the time the run's timeline measured for it and the messages charged by the link model the "
-        "prediction used (the run's probed link): the error of the schedule's order, its waits and the "
+        "prediction used (the run's probed link, less what a message's bytes cost the work beside them, "
+        "which the timed compute holds): the error of the schedule's order, its waits and the "
         "message model alone, signed like the prediction error (the torch peer keeps no timeline and "
         "is not replayed). *Compute part*: what remains of a row's prediction error, (1 + error) / "
         "(1 + replay error) - 1 per round: the run's compute against the profile. *Compute spread*: "

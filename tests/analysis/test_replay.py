@@ -163,3 +163,10 @@ def test_summary_and_section(tmp_path):
     assert list(replays) == ["bench"]  # a bench without kept runs is left out
     assert "| bench | 1 of 1 |" in replay_section(replays, goal=0.10)
     assert replay_section({}, goal=0.10) == ""
+
+
+def test_a_run_kept_without_its_timeline_is_left_out(tmp_path):
+    run = _simulated_run("gpipe", 2, 1, "ema")
+    bare = ({**run[0], "schedule": "1f1b"}, [[]])  # timelines off: nothing to replay, not an error
+    _write_bench(tmp_path, {"gpipe_N2_M2": (run[0], [run[1]]), "1f1b_N2_M2": bare}, micro=2)
+    assert list(replay_bench(tmp_path)["schedule"]) == ["gpipe"]
