@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from analysis import rows as R  # noqa: E402
 from analysis.compare import best_per_schedule, ratio, subject_name  # noqa: E402
 from analysis.fidelity import timeline_tables  # noqa: E402
-from analysis.replay import replay_bench, run_table  # noqa: E402
+from analysis.replay import read_replay, run_table, write_replay  # noqa: E402
 from analysis.tables import markdown, markdown_table  # noqa: E402
 from analysis.timeline import load_records, plot_timelines, window  # noqa: E402
 from core.schedules import SCHEDULES, order_of, schedules  # noqa: E402
@@ -238,7 +238,15 @@ def write_report(folder: Path, title: str | None = None, command: str | None = N
             + markdown(tables["gaps"], digits=2)
             + "\n"
         )
-    replayed = run_table(replay_bench(folder, frame))
+    if (folder / "runs").is_dir():  # the kept runs are not committed; their replay is
+        write_replay(folder, frame)
+    kept, state = read_replay(folder)
+    replayed = run_table(kept)
+    if state == "stale":
+        text += (
+            "\n## Replayed on each run's own compute\n\nstale: `replay.jsonl` goes with older rows, and "
+            "this folder keeps no runs to replay again.\n"
+        )
     if not replayed.empty:
         text += (
             "\n## Replayed on each run's own compute\n\n"

@@ -27,10 +27,16 @@ So per round, over the same steady steps as the bench (no warm-up, no last steps
 A row's figures are the medians over its rounds. The torch peer records no timeline (its
 schedules run inside ``torch.distributed.pipelining``), and ddp is not an action list, so neither
 is replayed.
+
+The kept runs are not committed (megabytes per bench), so :func:`write_replay` (run by
+``analysis.bench`` after every bench) keeps the replay beside the rows as ``replay.jsonl``, with
+the digest of the ``rows.jsonl`` it goes with; the report reads that file (:func:`read_replay`)
+and names a bench whose rows changed since as stale.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections.abc import Sequence
@@ -48,6 +54,7 @@ from core.schedules.base import TEACHER_KINDS
 from core.validate import dry_run
 
 VIEWS = (1, 2)  # views per sample a method can have (BYOL and MoCo-v3: 2)
+REPLAY_FILE = "replay.jsonl"  # one line per replayed run, beside the bench's rows.jsonl
 
 Key = tuple[int, str, int, int | None, int | None]
 
@@ -257,25 +264,71 @@ def replay_summary(frames: dict[str, pd.DataFrame], goal: float) -> pd.DataFrame
     return pd.DataFrame(out)
 
 
-def replay_frames(frames: dict[str, pd.DataFrame], bases: Sequence[Path]) -> dict[str, pd.DataFrame]:
-    """:func:`replay_bench` of every bench of ``frames`` (each bench's measured rows) that keeps
-    its runs, read from the first of ``bases`` holding ``<bench>/runs``."""
-    replays = {}
-    for key, rows in frames.items():
-        folder = next((b / key for b in bases if (b / key / "runs").is_dir()), None)
-        if folder is not None:
-            replays[key] = replay_bench(folder, rows)
-    return replays
+def rows_digest(folder: Path) -> str:
+    """The digest of ``folder/rows.jsonl`` ("" without it): what a ``replay.jsonl`` goes with."""
+    rows = folder / "rows.jsonl"
+    return hashlib.sha256(rows.read_bytes()).hexdigest()[:16] if rows.exists() else ""
 
 
-def replay_section(replays: dict[str, pd.DataFrame], goal: float) -> str:
-    """The markdown of :func:`replay_frames`' replays, per bench; empty without any."""
+def write_replay(folder: Path, rows: pd.DataFrame | None = None) -> Path | None:
+    """Replay ``folder``'s kept runs (:func:`replay_bench`, ``rows``: its measured rows) into
+    ``folder/replay.jsonl``, each line with the digest of the ``rows.jsonl`` beside it; None, and
+    nothing written, where the folder keeps no runs to replay."""
+    replayed = replay_bench(folder, rows)
+    if replayed.empty:
+        return None
+    digest = rows_digest(folder)
+    out = folder / REPLAY_FILE
+    with out.open("w") as fh:
+        for record in replayed.to_dict("records"):
+            fh.write(json.dumps({**record, "rows_digest": digest}, default=lambda x: x.item()) + "\n")
+    return out
+
+
+def read_replay(folder: Path) -> tuple[pd.DataFrame, str]:
+    """``folder/replay.jsonl`` and its state: ``current`` when it goes with the folder's
+    ``rows.jsonl``, ``stale`` when the rows changed since (the frame is then empty), ``missing``
+    without the file."""
+    path = folder / REPLAY_FILE
+    if not path.exists():
+        return pd.DataFrame(), "missing"
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not lines or any(line.get("rows_digest") != rows_digest(folder) for line in lines):
+        return pd.DataFrame(), "stale"
+    return pd.DataFrame(lines).drop(columns="rows_digest"), "current"
+
+
+def replay_frames(keys: Sequence[str], bases: Sequence[Path]) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The kept replays (:func:`read_replay`) of the benches ``keys``, each from the first of
+    ``bases`` holding ``<bench>/replay.jsonl``: the current ones, and the benches whose replay
+    is stale."""
+    replays, stale = {}, []
+    for key in keys:
+        folder = next((b / key for b in bases if (b / key / REPLAY_FILE).exists()), None)
+        if folder is None:
+            continue
+        frame, state = read_replay(folder)
+        if state == "current":
+            replays[key] = frame
+        else:
+            stale.append(key)
+    return replays, stale
+
+
+def replay_section(replays: dict[str, pd.DataFrame], goal: float, stale: Sequence[str] = ()) -> str:
+    """The markdown of :func:`replay_frames`' replays, per bench, naming the ``stale`` ones;
+    empty without either."""
     from analysis import rows as R
     from analysis.tables import markdown_table
 
     summary = replay_summary(replays, goal)
+    note = "".join(
+        f"\nstale: the replay of `results/{key}/` goes with older rows; run `python -m analysis.bench "
+        f"results/{key}` where its runs are kept.\n"
+        for key in stale
+    )
     if summary.empty:
-        return ""
+        return note
     pct = 100 * goal
     lines = [
         [
@@ -291,7 +344,8 @@ def replay_section(replays: dict[str, pd.DataFrame], goal: float) -> str:
         for r in R.records(summary)
     ]
     return (
-        "\n**Replayed on each run's own compute** (`analysis/replay.py`): every round of every "
+        "\n**Replayed on each run's own compute** (`analysis/replay.py`, kept in each bench's "
+        "`replay.jsonl`): every round of every "
         "action-list run above, replayed by the simulator's dry run with each compute action taking "
         "the time the run's timeline measured for it and the messages charged by the link model the "
         "prediction used (the run's probed link, less what a message's bytes cost the work beside them, "
@@ -315,4 +369,5 @@ def replay_section(replays: dict[str, pd.DataFrame], goal: float) -> str:
             ],
             lines,
         )
+        + note
     )

@@ -110,7 +110,7 @@ def throughput_section(
     """Measured CPU throughput of every method and schedule (each row with its rounds' range),
     and the headline comparisons: the subject at its best micro-batch count against every other
     kind of schedule at its own best. ``plots``: where the fidelity plot goes (none without);
-    ``bases``: the result folders whose benches' kept runs the fidelity section replays."""
+    ``bases``: the result folders whose benches' ``replay.jsonl`` the fidelity section shows."""
     text = ["## 1. Throughput measured here (CPU, 2 stages)\n"]
     headline = []
     ref = subject_name()
@@ -192,11 +192,11 @@ def fidelity_section(
 ) -> str:
     """The simulator against every measured pipelined row above, per bench; with ``plots``,
     also a plot of every row's error and its rounds' range; with ``bases``, the replay of the
-    benches' kept runs on their own compute (:mod:`analysis.replay`)."""
+    benches' runs on their own compute kept in their ``replay.jsonl`` (:mod:`analysis.replay`)."""
     summary = error_summary(frames)
     if summary.empty:
         return ""
-    replays = replay_frames(frames, bases)
+    replays, stale = replay_frames(list(frames), bases)
     png = plot_fidelity(frames, plots / "fidelity_errors.png", replays) if plots is not None else None
     figure = (
         f"\n![the simulator's error on every measured pipelined row]({png.name})\n\n"
@@ -250,7 +250,7 @@ def fidelity_section(
             lines,
         )
         + figure
-        + replay_section(replays, GOAL)
+        + replay_section(replays, GOAL, stale)
     )
 
 

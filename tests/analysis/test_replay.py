@@ -11,7 +11,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.replay import replay_bench, replay_frames, replay_section, replay_summary, run_table
+from analysis.replay import (
+    read_replay,
+    replay_bench,
+    replay_frames,
+    replay_section,
+    replay_summary,
+    run_table,
+    write_replay,
+)
 from core.bench import cost_model
 from core.link import Link
 from core.profile import BlockCosts
@@ -159,10 +167,31 @@ def test_summary_and_section(tmp_path):
     _write_bench(tmp_path / "bench", {"tspipe_N2_M2": (run[0], [run[1]])}, micro=2)
     summary = replay_summary({"bench": replay_bench(tmp_path / "bench")}, goal=0.10)
     assert summary.iloc[0][["runs", "within"]].tolist() == [1, 1]
-    replays = replay_frames({"bench": pd.DataFrame(), "other": pd.DataFrame()}, [tmp_path / "none", tmp_path])
-    assert list(replays) == ["bench"]  # a bench without kept runs is left out
+    assert write_replay(tmp_path / "bench") == tmp_path / "bench" / "replay.jsonl"
+    replays, stale = replay_frames(["bench", "other"], [tmp_path / "none", tmp_path])
+    assert list(replays) == ["bench"] and stale == []  # a bench without a kept replay is left out
     assert "| bench | 1 of 1 |" in replay_section(replays, goal=0.10)
     assert replay_section({}, goal=0.10) == ""
+
+
+def test_the_kept_replay_goes_with_its_rows(tmp_path):
+    """The runs are not committed, the replay is: read back as written while the rows it was
+    made with stay, stale once they change, so a report never shows another measurement's."""
+    run = _simulated_run("gpipe", 2, 1, "ema")
+    _write_bench(tmp_path / "bench", {"gpipe_N2_M2": (run[0], [run[1], run[1]])}, micro=2)
+    rows = tmp_path / "bench" / "rows.jsonl"
+    rows.write_text('{"schedule": "gpipe"}\n')
+    assert read_replay(tmp_path / "bench")[1] == "missing"
+    write_replay(tmp_path / "bench")
+    kept, state = read_replay(tmp_path / "bench")
+    assert state == "current"
+    pd.testing.assert_frame_equal(kept, replay_bench(tmp_path / "bench"))
+    rows.write_text('{"schedule": "gpipe", "samples_per_s": 1.0}\n')  # re-measured since
+    frame, state = read_replay(tmp_path / "bench")
+    assert state == "stale" and frame.empty
+    replays, stale = replay_frames(["bench"], [tmp_path])
+    assert replays == {} and stale == ["bench"]
+    assert "stale: the replay of `results/bench/`" in replay_section(replays, 0.10, stale)
 
 
 def test_a_run_kept_without_its_timeline_is_left_out(tmp_path):

@@ -107,6 +107,7 @@ def test_tiny_benchmark_writes_rows_table_and_plots(tmp_path):
     replayed = replay_bench(tmp_path, pd.DataFrame(rows))
     assert sorted(replayed["schedule"]) == ["gpipe", "tspipe"] and set(replayed["rounds"]) == {2}
     assert "## Replayed on each run's own compute" in table and "| tspipe_N2_M2 |" in table
+    assert (tmp_path / "replay.jsonl").exists()  # kept beside the rows: the runs are not committed
 
 
 def row(schedule, micro, sps):
