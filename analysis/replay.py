@@ -45,6 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.fidelity import round_errors
 from analysis.fidelity import step_ends as batch_ends
 from core.bench import cost_model, partial_steps, steady_steps
 from core.link import Link
@@ -168,13 +169,10 @@ def replay_bench(folder: Path, rows: pd.DataFrame | None = None) -> pd.DataFrame
     if not runs_dir.is_dir() or not costs_file.exists():
         return pd.DataFrame()
     profiles = json.loads(costs_file.read_text())
-    errors: dict[tuple[str, int, int], list[float]] = {}
-    if rows is not None and not rows.empty:
-        for r in rows.to_dict("records"):
-            predicted, measured = r.get("round_predicted_samples_per_s"), r.get("round_samples_per_s")
-            if isinstance(predicted, list) and isinstance(measured, list):
-                key = (r["schedule"], int(r["stages"]), int(r["microbatches"]))
-                errors[key] = [p / m - 1.0 for p, m in zip(predicted, measured)]
+    errors = {
+        (r["schedule"], int(r["stages"]), int(r["microbatches"])): round_errors(r)
+        for r in (rows.to_dict("records") if rows is not None and not rows.empty else [])
+    }
     out = []
     for spec_file in sorted(runs_dir.glob("N*.spec.json")):
         spec = json.loads(spec_file.read_text())
